@@ -1,0 +1,24 @@
+// Argument checks shared by every backend of the lightgcn_ext ops.
+//
+// Each check names the argument and what was expected, so that a bad call
+// fails with a readable message at the op boundary instead of inside a kernel.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+
+namespace lightgcn_ext {
+
+// Validates a prepared graph (rowptr, col, weight?, dinv) against the
+// features x it propagates: shapes, dtypes and devices.
+void check_graph_and_x(const at::Tensor& rowptr, const at::Tensor& col,
+                       const c10::optional<at::Tensor>& weight, const at::Tensor& dinv,
+                       const at::Tensor& x);
+
+// Validates the layer weights and returns the number of layers L = len(alpha) - 1.
+int64_t check_alpha(const at::Tensor& alpha, const at::Tensor& x);
+
+// Validates the extra tensor of `layer_dots`: same shape, dtype and device as x.
+void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x);
+
+}  // namespace lightgcn_ext
