@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+MAX_JOBS ?= 2
+export MAX_JOBS
+
+.PHONY: deps build demo test test-fast ctest check-cuda bench clean
+
+deps:
+	$(PYTHON) tools/install_deps.py
+
+# Builds lightgcn_ext._C in place against the installed torch (incremental).
+build: deps
+	$(PYTHON) setup.py -q build_ext --inplace
+
+demo: build
+	$(PYTHON) -m lightgcn_ext.demo
+
+test: build
+	$(PYTHON) -m pytest -q tests
+
+test-fast: build
+	$(PYTHON) -m pytest -q -m "not slow" tests
+
+# The CMake build of the same sources and its C++ test.
+ctest: deps
+	bash tools/ctest.sh
+
+# Compiles and links the CUDA kernels with torch 2.14.1 (CUDA 13.0) and nvcc,
+# in .venv-cuda; needs no GPU.
+check-cuda:
+	bash tools/check_cuda.sh
+
+bench: build
+	$(PYTHON) -m bench.bench_propagate
+
+clean:
+	rm -rf build lightgcn_ext/_C*.so *.egg-info

@@ -1,0 +1,53 @@
+"""Installs what the build and the tests need, reusing whatever is installed.
+
+torch is never upgraded or replaced: an installed torch (for example the
+CUDA build preinstalled on a GPU machine) is used as it is, and only where
+none is importable is the CPU wheel `torch==2.13.0` installed. Packages that
+are already importable are not touched, so this works without a network when
+everything is present. Test-only packages that cannot be installed are
+reported, and the tests that need them skip.
+"""
+import importlib.util
+import subprocess
+import sys
+
+TORCH_WHEEL = "torch==2.13.0"
+# (import name, pip requirement, required for the build)
+PACKAGES = [
+    ("numpy", "numpy", True),
+    ("ninja", "ninja", True),
+    ("pybind11", "pybind11", True),
+    ("pytest", "pytest", True),
+    ("hypothesis", "hypothesis", False),
+    ("torch_geometric", "torch_geometric", False),
+]
+
+
+def importable(name):
+    return importlib.util.find_spec(name) is not None
+
+
+def pip_install(requirement):
+    command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q",
+               requirement]
+    print("+", " ".join(command), flush=True)
+    return subprocess.call(command) == 0
+
+
+def main():
+    if not importable("torch") and not pip_install(TORCH_WHEEL):
+        sys.exit(f"could not install {TORCH_WHEEL}; install torch first")
+    missing_optional = []
+    for name, requirement, required in PACKAGES:
+        if importable(name):
+            continue
+        if not pip_install(requirement):
+            if required:
+                sys.exit(f"could not install {requirement}, which the build needs")
+            missing_optional.append(requirement)
+    if missing_optional:
+        print("not installed (the tests that need them will skip):", ", ".join(missing_optional))
+
+
+if __name__ == "__main__":
+    main()
