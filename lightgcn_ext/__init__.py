@@ -10,7 +10,8 @@ load_extension()
 
 from . import _ops  # noqa: E402  (registers fake kernels and autograd)
 from .graph import Graph, prepare  # noqa: E402
+from .model import BPRLoss, LightGCN  # noqa: E402
 from .propagation import propagate  # noqa: E402
 
-__all__ = ["Graph", "prepare", "propagate"]
+__all__ = ["BPRLoss", "Graph", "LightGCN", "prepare", "propagate"]
 __version__ = "0.1.0"

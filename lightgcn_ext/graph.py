@@ -77,13 +77,12 @@ class Graph:
                    edge_index=edge_index, edge_weight=edge_weight, normalize=normalize)
 
     @classmethod
-    def from_adj_t(cls, adj_t, *, normalize=True, flow="source_to_target"):
+    def from_adj_t(cls, adj_t, *, normalize=True):
         """adj_t: a square torch.sparse COO/CSR matrix or a torch_sparse
         SparseTensor with rows = destinations (PyG's `adj_t`); its values are
         the edge weights (all-ones values are treated as unweighted)."""
         edge_index, edge_weight, num_nodes = _edges_of_adj_t(adj_t)
-        return cls.from_edge_index(edge_index, num_nodes, edge_weight, normalize=normalize,
-                                   flow=flow)
+        return cls.from_edge_index(edge_index, num_nodes, edge_weight, normalize=normalize)
 
     # -------------------------------------------------------------- queries
     @property
@@ -161,7 +160,11 @@ def prepare(edge_index, num_nodes=None, edge_weight=None, *, normalize=True,
         if edge_weight is not None:
             raise ValueError("edge_weight cannot be given with a sparse adj_t: "
                              "its values are the edge weights")
-        graph = Graph.from_adj_t(edge_index, normalize=normalize, flow=flow)
+        if flow != "source_to_target":
+            # As in PyG: a sparse adj_t already says which way messages flow.
+            raise ValueError(f"flow={flow!r} is invalid with a sparse adj_t, whose rows are "
+                             "the destinations; transpose it instead")
+        graph = Graph.from_adj_t(edge_index, normalize=normalize)
         if num_nodes is not None and num_nodes != graph.num_nodes:
             raise ValueError(f"adj_t has {graph.num_nodes} nodes, but num_nodes={num_nodes}")
     else:

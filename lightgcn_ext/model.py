@@ -1,0 +1,250 @@
+"""LightGCN and BPRLoss with the API, defaults and state_dict of
+torch_geometric.nn.models.LightGCN, on the fused propagation."""
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.modules.loss import _Loss
+
+from .graph import FLOWS, _is_sparse_adjacency, prepare
+from .propagation import propagate
+
+# Arguments of PyG's LGConv (and of its MessagePassing base) that we support,
+# with the only values we support where that is restricted.
+_SUPPORTED_AGGR = ("add", "sum")
+
+
+class LightGCN(torch.nn.Module):
+    r"""LightGCN (He et al., SIGIR 2020): a drop-in for
+    :class:`torch_geometric.nn.models.LightGCN`.
+
+    .. math::
+        \mathbf{x} = \sum_{l=0}^{L} \alpha_l \hat{A}^l \mathbf{E},
+        \qquad \hat{A} = D^{-1/2} A^\top D^{-1/2}
+
+    Same signatures, defaults and ``state_dict`` keys (``alpha``,
+    ``embedding.weight``) as PyG; the graph given as ``edge_index`` is prepared
+    once (CSR and degrees) and reused until it changes, and the L layers run in
+    one fused kernel call whose backward keeps no per-layer activations.
+
+    Args:
+        num_nodes (int): number of nodes.
+        embedding_dim (int): embedding size.
+        num_layers (int): number of propagation layers L.
+        alpha (float, int or Tensor, optional): layer weights; ``None`` gives
+            ``1 / (num_layers + 1)``; a number is repeated L + 1 times; a
+            tensor must have L + 1 entries and may require grad.
+        **kwargs: arguments of PyG's ``LGConv``: ``normalize`` (default True),
+            ``flow`` (``"source_to_target"`` or ``"target_to_source"``) and
+            ``aggr="add"``. Anything else raises ``ValueError``.
+    """
+
+    def __init__(self, num_nodes, embedding_dim, num_layers, alpha=None, **kwargs):
+        super().__init__()
+        self.normalize, self.flow = _check_conv_kwargs(kwargs)
+        self.num_nodes = num_nodes
+        self.embedding_dim = embedding_dim
+        self.num_layers = num_layers
+        if alpha is None:
+            alpha = 1.0 / (num_layers + 1)
+        if isinstance(alpha, Tensor):
+            if alpha.dim() != 1 or alpha.size(0) != num_layers + 1:
+                raise ValueError(f"alpha must have num_layers + 1 = {num_layers + 1} entries, "
+                                 f"got shape {list(alpha.shape)}")
+        else:
+            alpha = torch.tensor([alpha] * (num_layers + 1))
+        if isinstance(alpha, torch.nn.Parameter):
+            self.alpha = alpha
+        else:
+            self.register_buffer("alpha", alpha)
+        self.embedding = torch.nn.Embedding(num_nodes, embedding_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        r"""Resets the embedding (``xavier_uniform_``, as PyG)."""
+        torch.nn.init.xavier_uniform_(self.embedding.weight)
+
+    def get_embedding(self, edge_index, edge_weight=None) -> Tensor:
+        r"""The final node embeddings :math:`\sum_l \alpha_l \hat{A}^l E`."""
+        return propagate(edge_index, self.embedding.weight, self.alpha, edge_weight=edge_weight,
+                         normalize=self.normalize, flow=self.flow)
+
+    def forward(self, edge_index, edge_label_index=None, edge_weight=None) -> Tensor:
+        r"""Scores ``<x_src, x_dst>`` of the pairs in ``edge_label_index``
+        (all edges of ``edge_index`` when it is ``None``)."""
+        if edge_label_index is None:
+            edge_label_index = _edges_of(edge_index)
+        edge_label_index = _check_index(edge_label_index, "edge_label_index", self.num_nodes,
+                                        pairs=True)
+        out = self.get_embedding(edge_index, edge_weight)
+        return (out[edge_label_index[0]] * out[edge_label_index[1]]).sum(dim=-1)
+
+    def predict_link(self, edge_index, edge_label_index=None, edge_weight=None,
+                     prob=False) -> Tensor:
+        r"""Link probabilities (``prob=True``) or 0/1 predictions."""
+        pred = self(edge_index, edge_label_index, edge_weight).sigmoid()
+        return pred if prob else pred.round()
+
+    @torch.no_grad()
+    def recommend(self, edge_index, edge_weight=None, src_index=None, dst_index=None, k=1,
+                  sorted=True, *, exclude=None, chunk_size=None) -> Tensor:
+        r"""Top-``k`` nodes of ``dst_index`` (all nodes if ``None``) for each
+        node of ``src_index`` (all nodes if ``None``), by ``<x_src, x_dst>``.
+
+        Beyond PyG (keyword-only): ``exclude``, a ``[2, M]`` tensor of
+        (src, dst) node pairs never to recommend (typically the training
+        interactions); ``chunk_size``, the number of sources scored at once,
+        so that memory is ``O(chunk_size * len(dst_index))`` and never a
+        dense ``len(src_index) x len(dst_index)`` matrix.
+        """
+        out = self.get_embedding(edge_index, edge_weight)
+        src_index = None if src_index is None else _check_index(src_index, "src_index",
+                                                                 self.num_nodes)
+        dst_index = None if dst_index is None else _check_index(dst_index, "dst_index",
+                                                                self.num_nodes)
+        out_src = out if src_index is None else out[src_index]
+        out_dst = out if dst_index is None else out[dst_index]
+        num_candidates = out_dst.size(0)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_candidates:
+            raise ValueError(f"k must be an int in [1, {num_candidates}] (the number of "
+                             f"candidates in dst_index), got {k!r}")
+        if chunk_size is None:
+            chunk_size = max(1, (1 << 24) // max(num_candidates, 1))
+        elif not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        excluded = None if exclude is None else _ExcludedPairs(
+            exclude, self.num_nodes, src_index, dst_index, out.device)
+        top = []
+        for start in range(0, out_src.size(0), chunk_size):
+            scores = out_src[start:start + chunk_size] @ out_dst.t()
+            if excluded is not None:
+                excluded.mask_(scores, start)
+            top.append(scores.topk(k, dim=-1, sorted=sorted).indices)
+        top_index = torch.cat(top) if top else out.new_empty((0, k), dtype=torch.long)
+        if dst_index is not None:  # local positions -> node ids
+            top_index = dst_index[top_index.view(-1)].view(*top_index.size())
+        return top_index
+
+    def link_pred_loss(self, pred: Tensor, edge_label: Tensor, **kwargs) -> Tensor:
+        r"""Binary cross-entropy with logits, as PyG."""
+        loss_fn = torch.nn.BCEWithLogitsLoss(**kwargs)
+        return loss_fn(pred, edge_label.to(pred.dtype))
+
+    def recommendation_loss(self, pos_edge_rank: Tensor, neg_edge_rank: Tensor,
+                            node_id=None, lambda_reg: float = 1e-4, **kwargs) -> Tensor:
+        r"""The BPR loss of PyG, regularizing the layer-0 embeddings of
+        ``node_id`` (all nodes if ``None``)."""
+        loss_fn = BPRLoss(lambda_reg, **kwargs)
+        emb = self.embedding.weight
+        if node_id is not None:
+            emb = emb[_check_index(node_id, "node_id", self.num_nodes)]
+        return loss_fn(pos_edge_rank, neg_edge_rank, emb)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.num_nodes}, {self.embedding_dim}, " \
+               f"num_layers={self.num_layers})"
+
+
+class BPRLoss(_Loss):
+    r"""Bayesian Personalized Ranking loss, as PyG's:
+    ``-mean(logsigmoid(pos - neg)) + lambda_reg * ||parameters||^2 / batch``."""
+
+    __constants__ = ["lambda_reg"]
+    lambda_reg: float
+
+    def __init__(self, lambda_reg: float = 0, **kwargs):
+        super().__init__(None, None, "sum", **kwargs)
+        self.lambda_reg = lambda_reg
+
+    def forward(self, positives: Tensor, negatives: Tensor, parameters: Tensor = None) -> Tensor:
+        if positives.shape != negatives.shape:
+            raise ValueError(f"positives and negatives must have the same shape, got "
+                             f"{list(positives.shape)} and {list(negatives.shape)}")
+        log_prob = F.logsigmoid(positives - negatives).mean()
+        regularization = 0
+        if self.lambda_reg != 0:
+            if parameters is None:
+                raise ValueError(f"parameters must be given when lambda_reg != 0 "
+                                 f"(lambda_reg={self.lambda_reg})")
+            regularization = self.lambda_reg * parameters.norm(p=2).pow(2)
+            regularization = regularization / positives.size(0)
+        return -log_prob + regularization
+
+
+class _ExcludedPairs:
+    """(src, dst) node pairs to mask out of recommendation scores, grouped by
+    source position so that each chunk of sources finds its pairs by slicing."""
+
+    def __init__(self, exclude, num_nodes, src_index, dst_index, device):
+        exclude = _check_index(exclude, "exclude", num_nodes, pairs=True).to(device)
+        src_pos = _positions(src_index, num_nodes, device, "src_index")
+        dst_pos = _positions(dst_index, num_nodes, device, "dst_index")
+        rows, cols = src_pos[exclude[0]], dst_pos[exclude[1]]
+        keep = (rows >= 0) & (cols >= 0)
+        rows, cols = rows[keep], cols[keep]
+        order = torch.argsort(rows)
+        self.rows, self.cols = rows[order], cols[order]
+
+    def mask_(self, scores, start):
+        """Sets the excluded entries of scores, the rows of the sources at
+        positions start, start + 1, ..., to -inf."""
+        bounds = torch.tensor([start, start + scores.size(0)], device=self.rows.device)
+        lo, hi = torch.searchsorted(self.rows, bounds).tolist()
+        scores[self.rows[lo:hi] - start, self.cols[lo:hi]] = float("-inf")
+
+
+def _positions(index, num_nodes, device, name):
+    """position[node] = the place of node in index (-1 if absent); identity if None."""
+    if index is None:
+        return torch.arange(num_nodes, device=device)
+    position = torch.full((num_nodes,), -1, dtype=torch.long, device=device)
+    position[index] = torch.arange(index.numel(), device=device)
+    if int((position >= 0).sum()) != index.numel():
+        raise ValueError(f"{name} must not repeat a node when exclude is given")
+    return position
+
+
+def _check_conv_kwargs(kwargs):
+    kwargs = dict(kwargs)
+    normalize = kwargs.pop("normalize", True)
+    flow = kwargs.pop("flow", "source_to_target")
+    aggr = kwargs.pop("aggr", "add")
+    if not isinstance(normalize, bool):
+        raise ValueError(f"normalize must be a bool, got {normalize!r}")
+    if flow not in FLOWS:
+        raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
+    if aggr not in _SUPPORTED_AGGR:
+        raise ValueError(f"aggr={aggr!r} is not supported: lightgcn_ext's LightGCN "
+                         f"aggregates by sum (aggr='add'), as LGConv does by default")
+    if kwargs:
+        raise ValueError(f"unsupported LGConv arguments {sorted(kwargs)}: lightgcn_ext "
+                         f"supports normalize, flow and aggr='add'")
+    return normalize, flow
+
+
+def _edges_of(edge_index):
+    """The [2, E] (src, dst) pairs of any graph input, as PyG's to_edge_index."""
+    from .graph import Graph, _edges_of_adj_t
+
+    if isinstance(edge_index, Graph):
+        return edge_index.edge_index
+    if _is_sparse_adjacency(edge_index):
+        pairs, _, _ = _edges_of_adj_t(edge_index)
+        return pairs.flip(0)  # PyG returns (row, col) of the sparse matrix
+    return edge_index
+
+
+def _check_index(index, name, num_nodes, pairs=False):
+    if not isinstance(index, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(index).__name__}")
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {index.dtype}")
+    if pairs and (index.dim() != 2 or index.size(0) != 2):
+        raise ValueError(f"{name} must have shape [2, num_pairs], got {list(index.shape)}")
+    if not pairs and index.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {list(index.shape)}")
+    if index.numel() > 0:
+        low, high = torch.aminmax(index)
+        if int(low) < 0 or int(high) >= num_nodes:
+            raise ValueError(f"{name} must hold node ids in [0, num_nodes={num_nodes}), "
+                             f"got values in [{int(low)}, {int(high)}]")
+    return index.as_subclass(Tensor) if type(index) is not Tensor else index
