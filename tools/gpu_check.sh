@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The one script to run on a GPU machine (H100/H200, torch with CUDA already
+# installed in python3, nvcc, no network). From the repo root:
+#
+#     bash tools/gpu_check.sh            # logs under $OUT, default ./gpu_out
+#
+# Stages, each logged to its own file and each run even when an earlier one
+# failed (except that nothing runs without a build):
+#   env        nvidia-smi, torch, nvcc
+#   build      python3 setup.py build_ext --inplace, FORCE_CUDA=1, sm_90
+#   tests      the CUDA tests of tests/ (pytest -k "cuda or gpu")
+#   smoke      tools/cuda_smoke.py: every op on CUDA against the CPU op
+#   sanitizer  compute-sanitizer memcheck on tools/cuda_smoke.py --small
+#   bench      bench/bench_propagate.py --device cuda, when it exists
+# Every stage has a time limit and the whole run a deadline (GPU_CHECK_BUDGET_S,
+# default 420 s), so that it ends well inside 8 minutes. summary.txt lists each
+# stage's exit code (124: timed out; "skipped"); the script exits 1 if any
+# stage failed.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${OUT:-$ROOT/gpu_out}"
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+PY="${PYTHON:-python3}"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-420}"
+START_S=$(date +%s)
+export PYTHONUNBUFFERED=1
+failed=0
+
+# stage NAME LIMIT_S COMMAND...: runs COMMAND with a time limit (cut to the
+# time left before the deadline), logs it to $OUT/NAME.log, records its code.
+stage() {
+  local name="$1" limit="$2"
+  shift 2
+  local left=$(( BUDGET_S - ($(date +%s) - START_S) ))
+  if [ "$left" -lt 15 ]; then
+    echo "$name: skipped (deadline)" | tee -a "$SUMMARY"
+    failed=1
+    return 1
+  fi
+  [ "$limit" -gt "$left" ] && limit="$left"
+  echo "== $name (limit ${limit}s): $*"
+  local t0 rc
+  t0=$(date +%s)
+  timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@" >"$OUT/$name.log" 2>&1
+  rc=$?
+  echo "$name: exit $rc in $(( $(date +%s) - t0 ))s" | tee -a "$SUMMARY"
+  tail -n 25 "$OUT/$name.log"
+  if [ "$rc" -ne 0 ]; then failed=1; fi
+  return "$rc"
+}
+
+skip() {
+  echo "$1: skipped ($2)" | tee -a "$SUMMARY"
+}
+
+env_info() {
+  nvidia-smi || true
+  "$PY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
+  command -v nvcc && nvcc --version || true
+  nproc
+}
+
+build() {
+  local cuda_home="${CUDA_HOME:-/usr/local/cuda}"
+  if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null; then
+    cuda_home="$(dirname "$(dirname "$(command -v nvcc)")")"
+  fi
+  FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
+    CUDA_HOME="$cuda_home" PATH="$cuda_home/bin:$PATH" \
+    "$PY" setup.py build_ext --inplace &&
+    "$PY" - <<'EOF'
+import glob, importlib.util, torch
+path = glob.glob("lightgcn_ext/_C*.so")[0]
+spec = importlib.util.spec_from_file_location("lightgcn_ext._C", path)
+ext = importlib.util.module_from_spec(spec)  # loads the library: registers the ops
+assert ext.with_cuda == 1, "built without CUDA"
+for op in ("propagate", "layer_dots"):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lightgcn_ext::{op}", "CUDA"), op
+print("CUDA kernels registered")
+EOF
+}
+
+cuda_tests() {
+  "$PY" -m pytest -q -x tests -k "cuda or gpu"
+  local rc=$?
+  # 5: no test matched, which is not a failure of the kernels.
+  if [ "$rc" -eq 5 ]; then echo "no CUDA tests collected"; return 0; fi
+  return "$rc"
+}
+
+sanitizer() {
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 \
+    --print-limit 20 "$PY" tools/cuda_smoke.py --small
+}
+
+export PY
+export -f env_info build cuda_tests sanitizer
+
+stage env 30 env_info
+if stage build 200 build; then
+  if [ -d tests ]; then stage tests 90 cuda_tests; else skip tests "no tests/"; fi
+  stage smoke 60 "$PY" tools/cuda_smoke.py
+  if command -v compute-sanitizer >/dev/null; then
+    stage sanitizer 120 sanitizer
+  else
+    skip sanitizer "compute-sanitizer not found"
+  fi
+  if [ -f bench/bench_propagate.py ]; then
+    stage bench 90 "$PY" bench/bench_propagate.py --device cuda
+  else
+    skip bench "no bench/bench_propagate.py"
+  fi
+else
+  for s in tests smoke sanitizer bench; do skip "$s" "no build"; done
+fi
+
+echo "== summary (total $(( $(date +%s) - START_S ))s, logs in $OUT)"
+cat "$SUMMARY"
+exit "$failed"
