@@ -1,0 +1,219 @@
+"""Shared test helpers: device parametrization, a dense float64 reference,
+random graphs, and torch_geometric's LGConv stacked the LightGCN way.
+
+Imported by the test modules as `helpers` (pytest puts tests/ on sys.path).
+"""
+import pytest
+import torch
+
+import lightgcn_ext  # noqa: F401  (loads the extension and registers the ops)
+
+OPS = torch.ops.lightgcn_ext
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------- devices
+def has_cuda_kernel():
+    """True when the built extension registered CUDA kernels."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("lightgcn_ext::propagate", "CUDA")
+
+
+def devices():
+    """Devices to parametrize over: "cpu", plus "cuda" (marked `cuda`) only
+    where a GPU is visible and the extension has CUDA kernels, so CUDA cases
+    do not exist elsewhere."""
+    params = [pytest.param("cpu", id="cpu")]
+    if torch.cuda.is_available() and has_cuda_kernel():
+        params.append(pytest.param("cuda", id="cuda", marks=pytest.mark.cuda))
+    return params
+
+
+# ------------------------------------------------------- dense reference
+def dense_operator(edge_index, num_nodes, edge_weight=None, normalize=True,
+                   dtype=torch.float64):
+    """The dense M = D^-1/2 Aᵀ D^-1/2 (M[i, j] = sum of w over edges j -> i,
+    duplicates summed; deg = weighted in-degree; dinv = 0 where deg = 0; no
+    self-loops added). Differentiable in edge_weight."""
+    edge_index = torch.as_tensor(edge_index)
+    src, dst = edge_index[0].long().cpu(), edge_index[1].long().cpu()
+    if edge_weight is None:
+        w = torch.ones(src.numel(), dtype=dtype)
+    else:
+        w = edge_weight.cpu().to(dtype)
+    a_t = torch.zeros(num_nodes, num_nodes, dtype=dtype).index_put((dst, src), w, accumulate=True)
+    if not normalize:
+        return a_t
+    deg = a_t.sum(dim=1)
+    dinv = deg.pow(-0.5)
+    dinv = dinv.masked_fill(deg == 0, 0.0)
+    return dinv.unsqueeze(1) * a_t * dinv.unsqueeze(0)
+
+
+def dense_propagate(edge_index, num_nodes, x, alpha, edge_weight=None, normalize=True,
+                    dtype=torch.float64):
+    """sum_l alpha_l M^l x computed densely in `dtype` (float64 by default),
+    on the CPU. Differentiable in x, alpha and edge_weight."""
+    m = dense_operator(edge_index, num_nodes, edge_weight, normalize, dtype)
+    if not isinstance(alpha, torch.Tensor):
+        alpha = torch.tensor(alpha, dtype=torch.float64)
+    alpha = alpha.cpu().to(dtype)
+    h = x.cpu().to(dtype)
+    out = alpha[0] * h
+    for layer in range(1, alpha.numel()):
+        h = m @ h
+        out = out + alpha[layer] * h
+    return out
+
+
+def dense_layer_dots(edge_index, num_nodes, x, grad, num_layers, edge_weight=None,
+                     normalize=True, dtype=torch.float64):
+    """[<M^l x, grad> for l = 0..num_layers] computed densely in `dtype`."""
+    m = dense_operator(edge_index, num_nodes, edge_weight, normalize, dtype)
+    h, g = x.cpu().to(dtype), grad.cpu().to(dtype)
+    dots = [(h * g).sum()]
+    for _ in range(num_layers):
+        h = m @ h
+        dots.append((h * g).sum())
+    return torch.stack(dots)
+
+
+def csr_operands(edge_index, num_nodes, edge_weight=None, dtype=torch.float64, normalize=True,
+                 transpose=False):
+    """(rowptr, col, weight, dinv) for the raw ops, built with prepare_csr and
+    plain PyTorch: weight and dinv in the accumulation type of `dtype`.
+    transpose=True gives the CSR by source (the operator Mᵀ)."""
+    acc = torch.float32 if dtype in LOW_PRECISION else dtype
+    rowptr, col, perm, rowptr_t, col_t, perm_t = OPS.prepare_csr(edge_index, num_nodes)
+    dst = edge_index[1].long()
+    if edge_weight is None:
+        deg = torch.zeros(num_nodes, dtype=torch.float64, device=dst.device).index_add_(
+            0, dst, torch.ones(dst.numel(), dtype=torch.float64, device=dst.device))
+        weight = None
+    else:
+        w64 = edge_weight.to(torch.float64)
+        deg = torch.zeros(num_nodes, dtype=torch.float64, device=dst.device).index_add_(0, dst, w64)
+        weight = (w64[perm_t] if transpose else w64[perm]).to(acc)
+    if normalize:
+        dinv = deg.pow(-0.5).masked_fill(deg == 0, 0.0).to(acc)
+    else:
+        dinv = torch.ones(num_nodes, dtype=acc, device=dst.device)
+    if transpose:
+        return rowptr_t, col_t, weight, dinv
+    return rowptr, col, weight, dinv
+
+
+# ---------------------------------------------------------------- graphs
+def random_edges(num_nodes, num_edges, *, seed=0, self_loops=True, duplicates=True,
+                 num_isolated=0, index_dtype=torch.int64, device="cpu"):
+    """A random directed edge_index [2, num_edges]. The last `num_isolated`
+    nodes touch no edge. Without duplicates/self_loops, fewer edges may come
+    back when the node set is too small."""
+    gen = torch.Generator().manual_seed(seed)
+    active = num_nodes - num_isolated
+    assert active >= 1 or num_edges == 0
+    if num_edges == 0:
+        return torch.zeros(2, 0, dtype=index_dtype, device=device)
+    # Draw more than needed, then filter.
+    draws = torch.randint(0, active, (2, 4 * num_edges + 8), generator=gen)
+    if not self_loops:
+        draws = draws[:, draws[0] != draws[1]]
+    if not duplicates:
+        keys = draws[0] * num_nodes + draws[1]
+        seen, keep = set(), []
+        for i, k in enumerate(keys.tolist()):
+            if k not in seen:
+                seen.add(k)
+                keep.append(i)
+        draws = draws[:, keep]
+    edge_index = draws[:, :num_edges]
+    if duplicates and edge_index.shape[1] >= 4:
+        # Make sure there is at least one duplicate edge.
+        edge_index = edge_index.clone()
+        edge_index[:, -1] = edge_index[:, 0]
+    return edge_index.to(index_dtype).to(device)
+
+
+def symmetrize(edge_index, edge_weight=None):
+    """Both directions of every edge (the user-item graph of LightGCN)."""
+    both = torch.cat([edge_index, edge_index.flip(0)], dim=1)
+    if edge_weight is None:
+        return both, None
+    return both, torch.cat([edge_weight, edge_weight])
+
+
+def random_undirected(num_nodes, num_edges, *, seed=0, weighted=False, **kwargs):
+    """A symmetrized random graph (2 * num_edges edges) and its weights (or None).
+    Reverse pairs are avoided, so the weighted CSR is detected as symmetric."""
+    edge_index = random_edges(num_nodes, num_edges, seed=seed, duplicates=False, **kwargs)
+    key = torch.minimum(edge_index[0], edge_index[1]) * num_nodes + torch.maximum(
+        edge_index[0], edge_index[1])
+    seen, first = set(), []
+    for i, k in enumerate(key.tolist()):
+        if k not in seen:
+            seen.add(k)
+            first.append(i)
+    edge_index = edge_index[:, first]
+    weight = random_weights(edge_index.shape[1], seed=seed + 1) if weighted else None
+    return symmetrize(edge_index, weight)
+
+
+def random_weights(num_edges, *, seed=0, dtype=torch.float64, device="cpu"):
+    """Positive edge weights in [0.5, 2)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (0.5 + 1.5 * torch.rand(num_edges, generator=gen, dtype=torch.float64)).to(
+        dtype).to(device)
+
+
+def empty_graph(index_dtype=torch.int64, device="cpu"):
+    return torch.zeros(2, 0, dtype=index_dtype, device=device)
+
+
+def tiny_graph(index_dtype=torch.int64):
+    """6 nodes: a duplicate edge (1 -> 2 twice), a self-loop (3 -> 3), node 0
+    with out-edges only (an empty CSR row), node 5 isolated."""
+    return torch.tensor([[0, 1, 1, 2, 3, 3, 4, 0], [1, 2, 2, 4, 3, 1, 2, 4]], dtype=index_dtype)
+
+
+def in_degree_zero(edge_index, num_nodes):
+    """Mask of nodes with no incoming edge."""
+    mask = torch.ones(num_nodes, dtype=torch.bool)
+    mask[edge_index[1].long().cpu()] = False
+    return mask
+
+
+# ------------------------------------------------ torch_geometric reference
+def pyg_propagate(edge_index, x, alpha, edge_weight=None, normalize=True,
+                  flow="source_to_target"):
+    """torch_geometric's LightGCN propagation: L stacked LGConv, sum_l alpha_l x_l."""
+    conv_module = pytest.importorskip("torch_geometric.nn.conv")
+    conv = conv_module.LGConv(normalize=normalize, flow=flow)
+    if not isinstance(alpha, torch.Tensor):
+        alpha = torch.tensor(alpha, dtype=torch.float64)
+    alpha = alpha.to(dtype=x.dtype, device=x.device)
+    out = alpha[0] * x
+    h = x
+    for layer in range(1, alpha.numel()):
+        h = conv(h, edge_index, edge_weight)
+        out = out + alpha[layer] * h
+    return out
+
+
+# ------------------------------------------------------------ tolerances
+def assert_close_to_reference(out, ref64, dtype, ref_low=None, *, rtol=None, atol=None):
+    """out vs the float64 reference. float64/float32: fixed tolerances.
+    float16/bfloat16 (flash-attention's idiom): the error is at most twice that
+    of the same reference computed in that dtype, plus a small eps."""
+    out64 = out.detach().cpu().to(torch.float64)
+    ref64 = ref64.detach().cpu().to(torch.float64)
+    assert out64.shape == ref64.shape
+    if dtype in LOW_PRECISION:
+        assert ref_low is not None, "low precision needs the reference in that dtype"
+        ref_err = (ref_low.detach().cpu().to(torch.float64) - ref64).abs().max().item()
+        err = (out64 - ref64).abs().max().item() if out64.numel() else 0.0
+        eps = torch.finfo(dtype).eps * max(1.0, ref64.abs().max().item() if ref64.numel() else 0)
+        assert err <= 2 * ref_err + eps, f"{dtype}: error {err} > 2 * {ref_err} + {eps}"
+        return
+    if rtol is None:
+        rtol, atol = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-5)}[dtype]
+    torch.testing.assert_close(out64, ref64, rtol=rtol, atol=atol)
