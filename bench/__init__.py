@@ -1,0 +1,4 @@
+"""Benchmarks of lightgcn_ext; run them from the repository root:
+
+    python -m bench.bench_propagate --help
+"""
