@@ -48,6 +48,21 @@ void check_graph_and_x(const at::Tensor& rowptr, const at::Tensor& col,
   }
 }
 
+void check_csr_contents(const at::Tensor& rowptr, const at::Tensor& col, int64_t num_nodes) {
+  const int64_t num_edges = col.numel();
+  TORCH_CHECK(rowptr[0].item<int64_t>() == 0 && rowptr[-1].item<int64_t>() == num_edges,
+              "rowptr must run from 0 to len(col) = ", num_edges, ", got ", rowptr[0].item<int64_t>(),
+              " to ", rowptr[-1].item<int64_t>());
+  TORCH_CHECK(num_nodes == 0 || !(rowptr.diff() < 0).any().item<bool>(),
+              "rowptr must be non-decreasing");
+  if (num_edges > 0) {
+    const auto [lo, hi] = at::aminmax(col);
+    TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < num_nodes,
+                "col must hold node ids in [0, num_nodes = ", num_nodes, "), got values in [",
+                lo.item<int64_t>(), ", ", hi.item<int64_t>(), "]");
+  }
+}
+
 int64_t check_alpha(const at::Tensor& alpha, const at::Tensor& x) {
   TORCH_CHECK(alpha.dim() == 1 && alpha.numel() >= 1,
               "alpha must be 1-D with num_layers + 1 >= 1 entries, got shape ", alpha.sizes());

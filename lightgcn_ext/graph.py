@@ -131,6 +131,7 @@ class Graph:
 
 
 # ---------------------------------------------------------------- caching
+_LAYOUTS = (torch.strided, torch.sparse_coo, torch.sparse_csr)
 _CACHE_SIZE = 8
 _cache = OrderedDict()
 
@@ -140,7 +141,10 @@ def prepare(edge_index, num_nodes=None, edge_weight=None, *, normalize=True,
     """The prepared Graph of any PyG-style input: a Graph (returned as is), a
     [2, E] edge_index tensor (or PyG EdgeIndex), a torch.sparse adj_t, or a
     torch_sparse SparseTensor. Tensors are prepared once and cached; the cache
-    notices a different tensor, or the same tensor modified in place."""
+    notices a different tensor, or the same tensor modified in place through
+    torch (its version counter). Writes that bypass the counter (through a
+    numpy view or `.data`) are not seen: call `clear_cache()` after them, or
+    pass a Graph."""
     if isinstance(edge_index, Graph):
         if num_nodes is not None and num_nodes != edge_index.num_nodes:
             raise ValueError(f"the prepared graph has {edge_index.num_nodes} nodes, "
@@ -149,6 +153,14 @@ def prepare(edge_index, num_nodes=None, edge_weight=None, *, normalize=True,
             raise ValueError("edge_weight cannot be given with a prepared Graph: "
                              "pass it to Graph.from_edge_index instead")
         return edge_index
+    if not (isinstance(edge_index, torch.Tensor) or _is_sparse_adjacency(edge_index)):
+        raise TypeError(f"edge_index must be a [2, num_edges] tensor, a sparse adj_t or a "
+                        f"prepared Graph, got {type(edge_index).__name__}")
+    if isinstance(edge_index, torch.Tensor) and edge_index.layout not in _LAYOUTS:
+        raise TypeError(f"a sparse adj_t must have layout torch.sparse_coo or torch.sparse_csr, "
+                        f"got {edge_index.layout}")
+    if edge_weight is not None and not isinstance(edge_weight, torch.Tensor):
+        raise TypeError(f"edge_weight must be a torch.Tensor, got {type(edge_weight).__name__}")
     key = (_tensor_key(edge_index), _tensor_key(edge_weight), num_nodes, normalize, flow)
     hit = _cache.get(key)
     if hit is not None and hit[0]() is edge_index and (
@@ -177,6 +189,11 @@ def prepare(edge_index, num_nodes=None, edge_weight=None, *, normalize=True,
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
     return graph
+
+
+def clear_cache():
+    """Forgets every graph that `prepare` cached."""
+    _cache.clear()
 
 
 def _tensor_key(t):
@@ -256,7 +273,7 @@ def _inverse_sqrt_degree(rowptr, dst, weight_csr, edge_weight, num_nodes, normal
 
 def _is_sparse_adjacency(obj):
     if isinstance(obj, torch.Tensor):
-        return obj.layout in (torch.sparse_coo, torch.sparse_csr)
+        return obj.layout != torch.strided
     return type(obj).__name__ == "SparseTensor" and hasattr(obj, "storage")
 
 

@@ -24,7 +24,10 @@ def propagate(edge_index, x, alpha, *, edge_weight=None, normalize=True,
     gives its gradient, through the degree normalization too.
     """
     x = _check_x(x)
-    graph = prepare(edge_index, x.shape[0], edge_weight, normalize=normalize, flow=flow)
+    # A raw edge_index takes its node count from x; other inputs carry their own.
+    num_nodes = x.shape[0] if isinstance(edge_index, torch.Tensor) \
+        and edge_index.layout == torch.strided else None
+    graph = prepare(edge_index, num_nodes, edge_weight, normalize=normalize, flow=flow)
     if graph.num_nodes != x.shape[0]:
         raise ValueError(f"x must have one row per node ({graph.num_nodes}), got {x.shape[0]}")
     if graph.device != x.device:

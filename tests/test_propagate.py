@@ -62,9 +62,6 @@ def test_gradgradcheck_x(weighted, kind, device):
     assert torch.autograd.gradgradcheck(lambda x: propagate(graph, x, alpha), (x,))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "double backward through alpha is silently wrong: FusedPropagation.backward computes "
-    "grad_alpha with the raw layer_dots op, which has no autograd kernel (only a warning)"))
 @pytest.mark.filterwarnings("ignore:.*autograd kernel was not registered")
 def test_gradgradcheck_x_and_alpha():
     graph = Graph.from_edge_index(DIRECTED, TINY_N)

@@ -236,6 +236,7 @@ at::Tensor propagate_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
                          const at::Tensor& x_in, const at::Tensor& alpha) {
   check_graph_and_x(rowptr_in, col_in, weight_in, dinv_in, x_in);
   const int64_t L = check_alpha(alpha, x_in);
+  check_csr_contents(rowptr_in, col_in, x_in.size(0));
   const auto rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), dinv = dinv_in.contiguous();
   const auto x = x_in.contiguous();
   c10::optional<at::Tensor> weight;
@@ -266,6 +267,7 @@ at::Tensor layer_dots_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
   check_graph_and_x(rowptr_in, col_in, weight_in, dinv_in, x_in);
   check_like_x(grad_in, "grad", x_in);
   TORCH_CHECK(num_layers >= 0, "num_layers must be >= 0, got ", num_layers);
+  check_csr_contents(rowptr_in, col_in, x_in.size(0));
   const auto rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), dinv = dinv_in.contiguous();
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
   c10::optional<at::Tensor> weight;
