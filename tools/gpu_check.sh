@@ -110,7 +110,8 @@ if stage build 200 build; then
     skip sanitizer "compute-sanitizer not found"
   fi
   if [ -f bench/bench_propagate.py ]; then
-    stage bench 90 "$PY" bench/bench_propagate.py --device cuda
+    # The repo root on the path: the script imports lightgcn_ext from here.
+    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" stage bench 90 "$PY" bench/bench_propagate.py --device cuda
   else
     skip bench "no bench/bench_propagate.py"
   fi
