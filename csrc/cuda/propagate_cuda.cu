@@ -36,9 +36,12 @@ namespace lightgcn_ext {
 namespace {
 
 constexpr int kThreads = 256;
-// Columns a lane holds in registers per pass: kMaxVecs vectors of V values.
-// Wider rows are done in several passes over the row's edges.
-constexpr int kMaxVecs = 2;
+// Columns a lane holds in registers per pass: kMaxVecs vectors of V values
+// (32 lanes x 4 floats: d <= 128 in one pass). Wider rows take several passes
+// over the row's edges. One vector keeps the sweep at <= 48 registers with 8
+// edges' loads in flight; two vectors took 58-64 registers, spilled, and were
+// ~25% slower at d = 64 on an H200.
+constexpr int kMaxVecs = 1;
 // Grid cap (rows are visited with a grid-stride loop); it also bounds the
 // number of per-block partials of layer_dots.
 constexpr int64_t kMaxBlocks = 8192;
@@ -188,7 +191,7 @@ __global__ void __launch_bounds__(kThreads)
           if (g.weight != nullptr) my_w = g.weight[k0 + lane];
         }
         const int count = end - k0 < group ? static_cast<int>(end - k0) : group;
-#pragma unroll 4
+#pragma unroll 8
         for (int e = 0; e < count; ++e) {
           const int64_t c = __shfl_sync(group_mask, my_col, e, group);
           const acc_t w = __shfl_sync(group_mask, my_w, e, group);
