@@ -87,17 +87,10 @@ print(f"[check_cuda] import OK: {path}, torch {ext.torch_version}, with_cuda = 1
       "CPU and CUDA kernels registered")
 EOF
 
-# 5. The test suite with this build (no tests collected, exit 5, is not a failure).
+# 5. The test suite with this build. tests/test_build.py is left out: it checks
+#    the CMake build, which `make ctest` and `make test` check against the CPU
+#    torch; configuring CMake against this CUDA torch needs CUDA runtime
+#    libraries (libnvrtc.so) that a compile-only toolkit lacks.
 log "running the tests with the CUDA build"
-rc=0
-if [ -d "$SRC/tests" ]; then
-  (cd "$SRC" && "$PY" -m pytest -q tests) || rc=$?
-else
-  log "no tests/ directory yet"
-  rc=5
-fi
-if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then
-  log "tests FAILED (pytest exit $rc)"
-  exit "$rc"
-fi
-log "OK (pytest exit $rc)"
+(cd "$SRC" && "$PY" -m pytest -q tests --ignore=tests/test_build.py)
+log "OK"
