@@ -13,8 +13,10 @@ per implementation, on CUDA torch.cuda.max_memory_allocated.
 The table goes to stdout and to bench/results/<device>_<timestamp>.md.
 """
 import argparse
+import ctypes
 import gc
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -88,7 +90,8 @@ def normalized_adjacency(edge_index, num_nodes, dtype):
     deg.index_add_(0, dst, torch.ones_like(dst, dtype=dtype))
     dinv = deg.pow(-0.5).masked_fill_(deg == 0, 0.0)
     value = dinv[src] * dinv[dst]
-    return torch.sparse_coo_tensor(torch.stack([dst, src]), value, (num_nodes, num_nodes)).coalesce()
+    adj = torch.sparse_coo_tensor(torch.stack([dst, src]), value, (num_nodes, num_nodes))
+    return adj.coalesce()
 
 
 def ours_prepare(p):
@@ -138,7 +141,8 @@ def sparse_csr_forward(adj, x, alpha):
 
 def sparse_coo_prepare(p):
     if len(set(p.alpha)) != 1:
-        raise ValueError("the LightGCN-PyTorch reference averages the layers: alpha must be uniform")
+        raise ValueError("the LightGCN-PyTorch reference averages the layers: "
+                         "alpha must be uniform")
     return normalized_adjacency(p.edge_index, p.num_nodes, p.x.dtype)
 
 
@@ -185,19 +189,18 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def median_ms(fn, device, min_run_time, threads):
-    """Median time of fn in ms, after a warm-up."""
+def run_times_ms(fn, device, min_run_time, threads, min_runs, warm_up=True):
+    """Times of single runs of fn in ms, about min_runs or more, after a warm-up."""
     start = time.perf_counter()
-    fn()
+    fn()  # the warm-up, or a probe of how long fn takes
     sync(device)
-    first = time.perf_counter() - start
-    # At least three measurements, however slow fn is.
-    min_run_time = max(min_run_time, 3 * first)
+    min_run_time = max(min_run_time, min_runs * (time.perf_counter() - start))
     if device.type == "cuda":
-        for _ in range(2):
-            fn()
+        if warm_up:
+            for _ in range(2):
+                fn()
         times = []
-        while sum(times) < min_run_time * 1e3 or len(times) < 3:
+        while sum(times) < min_run_time * 1e3 or len(times) < min_runs:
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
             fn()
@@ -206,9 +209,22 @@ def median_ms(fn, device, min_run_time, threads):
             times.append(begin.elapsed_time(end))
             if len(times) >= 1000:
                 break
-        return statistics.median(times)
+        return times
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+    return [t * 1e3 for t in timer.blocked_autorange(min_run_time=min_run_time).times]
+
+
+def time_side_by_side(cases, device, args, min_run_time):
+    """{name: median ms} of the functions in `cases`, each run about 3 times or more
+    for min_run_time in all, in interleaved rounds so that a busy spell of the
+    machine spreads over all of them."""
+    times = {name: [] for name in cases}
+    min_runs = -(-3 // args.rounds)
+    for round_ in range(args.rounds):
+        for name, fn in cases.items():
+            times[name] += run_times_ms(fn, device, min_run_time / args.rounds, args.threads,
+                                        min_runs, warm_up=round_ == 0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 # ------------------------------------------------------------------ memory
@@ -238,11 +254,21 @@ def measure_memory_here(impl, args, device):
         fwd_bwd(impl, state, x, p.alpha, p.grad)
         sync(device)
         return torch.cuda.max_memory_allocated(device) - before
+    _release_free_heap()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
     before = _proc_status_kb("VmRSS")
     fwd_bwd(impl, state, x, p.alpha, p.grad)
     return (_proc_status_kb("VmHWM") - before) * 1024
+
+
+def _release_free_heap():
+    """Returns freed heap memory to the OS, so that the baseline RSS holds only
+    live data (glibc; elsewhere a no-op)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def measure_memory_subprocess(name, args):
@@ -251,7 +277,11 @@ def measure_memory_subprocess(name, args):
                "--layers", str(args.layers), "--data", args.data, "--dtype", args.dtype]
     if args.quick:
         command.append("--quick")
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    # A fixed mmap threshold makes glibc map every large tensor and unmap it when
+    # freed, so the peak RSS follows the live tensors instead of heap reuse
+    # (without it the same probe gave 36 or 72 MB for ours, run to run).
+    env = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024), **os.environ}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
         raise RuntimeError(f"memory probe of {name} failed (exit {result.returncode}):\n"
@@ -367,13 +397,17 @@ def describe(args, device, p):
     return [
         f"# LightGCN propagation benchmark ({time.strftime('%Y-%m-%d %H:%M:%S')})",
         "",
-        f"- device: {device} ({machine}), {args.threads} threads",
+        f"- device: {device} ({machine}), {args.threads} threads"
+        + (f", load average {os.getloadavg()[0]:.2f} at start" if device.type == "cpu" else ""),
         f"- graph: {p.data}, N={p.num_nodes:,}, E={p.edge_index.shape[1]:,} (both directions)",
         f"- d={args.dim}, L={args.layers}, alpha={p.alpha[0]:.4g} each, {args.dtype}",
-        f"- torch {torch.__version__}, torch_geometric {pyg}, lightgcn_ext {lightgcn_ext.__version__}",
-        f"- times: medians after warm-up ({'CUDA events' if device.type == 'cuda' else 'blocked_autorange'})",
-        "- memory: peak added by one forward+backward over its inputs "
-        f"({'max_memory_allocated' if device.type == 'cuda' else 'VmHWM - VmRSS, fresh process each'})",
+        f"- torch {torch.__version__}, torch_geometric {pyg}, "
+        f"lightgcn_ext {lightgcn_ext.__version__}",
+        f"- times: medians after warm-up, {args.rounds} interleaved round(s) ("
+        + ("CUDA events)" if device.type == "cuda" else "blocked_autorange)"),
+        "- memory: peak added by one forward+backward over its inputs ("
+        + ("torch.cuda.max_memory_allocated)" if device.type == "cuda" else
+           "VmHWM - VmRSS in a fresh process each, glibc mmap threshold 64 KiB)"),
     ]
 
 
@@ -393,7 +427,10 @@ def parse_args(argv=None):
     parser.add_argument("--skip-references", default="",
                         help=f"comma-separated, of: {','.join(REFERENCES)}")
     parser.add_argument("--min-run-time", type=float, default=None,
-                        help="seconds per measurement (default 2, 0.02 with --quick)")
+                        help="seconds of runs per implementation and mode, over all rounds "
+                        "(default 2, 0.02 with --quick); at least 3 runs each")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved timing rounds (default 3, 1 with --quick)")
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--measure-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -401,6 +438,8 @@ def parse_args(argv=None):
         args.data = "gowalla" if find_gowalla_root() is not None else "synthetic"
     if args.min_run_time is None:
         args.min_run_time = 0.02 if args.quick else 2.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
     skipped = {s for s in args.skip_references.split(",") if s}
     unknown = skipped - set(REFERENCES)
     if unknown:
@@ -445,26 +484,27 @@ def main(argv=None):
     print("\n".join(header), flush=True)
 
     # Prepare every graph form (timed: ours is a once-per-graph cost), then check.
-    states, prep = {}, {}
+    states = {}
     for impl in [IMPLS["ours"]] + [i for i in impls if i.name != "ours"]:
         states[impl.name] = impl.prepare(p)
-        prep[impl.name] = median_ms(lambda impl=impl: impl.prepare(p), device,
-                                    args.min_run_time / 4, args.threads)
+    prep = time_side_by_side({name: (lambda impl=IMPLS[name]: impl.prepare(p))
+                              for name in states}, device, args, args.min_run_time / 4)
     impls = check_against_ours(impls, states, p)
 
-    rows = {}
-    x_plain = p.x
-    x_grad = p.x.clone().requires_grad_()
-    for impl in impls:
-        state = states[impl.name]
-        print(f"timing {impl.label} ...", flush=True)
+    print(f"timing, {args.rounds} interleaved round(s) ...", flush=True)
+    x_plain, x_grad = p.x, p.x.clone().requires_grad_()
+
+    def forward(impl):
         with torch.no_grad():
-            forward = median_ms(lambda: impl.forward(state, x_plain, p.alpha), device,
-                                args.min_run_time, args.threads)
-        both = median_ms(lambda: fwd_bwd(impl, state, x_grad, p.alpha, p.grad), device,
-                         args.min_run_time, args.threads)
-        rows[impl.name] = {"forward": forward, "fwd_bwd": both}
-        x_grad.grad = None
+            impl.forward(states[impl.name], x_plain, p.alpha)
+
+    cases = {(impl.name, "forward"): (lambda impl=impl: forward(impl)) for impl in impls}
+    cases.update({(impl.name, "fwd_bwd"):
+                  (lambda impl=impl: fwd_bwd(impl, states[impl.name], x_grad, p.alpha, p.grad))
+                  for impl in impls})
+    medians = time_side_by_side(cases, device, args, args.min_run_time)
+    rows = {impl.name: {"forward": medians[impl.name, "forward"],
+                        "fwd_bwd": medians[impl.name, "fwd_bwd"]} for impl in impls}
     del states
     gc.collect()
 
@@ -485,7 +525,6 @@ def main(argv=None):
     path = args.results_dir / f"{device.type}_{time.strftime('%Y%m%d-%H%M%S')}.md"
     path.write_text(report + "\n")
     print(f"\nwritten to {path}")
-
 
 
 if __name__ == "__main__":

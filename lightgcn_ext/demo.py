@@ -107,7 +107,8 @@ def main(argv=None):
     expected = sparse_propagate(adj64, x.detach().double(), alpha)
     expected_grad = sparse_propagate(adj64_t, grad.double(), alpha)
     failed = False
-    for what, got, want in [("forward", out.detach(), expected), ("gradient", x.grad, expected_grad)]:
+    checks = [("forward", out.detach(), expected), ("gradient", x.grad, expected_grad)]
+    for what, got, want in checks:
         error = (got.double() - want).abs().max().item()
         tolerance = TOLERANCE * max(1.0, want.abs().max().item())
         ok = error <= tolerance
@@ -126,7 +127,8 @@ def main(argv=None):
     ]
     try:
         import torch_geometric  # noqa: F401
-        candidates.append(("torch_geometric LGConv", lambda v: pyg_propagate(edge_index, v, alpha), 1))
+        candidates.append(
+            ("torch_geometric LGConv", lambda v: pyg_propagate(edge_index, v, alpha), 1))
     except ImportError:
         print("  (torch_geometric is not installed: not timed)")
     print("  time   (median, after a warm-up)      forward    fwd+bwd")
