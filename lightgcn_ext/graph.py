@@ -288,8 +288,11 @@ def _edges_of_adj_t(adj_t):
                                           crow.diff())
             col, value = adj_t.col_indices(), adj_t.values()
         elif adj_t.layout == torch.sparse_coo:
-            indices = adj_t._indices()
-            row, col, value = indices[0], indices[1], adj_t._values()
+            # coalesce() sums duplicates (the same operator) and, unlike
+            # _values(), keeps the values in autograd's graph.
+            adj_t = adj_t if adj_t.is_coalesced() else adj_t.coalesce()
+            row, col = adj_t.indices()
+            value = adj_t.values()
         else:
             raise TypeError(f"adj_t must be a sparse COO or CSR tensor, got layout {adj_t.layout}")
         num_nodes = adj_t.shape[0]

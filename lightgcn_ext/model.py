@@ -1,5 +1,7 @@
 """LightGCN and BPRLoss with the API, defaults and state_dict of
 torch_geometric.nn.models.LightGCN, on the fused propagation."""
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -52,10 +54,7 @@ class LightGCN(torch.nn.Module):
                                  f"got shape {list(alpha.shape)}")
         else:
             alpha = torch.tensor([alpha] * (num_layers + 1))
-        if isinstance(alpha, torch.nn.Parameter):
-            self.alpha = alpha
-        else:
-            self.register_buffer("alpha", alpha)
+        self.register_buffer("alpha", alpha)  # a buffer even when it requires grad, as PyG
         self.embedding = torch.nn.Embedding(num_nodes, embedding_dim)
         self.reset_parameters()
 
@@ -101,12 +100,18 @@ class LightGCN(torch.nn.Module):
                                                                  self.num_nodes)
         dst_index = None if dst_index is None else _check_index(dst_index, "dst_index",
                                                                 self.num_nodes)
+        src_index = None if src_index is None else src_index.to(out.device)
+        dst_index = None if dst_index is None else dst_index.to(out.device)
         out_src = out if src_index is None else out[src_index]
         out_dst = out if dst_index is None else out[dst_index]
         num_candidates = out_dst.size(0)
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_candidates:
-            raise ValueError(f"k must be an int in [1, {num_candidates}] (the number of "
-                             f"candidates in dst_index), got {k!r}")
+        try:
+            k = operator.index(k)  # ints, numpy ints, 0-d integer tensors
+        except TypeError:
+            raise TypeError(f"k must be an int, got {type(k).__name__}") from None
+        if not 0 <= k <= num_candidates:
+            raise ValueError(f"k must be in [0, {num_candidates}] (the number of candidates "
+                             f"in dst_index), got {k}")
         if chunk_size is None:
             chunk_size = max(1, (1 << 24) // max(num_candidates, 1))
         elif not isinstance(chunk_size, int) or chunk_size < 1:
@@ -136,7 +141,7 @@ class LightGCN(torch.nn.Module):
         loss_fn = BPRLoss(lambda_reg, **kwargs)
         emb = self.embedding.weight
         if node_id is not None:
-            emb = emb[_check_index(node_id, "node_id", self.num_nodes)]
+            emb = emb[_check_index(node_id, "node_id", self.num_nodes, allow_mask=True)]
         return loss_fn(pos_edge_rank, neg_edge_rank, emb)
 
     def __repr__(self) -> str:
@@ -156,9 +161,11 @@ class BPRLoss(_Loss):
         self.lambda_reg = lambda_reg
 
     def forward(self, positives: Tensor, negatives: Tensor, parameters: Tensor = None) -> Tensor:
-        if positives.shape != negatives.shape:
-            raise ValueError(f"positives and negatives must have the same shape, got "
-                             f"{list(positives.shape)} and {list(negatives.shape)}")
+        try:
+            torch.broadcast_shapes(positives.shape, negatives.shape)
+        except RuntimeError:
+            raise ValueError(f"positives and negatives must have broadcastable shapes, got "
+                             f"{list(positives.shape)} and {list(negatives.shape)}") from None
         log_prob = F.logsigmoid(positives - negatives).mean()
         regularization = 0
         if self.lambda_reg != 0:
@@ -227,15 +234,28 @@ def _edges_of(edge_index):
 
     if isinstance(edge_index, Graph):
         return edge_index.edge_index
+    if isinstance(edge_index, Tensor) and edge_index.layout == torch.sparse_coo:
+        return edge_index._indices()  # every stored entry, in order, as PyG
     if _is_sparse_adjacency(edge_index):
         pairs, _, _ = _edges_of_adj_t(edge_index)
         return pairs.flip(0)  # PyG returns (row, col) of the sparse matrix
     return edge_index
 
 
-def _check_index(index, name, num_nodes, pairs=False):
+def _check_index(index, name, num_nodes, pairs=False, allow_mask=False):
+    """Node ids (or [2, n] id pairs) as a tensor, each checked to be in range;
+    with allow_mask, a boolean mask over the nodes is accepted as well."""
     if not isinstance(index, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(index).__name__}")
+        try:
+            index = torch.as_tensor(index)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a tensor of node ids, got "
+                            f"{type(index).__name__}") from None
+    if allow_mask and index.dtype == torch.bool:
+        if index.shape != (num_nodes,):
+            raise ValueError(f"{name} as a boolean mask must have shape [num_nodes={num_nodes}], "
+                             f"got {list(index.shape)}")
+        return index
     if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor, got {index.dtype}")
     if pairs and (index.dim() != 2 or index.size(0) != 2):

@@ -1084,10 +1084,8 @@ def test_odd_inputs_do_not_crash_the_process():
 
 
 # ====================================================================
-# Differences from PyG found by these tests (bugs, xfail until fixed)
+# Differences from PyG that these tests found, now fixed
 # ====================================================================
-@pytest.mark.xfail(strict=True, reason="model.py recommend: `isinstance(k, int)` rejects "
-                   "integer-like k (numpy int, 0-d tensor) that PyG's topk accepts")
 @pytest.mark.parametrize("k", [pytest.param("numpy", id="numpy_int64"),
                                pytest.param("tensor", id="tensor_0d")])
 def test_recommend_accepts_integer_like_k(bipartite, k):
@@ -1100,16 +1098,12 @@ def test_recommend_accepts_integer_like_k(bipartite, k):
                      emb @ emb.t())
 
 
-@pytest.mark.xfail(strict=True, reason="model.py recommend: k=0 raises ValueError; PyG "
-                   "returns an empty [num_src, 0] tensor")
 def test_recommend_k_zero_like_pyg(bipartite):
     edge_index = bipartite[0]
     model, ref = make_models(NUM_USERS + NUM_ITEMS, 8, 2)
     assert torch.equal(model.recommend(edge_index, k=0), ref.recommend(edge_index, k=0))
 
 
-@pytest.mark.xfail(strict=True, reason="model.py _check_index: index arguments must be "
-                   "tensors; PyG indexes with Python lists too")
 def test_index_arguments_accept_lists_like_pyg(bipartite):
     edge_index = bipartite[0]
     model, ref = make_models(NUM_USERS + NUM_ITEMS, 8, 2)
@@ -1119,8 +1113,6 @@ def test_index_arguments_accept_lists_like_pyg(bipartite):
                      ref.recommend(edge_index, src_index=[0, 4], k=2), emb[[0, 4]] @ emb.t())
 
 
-@pytest.mark.xfail(strict=True, reason="model.py BPRLoss.forward: requires equal shapes; "
-                   "PyG broadcasts (e.g. [B, 1] positives against [B, K] negatives)")
 def test_bpr_loss_broadcasts_like_pyg():
     gen = torch.Generator().manual_seed(0)
     pos, neg = torch.randn(8, 1, generator=gen), torch.randn(8, 5, generator=gen)
@@ -1130,8 +1122,6 @@ def test_bpr_loss_broadcasts_like_pyg():
     assert_rel_close(model.recommendation_loss(pos, neg), ref.recommendation_loss(pos, neg))
 
 
-@pytest.mark.xfail(strict=True, reason="model.py recommendation_loss: node_id must be an "
-                   "integer 1-D tensor; PyG also takes a boolean mask")
 def test_recommendation_loss_accepts_a_node_mask_like_pyg():
     model, ref = make_models(10, 4, 2)
     mask = torch.arange(10) % 3 == 0
@@ -1140,9 +1130,6 @@ def test_recommendation_loss_accepts_a_node_mask_like_pyg():
                      ref.recommendation_loss(pos, neg, node_id=mask))
 
 
-@pytest.mark.xfail(strict=True, reason="model.py __init__: an nn.Parameter alpha becomes a "
-                   "parameter (`self.alpha = alpha`), PyG registers it as a buffer; so "
-                   "model.parameters() differ and an optimizer built from them trains alpha")
 def test_parameter_alpha_is_a_buffer_like_pyg():
     alpha = torch.tensor([0.5, 0.3, 0.2])
     model = LightGCN(10, 4, 2, alpha=torch.nn.Parameter(alpha.clone()))
@@ -1185,10 +1172,6 @@ def test_writes_that_bypass_the_version_counter_need_clear_cache(change):
     assert_rel_close(fresh, expected)
 
 
-@pytest.mark.xfail(strict=True, reason="graph.py:292 _edges_of_adj_t reads a COO adj_t's "
-                   "values with `_values()`, which autograd does not track: the gradient "
-                   "of values that require grad is silently lost (v.grad stays None); the "
-                   "CSR branch uses values() and is right")
 def test_coo_adj_t_values_get_a_gradient():
     edge_index = unique_edges(20, 60, seed=1)
     weight = edge_weights(edge_index.shape[1], seed=2)
