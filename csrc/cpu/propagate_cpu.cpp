@@ -14,15 +14,18 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 namespace lightgcn_ext {
 namespace {
 
-// Rows are handed to threads in contiguous chunks of about this many edges
-// (each row counts as one extra unit), so that a power-law degree
-// distribution does not leave one thread with the hubs. The chunking does not
-// depend on the thread count, which keeps reductions deterministic.
+// Rows are cut into contiguous chunks of about this many edges (each row
+// counts as one extra unit), so that a power-law degree distribution does not
+// leave one thread with the hubs, and threads take chunks as they finish
+// (`for_each_chunk`), so that a core shared with another process does not
+// hold the others up. The chunking does not depend on the thread count,
+// which keeps reductions deterministic.
 constexpr int64_t kWorkPerChunk = 8192;
 
 std::vector<int64_t> balanced_row_chunks(const int64_t* rowptr, int64_t num_rows) {
@@ -41,6 +44,17 @@ std::vector<int64_t> balanced_row_chunks(const int64_t* rowptr, int64_t num_rows
     bounds[c] = lo;
   }
   return bounds;
+}
+
+// Calls f(c) for c in [0, num_chunks) on torch's intra-op threads, each
+// thread taking the next chunk when it is done with one.
+template <typename F>
+void for_each_chunk(int64_t num_chunks, const F& f) {
+  std::atomic<int64_t> next{0};
+  const int64_t num_workers = std::min<int64_t>(at::get_num_threads(), num_chunks);
+  at::parallel_for(0, num_workers, 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1); c < num_chunks; c = next.fetch_add(1)) f(c);
+  });
 }
 
 template <typename acc_t, typename index_t>
@@ -83,32 +97,30 @@ template <bool kWeighted, typename acc_t, typename index_t, typename Epilogue>
 void sweep_rows(const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d,
                 const std::vector<int64_t>& chunks, const Epilogue& epilogue) {
   constexpr int T = kTile<acc_t>;
-  at::parallel_for(0, static_cast<int64_t>(chunks.size()) - 1, 1, [&](int64_t c0, int64_t c1) {
+  for_each_chunk(static_cast<int64_t>(chunks.size()) - 1, [&](int64_t c) {
     alignas(64) acc_t acc[T];
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t r = chunks[c]; r < chunks[c + 1]; ++r) {
-        const int64_t begin = g.rowptr[r], end = g.rowptr[r + 1];
-        for (int64_t j0 = 0; j0 < d; j0 += T) {
-          const int64_t width = std::min<int64_t>(T, d - j0);
-          std::fill(acc, acc + T, acc_t(0));
-          if (width == T) {
-            for (int64_t k = begin; k < end; ++k) {
-              if (k + kPrefetchDistance < end) {
-                prefetch_tile<T>(in + static_cast<int64_t>(g.col[k + kPrefetchDistance]) * d + j0);
-              }
-              const acc_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
-              const acc_t w = kWeighted ? g.weight[k] : acc_t(1);
-              for (int t = 0; t < T; ++t) acc[t] += kWeighted ? w * src[t] : src[t];
+    for (int64_t r = chunks[c]; r < chunks[c + 1]; ++r) {
+      const int64_t begin = g.rowptr[r], end = g.rowptr[r + 1];
+      for (int64_t j0 = 0; j0 < d; j0 += T) {
+        const int64_t width = std::min<int64_t>(T, d - j0);
+        std::fill(acc, acc + T, acc_t(0));
+        if (width == T) {
+          for (int64_t k = begin; k < end; ++k) {
+            if (k + kPrefetchDistance < end) {
+              prefetch_tile<T>(in + static_cast<int64_t>(g.col[k + kPrefetchDistance]) * d + j0);
             }
-          } else {
-            for (int64_t k = begin; k < end; ++k) {
-              const acc_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
-              const acc_t w = kWeighted ? g.weight[k] : acc_t(1);
-              for (int64_t t = 0; t < width; ++t) acc[t] += kWeighted ? w * src[t] : src[t];
-            }
+            const acc_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
+            const acc_t w = kWeighted ? g.weight[k] : acc_t(1);
+            for (int t = 0; t < T; ++t) acc[t] += kWeighted ? w * src[t] : src[t];
           }
-          epilogue(c, r, j0, width, acc);
+        } else {
+          for (int64_t k = begin; k < end; ++k) {
+            const acc_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
+            const acc_t w = kWeighted ? g.weight[k] : acc_t(1);
+            for (int64_t t = 0; t < width; ++t) acc[t] += kWeighted ? w * src[t] : src[t];
+          }
         }
+        epilogue(c, r, j0, width, acc);
       }
     }
   });
@@ -188,18 +200,16 @@ void layer_dots_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const s
     return total;
   };
   // Layer 0: <x, grad>; s_0 = dinv * x.
-  at::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      acc_t sum = 0;
-      for (int64_t r = chunks[c]; r < chunks[c + 1]; ++r) {
-        for (int64_t i = r * d; i < (r + 1) * d; ++i) {
-          const acc_t xi = static_cast<acc_t>(x[i]);
-          sum += xi * static_cast<acc_t>(grad[i]);
-          buf_a[i] = dinv[r] * xi;
-        }
+  for_each_chunk(num_chunks, [&](int64_t c) {
+    acc_t sum = 0;
+    for (int64_t r = chunks[c]; r < chunks[c + 1]; ++r) {
+      for (int64_t i = r * d; i < (r + 1) * d; ++i) {
+        const acc_t xi = static_cast<acc_t>(x[i]);
+        sum += xi * static_cast<acc_t>(grad[i]);
+        buf_a[i] = dinv[r] * xi;
       }
-      partial[c] = sum;
     }
+    partial[c] = sum;
   });
   dots[0] = reduce_partials();
   for (int64_t l = 1; l <= L; ++l) {
