@@ -383,6 +383,18 @@ def format_report(rows, prep, header):
     return "\n".join(lines)
 
 
+def build_id():
+    """The git commit of the checkout and when the loaded extension was built."""
+    so = Path(lightgcn_ext._C.__file__)
+    built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(so.stat().st_mtime))
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return f"git {commit}, {so.name} built {built}"
+
+
 def describe(args, device, p):
     if device.type == "cuda":
         machine = torch.cuda.get_device_name(device)
@@ -402,7 +414,7 @@ def describe(args, device, p):
         f"- graph: {p.data}, N={p.num_nodes:,}, E={p.edge_index.shape[1]:,} (both directions)",
         f"- d={args.dim}, L={args.layers}, alpha={p.alpha[0]:.4g} each, {args.dtype}",
         f"- torch {torch.__version__}, torch_geometric {pyg}, "
-        f"lightgcn_ext {lightgcn_ext.__version__}",
+        f"lightgcn_ext {lightgcn_ext.__version__} ({build_id()})",
         f"- times: medians after warm-up, {args.rounds} interleaved round(s) ("
         + ("CUDA events)" if device.type == "cuda" else "blocked_autorange)"),
         "- memory: peak added by one forward+backward over its inputs ("
