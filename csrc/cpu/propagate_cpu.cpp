@@ -155,7 +155,10 @@ void propagate_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const sc
   const int64_t n = g.num_rows, L = static_cast<int64_t>(alpha.size()) - 1;
   const acc_t* dinv = g.dinv;
   // Horner: h_L = alpha_L x; h_l = alpha_l x + M h_{l+1}; out = h_0.
-  // The buffers hold s_l = dinv * h_l.
+  // The buffers hold s_l = dinv * h_l, alternately; s_1, which the last
+  // sweep reads while it writes out, is always in buf_a, so that buf_b may be
+  // the output's own memory.
+  if (L % 2 == 0) std::swap(buf_a, buf_b);
   const acc_t alpha_last = alpha[L];
   for_each_element(n, d, [&](int64_t r, int64_t j) {
     buf_a[r * d + j] = dinv[r] * alpha_last * static_cast<acc_t>(x[r * d + j]);
@@ -258,7 +261,9 @@ at::Tensor propagate_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
   }
   auto out = at::empty_like(x);
   auto buf_a = at::empty({n, d}, x.options().dtype(acc_type));
-  auto buf_b = L > 1 ? at::empty_like(buf_a) : buf_a;
+  // The second working buffer: the output itself where it has the
+  // accumulation type (float32, float64), which saves an [N, d] buffer.
+  const auto buf_b = acc_type == x.scalar_type() ? out : L > 1 ? at::empty_like(buf_a) : buf_a;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "propagate_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto alpha_acc = alpha.to(at::kCPU, acc_type).contiguous();
