@@ -23,16 +23,15 @@ median over the rounds), so that the drift of a shared machine hits all alike.
 """
 import argparse
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.utils.benchmark as benchmark
 
 import lightgcn_ext
+from bench.timing import time_interleaved
 from lightgcn_ext import LightGCN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,46 +154,6 @@ def bpr_step(model, graph, edge_label_index, node_id):
     loss = model.recommendation_loss(pos_rank, neg_rank, node_id=node_id)
     loss.backward()
     return loss
-
-
-# ----------------------------------------------------------------- timing
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_ms(fn, device, min_run_time, threads):
-    """Median time of fn in ms (fn is warmed up already)."""
-    if device.type == "cuda":
-        times = []
-        while sum(times) < min_run_time * 1e3 or len(times) < 5:
-            begin = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end))
-            if len(times) >= 1000:
-                break
-        return statistics.median(times)
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
-
-
-def time_interleaved(workloads, device, args):
-    """{name: median ms} of every workload, measured in args.rounds rounds that
-    each time every workload once (so a slow spell of a shared machine hits
-    all of them, not whichever ran then); the median over the rounds."""
-    for name, fn in workloads.items():  # warm-up
-        fn()
-        sync(device)
-    per_round = {name: [] for name in workloads}
-    for round_ in range(args.rounds):
-        print(f"round {round_ + 1}/{args.rounds} ...", flush=True)
-        for name, fn in workloads.items():
-            per_round[name].append(median_ms(fn, device, args.min_run_time, args.threads))
-    return {name: statistics.median(times) for name, times in per_round.items()}
 
 
 # --------------------------------------------------------------- checks
@@ -360,7 +319,8 @@ def main(argv=None):
                                            get_embedding(model, graph))
         workloads[name, "bpr"] = (lambda model=model, graph=graph:
                                   bpr_step(model, graph, edge_label_index, node_id))
-    times = time_interleaved(workloads, device, args)
+    times = time_interleaved(workloads, device, args.rounds, args.min_run_time, args.threads,
+                             progress=True)
     rows = {name: {"embed": times[name, "embed"], "bpr": times[name, "bpr"]} for name in models}
 
     report, passed = format_report(rows, header)

@@ -18,7 +18,6 @@ import gc
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -28,11 +27,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.utils.benchmark as benchmark
 
 import lightgcn_ext
+from bench.timing import sync, time_interleaved
 from lightgcn_ext.data import (bipartite_edge_index, find_gowalla_root, load_gowalla,
                                synthetic_interactions)
+from lightgcn_ext.reference import normalized_adjacency, sparse_propagate
 
 REPO = Path(__file__).resolve().parents[1]
 DTYPES = {"float32": torch.float32, "float64": torch.float64,
@@ -83,17 +83,6 @@ def tiny_problem(args, device):
 
 
 # ---------------------------------------------------------- implementations
-def normalized_adjacency(edge_index, num_nodes, dtype):
-    """Â = D^-1/2 Aᵀ D^-1/2 (rows = destinations) as a coalesced COO tensor."""
-    src, dst = edge_index
-    deg = torch.zeros(num_nodes, dtype=dtype, device=edge_index.device)
-    deg.index_add_(0, dst, torch.ones_like(dst, dtype=dtype))
-    dinv = deg.pow(-0.5).masked_fill_(deg == 0, 0.0)
-    value = dinv[src] * dinv[dst]
-    adj = torch.sparse_coo_tensor(torch.stack([dst, src]), value, (num_nodes, num_nodes))
-    return adj.coalesce()
-
-
 def ours_prepare(p):
     return lightgcn_ext.Graph.from_edge_index(p.edge_index, p.num_nodes)
 
@@ -128,15 +117,7 @@ def pyg_forward(state, x, alpha):
 
 
 def sparse_csr_prepare(p):
-    return normalized_adjacency(p.edge_index, p.num_nodes, p.x.dtype).to_sparse_csr()
-
-
-def sparse_csr_forward(adj, x, alpha):
-    out = x * alpha[0]
-    for a in alpha[1:]:
-        x = torch.sparse.mm(adj, x)
-        out = out + x * a
-    return out
+    return normalized_adjacency(p.edge_index, p.num_nodes, p.x.dtype, layout=torch.sparse_csr)
 
 
 def sparse_coo_prepare(p):
@@ -171,7 +152,7 @@ IMPLS = {impl.name: impl for impl in [
     Impl("pyg_csr", "torch_geometric LGConv, torch.sparse CSR adj_t", pyg_csr_prepare,
          pyg_forward, "torch_geometric"),
     Impl("sparse_csr", "torch.sparse.mm, precomputed normalized CSR", sparse_csr_prepare,
-         sparse_csr_forward),
+         sparse_propagate),
     Impl("sparse_coo", "torch.sparse.mm, normalized COO (LightGCN-PyTorch)", sparse_coo_prepare,
          sparse_coo_forward),
 ]}
@@ -184,47 +165,12 @@ def fwd_bwd(impl, state, x, alpha, grad):
 
 
 # ------------------------------------------------------------------ timing
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_times_ms(fn, device, min_run_time, threads, min_runs, warm_up=True):
-    """Times of single runs of fn in ms, about min_runs or more, after a warm-up."""
-    start = time.perf_counter()
-    fn()  # the warm-up, or a probe of how long fn takes
-    sync(device)
-    min_run_time = max(min_run_time, min_runs * (time.perf_counter() - start))
-    if device.type == "cuda":
-        if warm_up:
-            for _ in range(2):
-                fn()
-        times = []
-        while sum(times) < min_run_time * 1e3 or len(times) < min_runs:
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end))
-            if len(times) >= 1000:
-                break
-        return times
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    return [t * 1e3 for t in timer.blocked_autorange(min_run_time=min_run_time).times]
-
-
 def time_side_by_side(cases, device, args, min_run_time):
     """{name: median ms} of the functions in `cases`, each run about 3 times or more
     for min_run_time in all, in interleaved rounds so that a busy spell of the
     machine spreads over all of them."""
-    times = {name: [] for name in cases}
-    min_runs = -(-3 // args.rounds)
-    for round_ in range(args.rounds):
-        for name, fn in cases.items():
-            times[name] += run_times_ms(fn, device, min_run_time / args.rounds, args.threads,
-                                        min_runs, warm_up=round_ == 0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return time_interleaved(cases, device, args.rounds, min_run_time / args.rounds, args.threads,
+                            min_runs=-(-3 // args.rounds), probe=True, pool=True)
 
 
 # ------------------------------------------------------------------ memory

@@ -11,34 +11,14 @@ import argparse
 import statistics
 import sys
 import time
-import warnings
 
 import torch
 
 import lightgcn_ext
 from lightgcn_ext.data import bipartite_edge_index, synthetic_interactions
+from lightgcn_ext.reference import normalized_adjacency, sparse_propagate
 
 TOLERANCE = 1e-4  # max abs error of float32 results, relative to max |reference|
-
-
-def normalized_adjacency(edge_index, num_nodes, dtype):
-    """Â = D^-1/2 Aᵀ D^-1/2 (rows = destinations, PyG's LGConv) as torch.sparse CSR."""
-    src, dst = edge_index
-    deg = torch.bincount(dst, minlength=num_nodes).to(dtype)
-    dinv = deg.pow(-0.5).masked_fill_(deg == 0, 0.0)
-    adj = torch.sparse_coo_tensor(torch.stack([dst, src]), dinv[src] * dinv[dst],
-                                  (num_nodes, num_nodes), check_invariants=False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-        return adj.coalesce().to_sparse_csr()
-
-
-def sparse_propagate(adj, x, alpha):
-    out = x * alpha[0]
-    for a in alpha[1:]:
-        x = torch.sparse.mm(adj, x)
-        out = out + x * a
-    return out
 
 
 def pyg_propagate(edge_index, x, alpha):
@@ -102,8 +82,10 @@ def main(argv=None):
 
     # The reference: the same sums in float64 with torch.sparse; the gradient
     # is sum_l alpha_l (Âᵀ)^l grad.
-    adj64 = normalized_adjacency(edge_index, data.num_nodes, torch.float64)
-    adj64_t = normalized_adjacency(edge_index.flip(0), data.num_nodes, torch.float64)
+    adj64 = normalized_adjacency(edge_index, data.num_nodes, torch.float64,
+                                 layout=torch.sparse_csr)
+    adj64_t = normalized_adjacency(edge_index.flip(0), data.num_nodes, torch.float64,
+                                   layout=torch.sparse_csr)
     expected = sparse_propagate(adj64, x.detach().double(), alpha)
     expected_grad = sparse_propagate(adj64_t, grad.double(), alpha)
     failed = False
@@ -120,7 +102,8 @@ def main(argv=None):
         return 1
 
     x_plain = x.detach()
-    adj32 = normalized_adjacency(edge_index, data.num_nodes, torch.float32)
+    adj32 = normalized_adjacency(edge_index, data.num_nodes, torch.float32,
+                                 layout=torch.sparse_csr)
     candidates = [
         ("lightgcn_ext (fused)", lambda v: lightgcn_ext.propagate(graph, v, alpha), 5),
         ("torch.sparse.mm, CSR", lambda v: sparse_propagate(adj32, v, alpha), 2),
