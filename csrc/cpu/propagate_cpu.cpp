@@ -79,6 +79,12 @@ constexpr int kTile = 64 / sizeof(acc_t) * 4;  // 64 floats or 32 doubles
 // kPrefetchDistance ahead overlaps the memory latency (about 3x per sweep on
 // Gowalla, d = 64, measured here).
 constexpr int64_t kPrefetchDistance = 4;
+
+#if defined(__GNUC__) || defined(__clang__)
+#define LIGHTGCN_EXT_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define LIGHTGCN_EXT_ALWAYS_INLINE
+#endif
 constexpr int kCacheLine = 64;
 
 template <int T, typename acc_t>
@@ -90,39 +96,70 @@ inline void prefetch_tile(const acc_t* p) {
 #endif
 }
 
-// For every row r and feature tile [j0, j0 + width), computes
-// acc = sum_k w_k * in[col_k, j0 : j0 + width] and calls
-// epilogue(chunk, r, j0, width, acc).
+// The rows [r0, r1) of chunk c: for every row r and feature tile
+// [j0, j0 + width), computes acc = sum_k w_k * in[col_k, j0 : j0 + width] and
+// calls epilogue(c, r, j0, width, acc). Always inlined, so that each caller
+// below compiles it for its own instruction set.
+template <bool kWeighted, typename acc_t, typename index_t, typename Epilogue>
+LIGHTGCN_EXT_ALWAYS_INLINE inline void sweep_chunk(const Csr<acc_t, index_t>& g, const acc_t* in,
+                                                  int64_t d, int64_t c, int64_t r0, int64_t r1,
+                                                  const Epilogue& epilogue) {
+  constexpr int T = kTile<acc_t>;
+  alignas(64) acc_t acc[T];
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t begin = g.rowptr[r], end = g.rowptr[r + 1];
+    for (int64_t j0 = 0; j0 < d; j0 += T) {
+      const int64_t width = std::min<int64_t>(T, d - j0);
+      for (int t = 0; t < T; ++t) acc[t] = acc_t(0);
+      if (width == T) {
+        for (int64_t k = begin; k < end; ++k) {
+          if (k + kPrefetchDistance < end) {
+            prefetch_tile<T>(in + static_cast<int64_t>(g.col[k + kPrefetchDistance]) * d + j0);
+          }
+          const acc_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
+          const acc_t w = kWeighted ? g.weight[k] : acc_t(1);
+          for (int t = 0; t < T; ++t) acc[t] += kWeighted ? w * src[t] : src[t];
+        }
+      } else {
+        for (int64_t k = begin; k < end; ++k) {
+          const acc_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
+          const acc_t w = kWeighted ? g.weight[k] : acc_t(1);
+          for (int64_t t = 0; t < width; ++t) acc[t] += kWeighted ? w * src[t] : src[t];
+        }
+      }
+      epilogue(c, r, j0, width, acc);
+    }
+  }
+}
+
+// The build targets baseline x86-64 (SSE2) so that the wheel runs anywhere;
+// where the CPU has AVX2 and FMA, the sweep runs a copy compiled for them
+// (wider vectors: fewer instructions per gathered row).
+#if defined(__GNUC__) && defined(__x86_64__)
+template <bool kWeighted, typename acc_t, typename index_t, typename Epilogue>
+__attribute__((target("avx2,fma"))) void sweep_chunk_avx2(
+    const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d, int64_t c, int64_t r0, int64_t r1,
+    const Epilogue& epilogue) {
+  sweep_chunk<kWeighted>(g, in, d, c, r0, r1, epilogue);
+}
+
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
 template <bool kWeighted, typename acc_t, typename index_t, typename Epilogue>
 void sweep_rows(const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d,
                 const std::vector<int64_t>& chunks, const Epilogue& epilogue) {
-  constexpr int T = kTile<acc_t>;
   for_each_chunk(static_cast<int64_t>(chunks.size()) - 1, [&](int64_t c) {
-    alignas(64) acc_t acc[T];
-    for (int64_t r = chunks[c]; r < chunks[c + 1]; ++r) {
-      const int64_t begin = g.rowptr[r], end = g.rowptr[r + 1];
-      for (int64_t j0 = 0; j0 < d; j0 += T) {
-        const int64_t width = std::min<int64_t>(T, d - j0);
-        std::fill(acc, acc + T, acc_t(0));
-        if (width == T) {
-          for (int64_t k = begin; k < end; ++k) {
-            if (k + kPrefetchDistance < end) {
-              prefetch_tile<T>(in + static_cast<int64_t>(g.col[k + kPrefetchDistance]) * d + j0);
-            }
-            const acc_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
-            const acc_t w = kWeighted ? g.weight[k] : acc_t(1);
-            for (int t = 0; t < T; ++t) acc[t] += kWeighted ? w * src[t] : src[t];
-          }
-        } else {
-          for (int64_t k = begin; k < end; ++k) {
-            const acc_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
-            const acc_t w = kWeighted ? g.weight[k] : acc_t(1);
-            for (int64_t t = 0; t < width; ++t) acc[t] += kWeighted ? w * src[t] : src[t];
-          }
-        }
-        epilogue(c, r, j0, width, acc);
-      }
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (cpu_has_avx2_fma()) {
+      sweep_chunk_avx2<kWeighted>(g, in, d, c, chunks[c], chunks[c + 1], epilogue);
+      return;
     }
+#endif
+    sweep_chunk<kWeighted>(g, in, d, c, chunks[c], chunks[c + 1], epilogue);
   });
 }
 
