@@ -1,4 +1,5 @@
-// Argument checks shared by every backend of the lightgcn_ext ops.
+// Argument checks and operand preparation shared by every backend of the
+// lightgcn_ext ops.
 //
 // Each check names the argument and what was expected, so that a bad call
 // fails with a readable message at the op boundary instead of inside a kernel.
@@ -27,5 +28,17 @@ int64_t check_alpha(const at::Tensor& alpha, const at::Tensor& x);
 
 // Validates the extra tensor of `layer_dots`: same shape, dtype and device as x.
 void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x);
+
+// The graph operands of propagate / layer_dots, contiguous for the kernels.
+struct GraphOperands {
+  at::Tensor rowptr, col, dinv;
+  c10::optional<at::Tensor> weight;
+};
+GraphOperands contiguous_graph(const at::Tensor& rowptr, const at::Tensor& col,
+                               const c10::optional<at::Tensor>& weight, const at::Tensor& dinv);
+
+// alpha_0 * x in x's dtype (computed in its accumulation type): propagate
+// with no layers, or with nothing to propagate.
+at::Tensor alpha0_times_x(const at::Tensor& x, const at::Tensor& alpha);
 
 }  // namespace lightgcn_ext

@@ -82,6 +82,18 @@ void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x) {
               "), got ", t.device());
 }
 
+GraphOperands contiguous_graph(const at::Tensor& rowptr, const at::Tensor& col,
+                               const c10::optional<at::Tensor>& weight, const at::Tensor& dinv) {
+  GraphOperands g{rowptr.contiguous(), col.contiguous(), dinv.contiguous(), c10::nullopt};
+  if (weight.has_value()) g.weight = weight->contiguous();
+  return g;
+}
+
+at::Tensor alpha0_times_x(const at::Tensor& x, const at::Tensor& alpha) {
+  const auto acc_type = at::toOpMathType(x.scalar_type());
+  return (x.to(acc_type) * alpha[0].to(acc_type)).to(x.scalar_type());
+}
+
 namespace {
 
 // Sorts the edges (row_e, col_e) by row, then col, and returns the CSR

@@ -271,13 +271,12 @@ void layer_dots_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const s
 
 // Calls f(csr) with the typed view of the graph.
 template <typename acc_t, typename F>
-void with_csr(const at::Tensor& rowptr, const at::Tensor& col,
-              const c10::optional<at::Tensor>& weight, const at::Tensor& dinv, const F& f) {
-  AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "lightgcn_ext_cpu_col", [&] {
-    const Csr<acc_t, index_t> g{rowptr.data_ptr<int64_t>(), col.data_ptr<index_t>(),
-                                weight.has_value() ? weight->data_ptr<acc_t>() : nullptr,
-                                dinv.data_ptr<acc_t>(), dinv.numel()};
-    f(g);
+void with_csr(const GraphOperands& g, const F& f) {
+  AT_DISPATCH_INDEX_TYPES(g.col.scalar_type(), "lightgcn_ext_cpu_col", [&] {
+    const Csr<acc_t, index_t> csr{g.rowptr.data_ptr<int64_t>(), g.col.data_ptr<index_t>(),
+                                  g.weight.has_value() ? g.weight->data_ptr<acc_t>() : nullptr,
+                                  g.dinv.data_ptr<acc_t>(), g.dinv.numel()};
+    f(csr);
   });
 }
 
@@ -287,15 +286,11 @@ at::Tensor propagate_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
   check_graph_and_x(rowptr_in, col_in, weight_in, dinv_in, x_in);
   const int64_t L = check_alpha(alpha, x_in);
   check_csr_contents(rowptr_in, col_in, x_in.size(0));
-  const auto rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), dinv = dinv_in.contiguous();
+  const auto g = contiguous_graph(rowptr_in, col_in, weight_in, dinv_in);
   const auto x = x_in.contiguous();
-  c10::optional<at::Tensor> weight;
-  if (weight_in.has_value()) weight = weight_in->contiguous();
   const int64_t n = x.size(0), d = x.size(1);
   const auto acc_type = at::toOpMathType(x.scalar_type());
-  if (L == 0 || n == 0 || d == 0) {
-    return (x.to(acc_type) * alpha[0].to(acc_type)).to(x.scalar_type());
-  }
+  if (L == 0 || n == 0 || d == 0) return alpha0_times_x(x, alpha);
   auto out = at::empty_like(x);
   auto buf_a = at::empty({n, d}, x.options().dtype(acc_type));
   // The second working buffer: the output itself where it has the
@@ -305,8 +300,8 @@ at::Tensor propagate_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
     using acc_t = at::opmath_type<scalar_t>;
     const auto alpha_acc = alpha.to(at::kCPU, acc_type).contiguous();
     const std::vector<acc_t> a(alpha_acc.data_ptr<acc_t>(), alpha_acc.data_ptr<acc_t>() + L + 1);
-    with_csr<acc_t>(rowptr, col, weight, dinv, [&](const auto& g) {
-      propagate_kernel<scalar_t>(g, x.data_ptr<scalar_t>(), a, d, buf_a.data_ptr<acc_t>(),
+    with_csr<acc_t>(g, [&](const auto& csr) {
+      propagate_kernel<scalar_t>(csr, x.data_ptr<scalar_t>(), a, d, buf_a.data_ptr<acc_t>(),
                                  buf_b.data_ptr<acc_t>(), out.data_ptr<scalar_t>());
     });
   });
@@ -320,10 +315,8 @@ at::Tensor layer_dots_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
   check_like_x(grad_in, "grad", x_in);
   TORCH_CHECK(num_layers >= 0, "num_layers must be >= 0, got ", num_layers);
   check_csr_contents(rowptr_in, col_in, x_in.size(0));
-  const auto rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), dinv = dinv_in.contiguous();
+  const auto g = contiguous_graph(rowptr_in, col_in, weight_in, dinv_in);
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
-  c10::optional<at::Tensor> weight;
-  if (weight_in.has_value()) weight = weight_in->contiguous();
   const int64_t n = x.size(0), d = x.size(1);
   const auto acc_type = at::toOpMathType(x.scalar_type());
   auto dots = at::zeros({num_layers + 1}, x.options().dtype(acc_type));
@@ -332,8 +325,8 @@ at::Tensor layer_dots_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
   auto buf_b = at::empty_like(buf_a);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "layer_dots_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    with_csr<acc_t>(rowptr, col, weight, dinv, [&](const auto& g) {
-      layer_dots_kernel<scalar_t>(g, x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), num_layers,
+    with_csr<acc_t>(g, [&](const auto& csr) {
+      layer_dots_kernel<scalar_t>(csr, x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), num_layers,
                                   d, buf_a.data_ptr<acc_t>(), buf_b.data_ptr<acc_t>(),
                                   dots.data_ptr<acc_t>());
     });

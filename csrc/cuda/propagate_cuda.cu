@@ -309,12 +309,10 @@ void layer_dots_launch(const Csr<at::opmath_type<scalar_t>, index_t>& g, const s
 }
 
 template <typename acc_t, typename index_t>
-Csr<acc_t, index_t> make_csr(const at::Tensor& rowptr, const at::Tensor& col,
-                             const c10::optional<at::Tensor>& weight, const at::Tensor& dinv,
-                             int64_t d) {
-  return {rowptr.const_data_ptr<int64_t>(), col.const_data_ptr<index_t>(),
-          weight.has_value() ? weight->const_data_ptr<acc_t>() : nullptr,
-          dinv.const_data_ptr<acc_t>(), dinv.numel(), d};
+Csr<acc_t, index_t> make_csr(const GraphOperands& g, int64_t d) {
+  return {g.rowptr.const_data_ptr<int64_t>(), g.col.const_data_ptr<index_t>(),
+          g.weight.has_value() ? g.weight->const_data_ptr<acc_t>() : nullptr,
+          g.dinv.const_data_ptr<acc_t>(), g.dinv.numel(), d};
 }
 
 at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
@@ -323,15 +321,11 @@ at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
   check_graph_and_x(rowptr_in, col_in, weight_in, dinv_in, x_in);
   const int64_t L = check_alpha(alpha_in, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), dinv = dinv_in.contiguous();
+  const auto graph = contiguous_graph(rowptr_in, col_in, weight_in, dinv_in);
   const auto x = x_in.contiguous();
-  c10::optional<at::Tensor> weight;
-  if (weight_in.has_value()) weight = weight_in->contiguous();
   const int64_t n = x.size(0), d = x.size(1);
   const auto acc_type = at::toOpMathType(x.scalar_type());
-  if (L == 0 || n == 0 || d == 0) {
-    return x.to(acc_type).mul(alpha_in[0].to(acc_type)).to(x.scalar_type());
-  }
+  if (L == 0 || n == 0 || d == 0) return alpha0_times_x(x, alpha_in);
   // alpha stays on the device: the kernels read alpha[l] themselves.
   const auto alpha = alpha_in.to(acc_type).contiguous();
   auto out = at::empty_like(x);
@@ -341,8 +335,8 @@ at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "propagate_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const bool vec = can_vectorize<scalar_t>(d, {&x, &out});
-    AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "propagate_cuda_col", [&] {
-      const auto g = make_csr<acc_t, index_t>(rowptr, col, weight, dinv, d);
+    AT_DISPATCH_INDEX_TYPES(graph.col.scalar_type(), "propagate_cuda_col", [&] {
+      const auto g = make_csr<acc_t, index_t>(graph, d);
       const auto* x_ptr = x.const_data_ptr<scalar_t>();
       const auto* alpha_ptr = alpha.const_data_ptr<acc_t>();
       auto* a_ptr = buf_a.mutable_data_ptr<acc_t>();
@@ -367,10 +361,8 @@ at::Tensor layer_dots_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in
   check_like_x(grad_in, "grad", x_in);
   TORCH_CHECK(num_layers >= 0, "num_layers must be >= 0, got ", num_layers);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), dinv = dinv_in.contiguous();
+  const auto graph = contiguous_graph(rowptr_in, col_in, weight_in, dinv_in);
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
-  c10::optional<at::Tensor> weight;
-  if (weight_in.has_value()) weight = weight_in->contiguous();
   const int64_t n = x.size(0), d = x.size(1);
   const auto acc_type = at::toOpMathType(x.scalar_type());
   auto dots = at::zeros({num_layers + 1}, x.options().dtype(acc_type));
@@ -383,8 +375,8 @@ at::Tensor layer_dots_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in
     const bool vec = can_vectorize<scalar_t>(d, {&x, &grad});
     const int64_t blocks = make_plan(n, d, vec ? kVec<scalar_t> : 1).blocks;
     auto partial = at::empty({(num_layers + 1) * blocks}, x.options().dtype(acc_type));
-    AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "layer_dots_cuda_col", [&] {
-      const auto g = make_csr<acc_t, index_t>(rowptr, col, weight, dinv, d);
+    AT_DISPATCH_INDEX_TYPES(graph.col.scalar_type(), "layer_dots_cuda_col", [&] {
+      const auto g = make_csr<acc_t, index_t>(graph, d);
       const auto* x_ptr = x.const_data_ptr<scalar_t>();
       const auto* grad_ptr = grad.const_data_ptr<scalar_t>();
       auto* a_ptr = buf_a.mutable_data_ptr<acc_t>();
