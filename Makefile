@@ -25,8 +25,8 @@ test-fast: build
 ctest: deps
 	bash tools/ctest.sh
 
-# Compiles and links the CUDA kernels with torch 2.14.1 (CUDA 13.0) and nvcc,
-# in .venv-cuda; needs no GPU.
+# Compiles and links the CUDA kernels with nvcc against the CUDA torch that
+# tools/torch_versions.env pins, in .venv-cuda; needs no GPU.
 check-cuda:
 	bash tools/check_cuda.sh
 

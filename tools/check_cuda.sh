@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # CUDA compile check for a machine without a GPU.
 #
-# Builds lightgcn_ext with its CUDA kernels against torch 2.14.1 (the CUDA 13.0
-# build) and the machine's nvcc, imports the result, checks that the CUDA
-# kernels are registered, and runs the test suite with that build (CUDA tests
-# skip: there is no device). Nothing CUDA runs here; this proves the .cu files
-# compile and link.
+# Builds lightgcn_ext with its CUDA kernels against the CUDA 13.0 build of torch
+# that tools/torch_versions.env pins and the machine's nvcc, imports the result,
+# checks that the CUDA kernels are registered, and runs the test suite with that
+# build (CUDA tests skip: there is no device). Nothing CUDA runs here; this
+# proves the .cu files compile and link.
 #
 # It never touches the CPU build used by the normal test run: the sources are
 # copied to build/cuda-check-src and built there (objects in build/cuda-check),
@@ -19,7 +19,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv-cuda"
 SRC="$ROOT/build/cuda-check-src"
 BUILD_TEMP="$ROOT/build/cuda-check"
-TORCH_VERSION="2.14.1"
+. "$ROOT/tools/torch_versions.env"  # CUDA_TORCH_VERSION
 
 log() { printf '[check_cuda] %s\n' "$*"; }
 
@@ -29,13 +29,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-if ! "$PY" - "$TORCH_VERSION" <<'EOF' 2>/dev/null; then
+if ! "$PY" - "$CUDA_TORCH_VERSION" <<'EOF' 2>/dev/null; then
 import sys
 import torch, numpy, pytest, hypothesis, ninja, setuptools, wheel  # noqa: F401
 sys.exit(torch.__version__.split("+")[0] != sys.argv[1] or torch.version.cuda is None)
 EOF
-  log "installing torch==$TORCH_VERSION and the build/test tools into $VENV"
-  "$PY" -m pip install -q "torch==$TORCH_VERSION" numpy pytest hypothesis ninja setuptools wheel
+  log "installing torch==$CUDA_TORCH_VERSION and the build/test tools into $VENV"
+  "$PY" -m pip install -q "torch==$CUDA_TORCH_VERSION" numpy pytest hypothesis ninja setuptools wheel
 fi
 if ! "$PY" -c "import torch_geometric" 2>/dev/null; then
   "$PY" -m pip install -q torch_geometric || log "torch_geometric not installed (its tests will skip)"

@@ -2,7 +2,7 @@
 # Configures, builds and runs the C++ tests of the ops (CMakeLists.txt) with ctest.
 #
 #   tools/ctest.sh                          # Release build in build/cmake
-#   BUILD_TYPE=Debug tools/ctest.sh         # "cxx_debug_flags" of csrc/build.json
+#   BUILD_TYPE=Debug tools/ctest.sh         # the debug flags (setup.py's DEBUG=1)
 #   tools/ctest.sh -DLIGHTGCN_EXT_WITH_CUDA=ON   # extra arguments go to the configure step
 #
 # Environment:

@@ -2,16 +2,23 @@
 
 torch is never upgraded or replaced: an installed torch (for example the
 CUDA build preinstalled on a GPU machine) is used as it is, and only where
-none is importable is the CPU wheel `torch==2.13.0` installed. Packages that
-are already importable are not touched, so this works without a network when
-everything is present. Test-only packages that cannot be installed are
-reported, and the tests that need them skip.
+none is importable is the CPU wheel that tools/torch_versions.env pins
+installed. Packages that are already importable are not touched, so this
+works without a network when everything is present. Test-only packages
+that cannot be installed are reported, and the tests that need them skip.
 """
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
-TORCH_WHEEL = "torch==2.13.0"
+# tools/torch_versions.env pins the torch versions that the scripts install (and says why two).
+VERSIONS = dict(
+    line.split("=", 1)
+    for line in (Path(__file__).parent / "torch_versions.env").read_text().splitlines()
+    if line and not line.startswith("#")
+)
+TORCH_WHEEL = f"torch=={VERSIONS['CPU_TORCH_VERSION']}"
 # (import name, pip requirement, required for the build)
 PACKAGES = [
     ("numpy", "numpy", True),
