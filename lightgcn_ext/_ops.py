@@ -1,21 +1,64 @@
-"""Fake (meta) kernels and autograd for the lightgcn_ext ops.
+"""The lightgcn_ext ops seen from Python: fake kernels and autograd, registered
+on the ops themselves (torch.library), so that torch.compile traces them and
+`torch.ops.lightgcn_ext.propagate` is differentiable however it is called.
 
-The C++ ops know nothing of autograd. Here they get fake kernels, so that
-torch.compile can trace them, and one autograd.Function: the gradient of a
-propagation is the same propagation on the transposed graph.
+The gradient of a propagation is the same propagation on the transposed
+graph, which the op's schema carries for that purpose; nothing of size E x d
+or L x N x d is saved.
 """
+from typing import NamedTuple, Optional
+
 import torch
+from torch import Tensor
 
 _INT32_MAX = 2**31 - 1
 
 
-def _opmath_dtype(dtype):
+def accumulation_dtype(dtype):
+    """The type the kernels accumulate `dtype` features in (at::opmath_type):
+    float32 for float16 and bfloat16, the type itself otherwise."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+class CsrOperator(NamedTuple):
+    """The operands of a prepared graph, in the order of the ops' schemas: the
+    CSR of M by destination and dinv, then the CSR of M^T (all None when the
+    graph is symmetric, M^T = M). `weight` and `dinv` are in the accumulation
+    type of the features they propagate."""
+
+    rowptr: Tensor
+    col: Tensor
+    weight: Optional[Tensor]
+    dinv: Tensor
+    rowptr_t: Optional[Tensor]
+    col_t: Optional[Tensor]
+    weight_t: Optional[Tensor]
+
+    def transposed(self):
+        """The operands of M^T."""
+        if self.rowptr_t is None:
+            return self
+        return CsrOperator(self.rowptr_t, self.col_t, self.weight_t, self.dinv,
+                           self.rowptr, self.col, self.weight)
+
+
+def propagate(operator: CsrOperator, x: Tensor, alpha: Tensor) -> Tensor:
+    """sum_l alpha_l M^l x; differentiable in x and alpha."""
+    return torch.ops.lightgcn_ext.propagate(*operator, x, alpha)
+
+
+def layer_dots(operator: CsrOperator, x: Tensor, grad: Tensor, num_layers: int) -> Tensor:
+    """[<M^l x, grad> for l = 0..num_layers]; differentiable in x and grad."""
+    return torch.ops.lightgcn_ext.layer_dots(*operator, x, grad, num_layers)
+
+
+# ------------------------------------------------------------ fake kernels
+# Shapes, and the one check the dispatcher needs from them: a meta tensor
+# among real ones dispatches here, not to the C++ kernel that would refuse the
+# mix. The other checks are at the public boundary (Python) and, where memory
+# safety needs them, in the C++ ops.
 @torch.library.register_fake("lightgcn_ext::prepare_csr")
 def _prepare_csr_fake(edge_index, num_nodes):
-    torch._check(edge_index.dim() == 2 and edge_index.shape[0] == 2)
     num_edges = edge_index.shape[1]
     rowptr = edge_index.new_empty(num_nodes + 1, dtype=torch.int64)
     col_dtype = torch.int32 if num_nodes <= _INT32_MAX else torch.int64
@@ -24,91 +67,69 @@ def _prepare_csr_fake(edge_index, num_nodes):
     return rowptr, col, perm, torch.empty_like(rowptr), torch.empty_like(col), torch.empty_like(perm)
 
 
-def _check_graph_and_x_fake(rowptr, col, weight, dinv, x, **others):
-    tensors = dict(rowptr=rowptr, col=col, weight=weight, dinv=dinv, **others)
+def _check_one_device(x, **tensors):
     for name, t in tensors.items():
         if t is not None:
             torch._check(t.device == x.device,
-                         lambda: f"{name} must be on the device of x ({x.device}), "
-                                 f"got {t.device}")
-    torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
-    torch._check(rowptr.shape[0] == x.shape[0] + 1, lambda: "rowptr must have num_nodes + 1 entries")
-    torch._check(dinv.shape[0] == x.shape[0], lambda: "dinv must have num_nodes entries")
-    if weight is not None:
-        torch._check(weight.shape[0] == col.shape[0], lambda: "weight must have one entry per edge")
+                         lambda: f"{name} must be on the device of x ({x.device}), got {t.device}")
 
 
 @torch.library.register_fake("lightgcn_ext::propagate")
-def _propagate_fake(rowptr, col, weight, dinv, x, alpha):
-    _check_graph_and_x_fake(rowptr, col, weight, dinv, x, alpha=alpha)
-    torch._check(alpha.dim() == 1 and alpha.shape[0] >= 1, lambda: "alpha must be 1-D, non-empty")
+def _propagate_fake(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x, alpha):
+    _check_one_device(x, rowptr=rowptr, col=col, weight=weight, dinv=dinv, alpha=alpha)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("lightgcn_ext::layer_dots")
-def _layer_dots_fake(rowptr, col, weight, dinv, x, grad, num_layers):
-    _check_graph_and_x_fake(rowptr, col, weight, dinv, x, grad=grad)
-    torch._check(grad.shape == x.shape, lambda: "grad must have the shape of x")
-    return x.new_empty(num_layers + 1, dtype=_opmath_dtype(x.dtype))
+def _layer_dots_fake(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x, grad, num_layers):
+    _check_one_device(x, rowptr=rowptr, col=col, weight=weight, dinv=dinv, grad=grad)
+    return x.new_empty(num_layers + 1, dtype=accumulation_dtype(x.dtype))
 
 
-class FusedPropagation(torch.autograd.Function):
-    """out = sum_l alpha_l M^l x for a prepared graph M (no E x d state saved).
-
-    Arguments after alpha are the graph: the CSR by destination, the CSR by
-    source (the same tensors when the graph is symmetric) and dinv.
-    """
-
-    @staticmethod
-    def forward(x, alpha, rowptr, col, weight, rowptr_t, col_t, weight_t, dinv):
-        return torch.ops.lightgcn_ext.propagate(rowptr, col, weight, dinv, x, alpha)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, alpha, *graph = inputs
-        # x is needed only for the gradient of alpha.
-        saved_x = x if ctx.needs_input_grad[1] else None
-        ctx.save_for_backward(saved_x, alpha, *graph)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, alpha, *graph = ctx.saved_tensors
-        grad_x = grad_alpha = None
-        if ctx.needs_input_grad[0]:
-            # The adjoint of M is M^T: the same propagation on the transposed graph.
-            grad_x = FusedPropagation.apply(grad_out, alpha, *_transposed(graph))
-        if ctx.needs_input_grad[1]:
-            grad_alpha = LayerDots.apply(x, grad_out, alpha.shape[0] - 1, *graph).to(alpha.dtype)
-        return (grad_x, grad_alpha) + (None,) * len(graph)
+# --------------------------------------------------------------- autograd
+# Positions in the schemas: the graph operands come first, then the tensors
+# (needs_input_grad is indexed from the front: in setup_context it has an
+# extra entry at the end).
+_NUM_GRAPH_OPERANDS = len(CsrOperator._fields)
+_NO_GRAPH_GRADS = (None,) * _NUM_GRAPH_OPERANDS
+_FIRST, _SECOND = _NUM_GRAPH_OPERANDS, _NUM_GRAPH_OPERANDS + 1  # (x, alpha) or (x, grad)
 
 
-class LayerDots(torch.autograd.Function):
-    """[<M^l x, grad> for l = 0..L]: the gradient of a propagation w.r.t. alpha.
-    Differentiable itself (d/dx = sum_l v_l (M^T)^l grad, d/dgrad = sum_l v_l
-    M^l x), so that double backward through alpha is right."""
-
-    @staticmethod
-    def forward(x, grad, num_layers, rowptr, col, weight, rowptr_t, col_t, weight_t, dinv):
-        return torch.ops.lightgcn_ext.layer_dots(rowptr, col, weight, dinv, x,
-                                                 grad.contiguous(), num_layers)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, grad, _, *graph = inputs
-        ctx.save_for_backward(x, grad, *graph)
-
-    @staticmethod
-    def backward(ctx, grad_dots):
-        x, grad, *graph = ctx.saved_tensors
-        grad_x = grad_grad = None
-        if ctx.needs_input_grad[0]:
-            grad_x = FusedPropagation.apply(grad, grad_dots, *_transposed(graph))
-        if ctx.needs_input_grad[1]:
-            grad_grad = FusedPropagation.apply(x, grad_dots, *graph)
-        return (grad_x, grad_grad, None) + (None,) * len(graph)
+def _propagate_setup_context(ctx, inputs, output):
+    *graph, x, alpha = inputs
+    # x is needed only for the gradient of alpha.
+    ctx.save_for_backward(x if ctx.needs_input_grad[_SECOND] else None, alpha, *graph)
 
 
-def _transposed(graph):
-    """(rowptr, col, weight, rowptr_t, col_t, weight_t, dinv) of M^T."""
-    rowptr, col, weight, rowptr_t, col_t, weight_t, dinv = graph
-    return rowptr_t, col_t, weight_t, rowptr, col, weight, dinv
+def _propagate_backward(ctx, grad_out):
+    x, alpha, *graph = ctx.saved_tensors
+    operator = CsrOperator(*graph)
+    needs_x, needs_alpha = ctx.needs_input_grad[_FIRST], ctx.needs_input_grad[_SECOND]
+    # The adjoint of M is M^T: the same propagation on the transposed graph.
+    grad_x = propagate(operator.transposed(), grad_out, alpha) if needs_x else None
+    grad_alpha = None
+    if needs_alpha:
+        grad_alpha = layer_dots(operator, x, grad_out, alpha.shape[0] - 1).to(alpha.dtype)
+    return _NO_GRAPH_GRADS + (grad_x, grad_alpha)
+
+
+def _layer_dots_setup_context(ctx, inputs, output):
+    *graph, x, grad, _ = inputs
+    ctx.save_for_backward(x, grad, *graph)
+
+
+def _layer_dots_backward(ctx, grad_dots):
+    """d/dx = sum_l v_l (M^T)^l grad and d/dgrad = sum_l v_l M^l x, for
+    double backward through alpha."""
+    x, grad, *graph = ctx.saved_tensors
+    operator = CsrOperator(*graph)
+    needs_x, needs_grad = ctx.needs_input_grad[_FIRST], ctx.needs_input_grad[_SECOND]
+    grad_x = propagate(operator.transposed(), grad, grad_dots) if needs_x else None
+    grad_grad = propagate(operator, x, grad_dots) if needs_grad else None
+    return _NO_GRAPH_GRADS + (grad_x, grad_grad, None)
+
+
+torch.library.register_autograd("lightgcn_ext::propagate", _propagate_backward,
+                                setup_context=_propagate_setup_context)
+torch.library.register_autograd("lightgcn_ext::layer_dots", _layer_dots_backward,
+                                setup_context=_layer_dots_setup_context)

@@ -14,6 +14,8 @@ from collections import OrderedDict
 
 import torch
 
+from ._ops import CsrOperator, accumulation_dtype
+
 FLOWS = ("source_to_target", "target_to_source")
 
 
@@ -45,17 +47,10 @@ class Graph:
             raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
         if flow == "target_to_source":
             edge_index = edge_index.flip(0)
-        if edge_index.numel() > 0:
-            low, high = torch.aminmax(edge_index)
-            low, high = int(low), int(high)
-            if low < 0 or high >= num_nodes:
-                raise ValueError(
-                    f"edge_index must hold node ids in [0, num_nodes={num_nodes}), "
-                    f"got values in [{low}, {high}]"
-                )
         if edge_weight is not None:
             edge_weight = _check_edge_weight(edge_weight, edge_index)
 
+        # prepare_csr checks that the ids lie in [0, num_nodes) (a ValueError).
         rowptr, col, perm, rowptr_t, col_t, perm_t = torch.ops.lightgcn_ext.prepare_csr(
             edge_index, num_nodes
         )
@@ -98,15 +93,15 @@ class Graph:
         return self.col.numel()
 
     def operator(self, dtype):
-        """(rowptr, col, weight, rowptr_t, col_t, weight_t, dinv) with weight and
-        dinv in the accumulation type of `dtype`, as the kernels take them."""
-        acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        """The CsrOperator the ops take, with weight and dinv in the
+        accumulation type of `dtype` features."""
+        acc = accumulation_dtype(dtype)
         if acc not in self._operators:
-            weight = None if self.weight is None else self.weight.to(acc)
-            weight_t = weight if self.is_symmetric else (
-                None if self.weight_t is None else self.weight_t.to(acc))
-            self._operators[acc] = (self.rowptr, self.col, weight, self.rowptr_t, self.col_t,
-                                    weight_t, self.dinv.to(acc))
+            cast = lambda t: None if t is None else t.to(acc)  # noqa: E731
+            transposed = (None, None, None) if self.is_symmetric else (
+                self.rowptr_t, self.col_t, cast(self.weight_t))
+            self._operators[acc] = CsrOperator(self.rowptr, self.col, cast(self.weight),
+                                               self.dinv.to(acc), *transposed)
         return self._operators[acc]
 
     def to(self, device):

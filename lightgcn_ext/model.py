@@ -262,7 +262,11 @@ def _check_index(index, name, num_nodes, pairs=False, allow_mask=False):
         raise ValueError(f"{name} must have shape [2, num_pairs], got {list(index.shape)}")
     if not pairs and index.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {list(index.shape)}")
-    if index.numel() > 0:
+    if torch.compiler.is_compiling():
+        # Reading the range on the host would break the graph: check on the device.
+        torch._assert_async(((index >= 0) & (index < num_nodes)).all(),
+                            f"{name} must hold node ids in [0, num_nodes={num_nodes})")
+    elif index.numel() > 0:
         low, high = torch.aminmax(index)
         if int(low) < 0 or int(high) >= num_nodes:
             raise ValueError(f"{name} must hold node ids in [0, num_nodes={num_nodes}), "

@@ -1,7 +1,7 @@
 """The functional API: out = sum_{l=0..L} alpha_l Â^l x."""
 import torch
 
-from ._ops import FusedPropagation
+from . import _ops
 from .graph import Graph, prepare
 
 
@@ -35,8 +35,7 @@ def propagate(edge_index, x, alpha, *, edge_weight=None, normalize=True,
     alpha = _check_alpha(alpha, x)
     if _needs_edge_weight_grad(graph):
         return _propagate_differentiable_weights(graph, x, alpha)
-    rowptr, col, weight, rowptr_t, col_t, weight_t, dinv = graph.operator(x.dtype)
-    return FusedPropagation.apply(x, alpha, rowptr, col, weight, rowptr_t, col_t, weight_t, dinv)
+    return _ops.propagate(graph.operator(x.dtype), x, alpha)
 
 
 def _check_x(x):

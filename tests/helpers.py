@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import lightgcn_ext  # noqa: F401  (loads the extension and registers the ops)
+from lightgcn_ext._ops import CsrOperator
 
 OPS = torch.ops.lightgcn_ext
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -80,27 +81,26 @@ def dense_layer_dots(edge_index, num_nodes, x, grad, num_layers, edge_weight=Non
 
 def csr_operands(edge_index, num_nodes, edge_weight=None, dtype=torch.float64, normalize=True,
                  transpose=False):
-    """(rowptr, col, weight, dinv) for the raw ops, built with prepare_csr and
-    plain PyTorch: weight and dinv in the accumulation type of `dtype`.
-    transpose=True gives the CSR by source (the operator Mᵀ)."""
+    """The CsrOperator of the raw ops (CSR by destination, dinv, CSR by source),
+    built with prepare_csr and plain PyTorch: weight and dinv in the
+    accumulation type of `dtype`. transpose=True gives the operator of Mᵀ."""
     acc = torch.float32 if dtype in LOW_PRECISION else dtype
     rowptr, col, perm, rowptr_t, col_t, perm_t = OPS.prepare_csr(edge_index, num_nodes)
     dst = edge_index[1].long()
     if edge_weight is None:
         deg = torch.zeros(num_nodes, dtype=torch.float64, device=dst.device).index_add_(
             0, dst, torch.ones(dst.numel(), dtype=torch.float64, device=dst.device))
-        weight = None
+        weight = weight_t = None
     else:
         w64 = edge_weight.to(torch.float64)
         deg = torch.zeros(num_nodes, dtype=torch.float64, device=dst.device).index_add_(0, dst, w64)
-        weight = (w64[perm_t] if transpose else w64[perm]).to(acc)
+        weight, weight_t = w64[perm].to(acc), w64[perm_t].to(acc)
     if normalize:
         dinv = deg.pow(-0.5).masked_fill(deg == 0, 0.0).to(acc)
     else:
         dinv = torch.ones(num_nodes, dtype=acc, device=dst.device)
-    if transpose:
-        return rowptr_t, col_t, weight, dinv
-    return rowptr, col, weight, dinv
+    operator = CsrOperator(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t)
+    return operator.transposed() if transpose else operator
 
 
 # ---------------------------------------------------------------- graphs

@@ -27,11 +27,15 @@ def _x(n=N, d=3, dtype=torch.float64, device="cpu"):
 
 
 def _raw(dtype=torch.float32, weighted=False):
-    """(rowptr, col, weight, dinv, x, alpha) valid for the raw propagate op."""
+    """(rowptr, col, weight, dinv, x, alpha) valid for the raw propagate op,
+    which takes NO_TRANSPOSE between dinv and x (a forward needs no M^T)."""
     edge_index = _edge_index()
     w = random_weights(edge_index.shape[1], seed=1) if weighted else None
-    rowptr, col, weight, dinv = csr_operands(edge_index, N, w, dtype)
+    rowptr, col, weight, dinv, *_ = csr_operands(edge_index, N, w, dtype)
     return rowptr, col, weight, dinv, _x(dtype=dtype), torch.tensor(ALPHA)
+
+
+NO_TRANSPOSE = (None, None, None)
 
 
 # -------------------------------------------------------------- edge_index
@@ -92,9 +96,10 @@ def test_raw_prepare_csr_checks():
         OPS.prepare_csr(torch.zeros(2, 4, dtype=torch.float32), N)
     with pytest.raises(RuntimeError, match="edge_index"):
         OPS.prepare_csr(torch.zeros(2, 4, dtype=torch.int16), N)
-    with pytest.raises(RuntimeError, match="edge_index"):
+    # Out-of-range ids are a ValueError: this is the one range check of the ids.
+    with pytest.raises(ValueError, match="edge_index"):
         OPS.prepare_csr(torch.tensor([[0, -1], [1, 0]]), N)
-    with pytest.raises(RuntimeError, match="edge_index"):
+    with pytest.raises(ValueError, match="edge_index"):
         OPS.prepare_csr(torch.tensor([[0, N], [1, 0]]), N)
     with pytest.raises(RuntimeError, match="num_nodes"):
         OPS.prepare_csr(torch.tensor([[0, 1], [1, 0]]), 0)
@@ -188,7 +193,7 @@ def test_alpha_bad(alpha, error):
 def test_raw_propagate_alpha_bad(alpha):
     rowptr, col, weight, dinv, x, _ = _raw()
     with pytest.raises(RuntimeError, match="alpha"):
-        OPS.propagate(rowptr, col, weight, dinv, x, alpha)
+        OPS.propagate(rowptr, col, weight, dinv, *NO_TRANSPOSE, x, alpha)
 
 
 # ------------------------------------------------------------- edge_weight
@@ -280,7 +285,8 @@ def test_edge_weight_on_another_device():
 @pytest.mark.parametrize("which", ["rowptr", "col", "dinv", "alpha"])
 def test_raw_propagate_mixed_with_meta_tensor(which):
     rowptr, col, weight, dinv, x, alpha = _raw()
-    args = dict(rowptr=rowptr, col=col, weight=weight, dinv=dinv, x=x, alpha=alpha)
+    args = dict(rowptr=rowptr, col=col, weight=weight, dinv=dinv, rowptr_t=None, col_t=None,
+                weight_t=None, x=x, alpha=alpha)
     args[which] = args[which].to("meta")
     with pytest.raises(RuntimeError, match=which):
         OPS.propagate(*args.values())
@@ -301,7 +307,8 @@ def test_cuda_mixed_devices():
     rowptr, col, weight, dinv, x, alpha = _raw()
     for name in ("rowptr", "col", "dinv"):
         args = dict(rowptr=rowptr.to(device), col=col.to(device), weight=None,
-                    dinv=dinv.to(device), x=x.to(device), alpha=alpha.to(device))
+                    dinv=dinv.to(device), rowptr_t=None, col_t=None, weight_t=None,
+                    x=x.to(device), alpha=alpha.to(device))
         args[name] = args[name].cpu()
         with pytest.raises(RuntimeError, match=rf"\b{name}\b"):
             OPS.propagate(*args.values())
@@ -311,31 +318,32 @@ def test_cuda_mixed_devices():
 def test_raw_propagate_dtype_mismatches():
     rowptr, col, weight, dinv, x, alpha = _raw(torch.float32)
     with pytest.raises(RuntimeError, match="dinv"):
-        OPS.propagate(rowptr, col, None, dinv.double(), x, alpha)
+        OPS.propagate(rowptr, col, None, dinv.double(), *NO_TRANSPOSE, x, alpha)
     with pytest.raises(RuntimeError, match="weight"):
-        OPS.propagate(rowptr, col, torch.ones(col.numel(), dtype=torch.float64), dinv, x, alpha)
+        OPS.propagate(rowptr, col, torch.ones(col.numel(), dtype=torch.float64), dinv,
+                      *NO_TRANSPOSE, x, alpha)
     with pytest.raises(RuntimeError, match="rowptr"):
-        OPS.propagate(rowptr.int(), col, None, dinv, x, alpha)
+        OPS.propagate(rowptr.int(), col, None, dinv, *NO_TRANSPOSE, x, alpha)
     with pytest.raises(RuntimeError, match="col"):
-        OPS.propagate(rowptr, col.float(), None, dinv, x, alpha)
+        OPS.propagate(rowptr, col.float(), None, dinv, *NO_TRANSPOSE, x, alpha)
     with pytest.raises(RuntimeError, match=r"\bx\b"):
-        OPS.propagate(rowptr, col, None, dinv, x.long(), alpha)
+        OPS.propagate(rowptr, col, None, dinv, *NO_TRANSPOSE, x.long(), alpha)
     # float16 features take float32 dinv and weights (their accumulation type).
     with pytest.raises(RuntimeError, match="dinv"):
-        OPS.propagate(rowptr, col, None, dinv.half(), x.half(), alpha)
-    OPS.propagate(rowptr, col, None, dinv, x.half(), alpha)
+        OPS.propagate(rowptr, col, None, dinv.half(), *NO_TRANSPOSE, x.half(), alpha)
+    OPS.propagate(rowptr, col, None, dinv, *NO_TRANSPOSE, x.half(), alpha)
 
 
 def test_raw_layer_dots_mismatches():
     rowptr, col, weight, dinv, x, alpha = _raw(torch.float32)
     with pytest.raises(RuntimeError, match="grad"):
-        OPS.layer_dots(rowptr, col, None, dinv, x, x.double(), 2)
+        OPS.layer_dots(rowptr, col, None, dinv, *NO_TRANSPOSE, x, x.double(), 2)
     with pytest.raises(RuntimeError, match="grad"):
-        OPS.layer_dots(rowptr, col, None, dinv, x, x[:, :2], 2)
+        OPS.layer_dots(rowptr, col, None, dinv, *NO_TRANSPOSE, x, x[:, :2], 2)
     with pytest.raises(RuntimeError, match="num_layers"):
-        OPS.layer_dots(rowptr, col, None, dinv, x, x, -1)
+        OPS.layer_dots(rowptr, col, None, dinv, *NO_TRANSPOSE, x, x, -1)
     with pytest.raises(RuntimeError, match="dinv"):
-        OPS.layer_dots(rowptr, col, None, dinv.double(), x, x, 2)
+        OPS.layer_dots(rowptr, col, None, dinv.double(), *NO_TRANSPOSE, x, x, 2)
 
 
 # --------------------------------------------------------- raw op shapes
@@ -361,10 +369,10 @@ def test_raw_propagate_wrong_shapes(case):
     elif case == "x_1d":
         x = x[:, 0]
     with pytest.raises(RuntimeError, match=rf"\b{name}\b"):
-        OPS.propagate(rowptr, col, weight, dinv, x, alpha)
+        OPS.propagate(rowptr, col, weight, dinv, *NO_TRANSPOSE, x, alpha)
     if name != "x":
         with pytest.raises(RuntimeError, match=rf"\b{name}\b"):
-            OPS.layer_dots(rowptr, col, weight, dinv, x, x, 2)
+            OPS.layer_dots(rowptr, col, weight, dinv, *NO_TRANSPOSE, x, x, 2)
 
 
 def _run_isolated(code):
@@ -380,12 +388,12 @@ RAW_CONTENT_CASES = {
     # rowptr[-1] = 10**6 but col has 2 entries: reads past the end of col.
     "rowptr_beyond_col": """
         ops.propagate(torch.tensor([0, 1, 10**6]), torch.tensor([0, 1], dtype=torch.int32), None,
-                      torch.ones(2), torch.ones(2, 4), torch.ones(3))
+                      torch.ones(2), None, None, None, torch.ones(2, 4), torch.ones(3))
     """,
     # A column id far beyond num_nodes: reads past the end of x.
     "col_out_of_range": """
         ops.propagate(torch.tensor([0, 1, 2]), torch.tensor([0, 10**9], dtype=torch.int32), None,
-                      torch.ones(2), torch.ones(2, 4), torch.ones(3))
+                      torch.ones(2), None, None, None, torch.ones(2, 4), torch.ones(3))
     """,
 }
 
@@ -422,8 +430,8 @@ def test_non_contiguous_inputs_accepted():
     expected = dense_propagate(edge_index, N, x, alpha, weight)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     # The raw ops too.
-    rowptr, col, _, dinv = csr_operands(edge_index.contiguous(), N, None, torch.float64)
-    out = OPS.propagate(rowptr[::1], col, None, dinv.expand(1, N)[0], x.t().contiguous().t(),
-                        alpha)
+    rowptr, col, _, dinv, *_ = csr_operands(edge_index.contiguous(), N, None, torch.float64)
+    out = OPS.propagate(rowptr[::1], col, None, dinv.expand(1, N)[0], *NO_TRANSPOSE,
+                        x.t().contiguous().t(), alpha)
     torch.testing.assert_close(out, dense_propagate(edge_index, N, x, alpha),
                                rtol=1e-12, atol=1e-12)

@@ -61,12 +61,19 @@ def test_opcheck_propagate_and_layer_dots(case, device):
     graph, index_dtype, weighted, dtype, alpha_dtype, num_layers, d = case
     edge_index, n = _graph(graph, index_dtype, device)
     w = random_weights(edge_index.shape[1], seed=5, device=device) if weighted else None
-    rowptr, col, weight, dinv = csr_operands(edge_index, n, w, dtype)
+    operator = csr_operands(edge_index, n, w, dtype)
     x = _features(n, d, dtype, device)
     alpha = _alpha(num_layers, alpha_dtype, device)
-    torch.library.opcheck(OPS.propagate, (rowptr, col, weight, dinv, x, alpha))
     grad = _features(n, d, dtype, device, seed=7)
-    torch.library.opcheck(OPS.layer_dots, (rowptr, col, weight, dinv, x, grad, num_layers))
+    # Without and with inputs that require grad: the latter runs the
+    # registered autograd (test_autograd_registration, test_aot_dispatch_dynamic).
+    torch.library.opcheck(OPS.propagate, (*operator, x, alpha))
+    torch.library.opcheck(OPS.layer_dots, (*operator, x, grad, num_layers))
+    x, grad = x.clone().requires_grad_(), grad.clone().requires_grad_()
+    if alpha.dtype.is_floating_point:
+        alpha = alpha.clone().requires_grad_()
+    torch.library.opcheck(OPS.propagate, (*operator, x, alpha))
+    torch.library.opcheck(OPS.layer_dots, (*operator, x, grad, num_layers))
 
 
 @pytest.mark.parametrize("device", devices())
@@ -136,10 +143,10 @@ def test_propagate_matches_dense(num_layers, index_dtype, weighted, dtype, devic
     edge_index = random_edges(n, 120, seed=num_layers, num_isolated=3, index_dtype=index_dtype,
                               device=device)
     w = random_weights(edge_index.shape[1], seed=11, device=device) if weighted else None
-    rowptr, col, weight, dinv = csr_operands(edge_index, n, w, dtype)
+    operator = csr_operands(edge_index, n, w, dtype)
     x = _features(n, 17, dtype, device)
     alpha = _alpha(num_layers, torch.float32, device)
-    out = OPS.propagate(rowptr, col, weight, dinv, x, alpha)
+    out = OPS.propagate(*operator, x, alpha)
     assert out.dtype == dtype and out.shape == x.shape and out.device == x.device
     ref64, ref_low = _reference(edge_index, n, x, alpha, w, dtype)
     assert_close_to_reference(out, ref64, dtype, ref_low)
@@ -151,10 +158,10 @@ def test_propagate_matches_dense(num_layers, index_dtype, weighted, dtype, devic
 def test_propagate_feature_dims_not_multiple_of_tile(d, dtype, device):
     n = 25
     edge_index = random_edges(n, 90, seed=d, num_isolated=1, device=device)
-    rowptr, col, weight, dinv = csr_operands(edge_index, n, None, dtype)
+    operator = csr_operands(edge_index, n, None, dtype)
     x = _features(n, d, dtype, device)
     alpha = _alpha(3, torch.float32, device)
-    out = OPS.propagate(rowptr, col, weight, dinv, x, alpha)
+    out = OPS.propagate(*operator, x, alpha)
     ref64, ref_low = _reference(edge_index, n, x, alpha, None, dtype)
     assert_close_to_reference(out, ref64, dtype, ref_low)
 

@@ -281,13 +281,15 @@ void with_csr(const GraphOperands& g, const F& f) {
 }
 
 at::Tensor propagate_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
-                         const c10::optional<at::Tensor>& weight_in, const at::Tensor& dinv_in,
-                         const at::Tensor& x_in, const at::Tensor& alpha) {
-  check_graph_and_x(rowptr_in, col_in, weight_in, dinv_in, x_in);
-  const int64_t L = check_alpha(alpha, x_in);
-  check_csr_contents(rowptr_in, col_in, x_in.size(0));
-  const auto g = contiguous_graph(rowptr_in, col_in, weight_in, dinv_in);
-  const auto x = x_in.contiguous();
+                         const OptTensor& weight_in, const at::Tensor& dinv_in,
+                         const OptTensor& /*rowptr_t*/, const OptTensor& /*col_t*/,
+                         const OptTensor& /*weight_t*/, const at::Tensor& x_in,
+                         const at::Tensor& alpha) {
+  const auto args = checked_propagate_operands(rowptr_in, col_in, weight_in, dinv_in, x_in, alpha);
+  const auto& g = args.graph;
+  const auto& x = args.x;
+  const int64_t L = args.num_layers;
+  check_csr_contents(g.rowptr, g.col, x.size(0));
   const int64_t n = x.size(0), d = x.size(1);
   const auto acc_type = at::toOpMathType(x.scalar_type());
   if (L == 0 || n == 0 || d == 0) return alpha0_times_x(x, alpha);
@@ -309,14 +311,15 @@ at::Tensor propagate_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
 }
 
 at::Tensor layer_dots_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
-                          const c10::optional<at::Tensor>& weight_in, const at::Tensor& dinv_in,
-                          const at::Tensor& x_in, const at::Tensor& grad_in, int64_t num_layers) {
-  check_graph_and_x(rowptr_in, col_in, weight_in, dinv_in, x_in);
-  check_like_x(grad_in, "grad", x_in);
-  TORCH_CHECK(num_layers >= 0, "num_layers must be >= 0, got ", num_layers);
-  check_csr_contents(rowptr_in, col_in, x_in.size(0));
-  const auto g = contiguous_graph(rowptr_in, col_in, weight_in, dinv_in);
-  const auto x = x_in.contiguous(), grad = grad_in.contiguous();
+                          const OptTensor& weight_in, const at::Tensor& dinv_in,
+                          const OptTensor& /*rowptr_t*/, const OptTensor& /*col_t*/,
+                          const OptTensor& /*weight_t*/, const at::Tensor& x_in,
+                          const at::Tensor& grad_in, int64_t num_layers) {
+  const auto args = checked_layer_dots_operands(rowptr_in, col_in, weight_in, dinv_in, x_in,
+                                                grad_in, num_layers);
+  const auto& g = args.graph;
+  const auto &x = args.x, &grad = args.grad;
+  check_csr_contents(g.rowptr, g.col, x.size(0));
   const int64_t n = x.size(0), d = x.size(1);
   const auto acc_type = at::toOpMathType(x.scalar_type());
   auto dots = at::zeros({num_layers + 1}, x.options().dtype(acc_type));

@@ -316,13 +316,16 @@ Csr<acc_t, index_t> make_csr(const GraphOperands& g, int64_t d) {
 }
 
 at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
-                          const c10::optional<at::Tensor>& weight_in, const at::Tensor& dinv_in,
-                          const at::Tensor& x_in, const at::Tensor& alpha_in) {
-  check_graph_and_x(rowptr_in, col_in, weight_in, dinv_in, x_in);
-  const int64_t L = check_alpha(alpha_in, x_in);
+                          const OptTensor& weight_in, const at::Tensor& dinv_in,
+                          const OptTensor& /*rowptr_t*/, const OptTensor& /*col_t*/,
+                          const OptTensor& /*weight_t*/, const at::Tensor& x_in,
+                          const at::Tensor& alpha_in) {
+  const auto args =
+      checked_propagate_operands(rowptr_in, col_in, weight_in, dinv_in, x_in, alpha_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto graph = contiguous_graph(rowptr_in, col_in, weight_in, dinv_in);
-  const auto x = x_in.contiguous();
+  const auto& graph = args.graph;
+  const auto& x = args.x;
+  const int64_t L = args.num_layers;
   const int64_t n = x.size(0), d = x.size(1);
   const auto acc_type = at::toOpMathType(x.scalar_type());
   if (L == 0 || n == 0 || d == 0) return alpha0_times_x(x, alpha_in);
@@ -355,14 +358,15 @@ at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
 }
 
 at::Tensor layer_dots_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
-                           const c10::optional<at::Tensor>& weight_in, const at::Tensor& dinv_in,
-                           const at::Tensor& x_in, const at::Tensor& grad_in, int64_t num_layers) {
-  check_graph_and_x(rowptr_in, col_in, weight_in, dinv_in, x_in);
-  check_like_x(grad_in, "grad", x_in);
-  TORCH_CHECK(num_layers >= 0, "num_layers must be >= 0, got ", num_layers);
+                           const OptTensor& weight_in, const at::Tensor& dinv_in,
+                           const OptTensor& /*rowptr_t*/, const OptTensor& /*col_t*/,
+                           const OptTensor& /*weight_t*/, const at::Tensor& x_in,
+                           const at::Tensor& grad_in, int64_t num_layers) {
+  const auto args = checked_layer_dots_operands(rowptr_in, col_in, weight_in, dinv_in, x_in,
+                                                grad_in, num_layers);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto graph = contiguous_graph(rowptr_in, col_in, weight_in, dinv_in);
-  const auto x = x_in.contiguous(), grad = grad_in.contiguous();
+  const auto& graph = args.graph;
+  const auto &x = args.x, &grad = args.grad;
   const int64_t n = x.size(0), d = x.size(1);
   const auto acc_type = at::toOpMathType(x.scalar_type());
   auto dots = at::zeros({num_layers + 1}, x.options().dtype(acc_type));

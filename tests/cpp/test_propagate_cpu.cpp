@@ -36,10 +36,15 @@ using OptTensor = std::optional<at::Tensor>;
 
 using PrepareCsrFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&,
                                                                                  int64_t);
-using PropagateFn = Tensor(const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
-                           const Tensor&, const Tensor&);
-using LayerDotsFn = Tensor(const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
-                           const Tensor&, const Tensor&, int64_t);
+// The graph operands of propagate and layer_dots: (rowptr, col, weight, dinv)
+// of M, then (rowptr_t, col_t, weight_t) of M^T, which only autograd reads.
+#define GRAPH_OPERANDS \
+  const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const OptTensor&, \
+      const OptTensor&, const OptTensor&
+using PropagateFn = Tensor(GRAPH_OPERANDS, const Tensor&, const Tensor&);
+using LayerDotsFn = Tensor(GRAPH_OPERANDS, const Tensor&, const Tensor&, int64_t);
+#undef GRAPH_OPERANDS
+
 
 auto prepare_csr_op() {
   static const auto op = c10::Dispatcher::singleton()
@@ -60,6 +65,17 @@ auto layer_dots_op() {
                              .findSchemaOrThrow("lightgcn_ext::layer_dots", "")
                              .typed<LayerDotsFn>();
   return op;
+}
+
+// The kernels read no M^T (only autograd does): these pass None for it.
+Tensor call_propagate(const Tensor& rowptr, const Tensor& col, const OptTensor& weight,
+                      const Tensor& dinv, const Tensor& x, const Tensor& alpha) {
+  return propagate_op().call(rowptr, col, weight, dinv, {}, {}, {}, x, alpha);
+}
+
+Tensor call_layer_dots(const Tensor& rowptr, const Tensor& col, const OptTensor& weight,
+                       const Tensor& dinv, const Tensor& x, const Tensor& grad, int64_t L) {
+  return layer_dots_op().call(rowptr, col, weight, dinv, {}, {}, {}, x, grad, L);
 }
 
 // ---------------------------------------------------------------- bookkeeping
@@ -351,7 +367,7 @@ void run_case(const Case& c, std::mt19937_64& rng, int64_t max_layers) {
     const std::string what = str(describe(c), ", L=", L);
     Tensor out;
     try {
-      out = propagate_op().call(rowptr, col, weight, dinv, x, alpha);
+      out = call_propagate(rowptr, col, weight, dinv, x, alpha);
     } catch (const c10::Error& e) {
       fail(str(what, ": propagate threw: ", e.what_without_backtrace()));
       continue;
@@ -375,7 +391,7 @@ void run_case(const Case& c, std::mt19937_64& rng, int64_t max_layers) {
   }
   const std::string what = str(describe(c), ", layer_dots L=", max_layers);
   try {
-    const auto dots = layer_dots_op().call(rowptr, col, weight, dinv, x, grad, max_layers);
+    const auto dots = call_layer_dots(rowptr, col, weight, dinv, x, grad, max_layers);
     ++g_checks;
     if (dots.scalar_type() != acc_dtype || dots.dim() != 1 || dots.numel() != max_layers + 1) {
       fail(str(what, ": returned ", dots.scalar_type(), " ", dots.sizes(), ", want ", acc_dtype,
@@ -414,33 +430,31 @@ void check_bad_arguments(const Graph& g, const Prepared& p) {
   const auto x = at::rand({g.n, 8}, at::kFloat);
   const auto alpha = at::full({3}, 1.0 / 3, at::kFloat);
   const OptTensor none;
-  const auto& propagate = propagate_op();
-  const auto& layer_dots = layer_dots_op();
 
   expect_error("propagate, x with one row too many", "rowptr", [&] {
-    propagate.call(p.rowptr, p.col, none, dinv, at::rand({g.n + 1, 8}, at::kFloat), alpha);
+    call_propagate(p.rowptr, p.col, none, dinv, at::rand({g.n + 1, 8}, at::kFloat), alpha);
   });
   expect_error("propagate, 1-D x", "x", [&] {
-    propagate.call(p.rowptr, p.col, none, dinv, at::rand({g.n}, at::kFloat), alpha);
+    call_propagate(p.rowptr, p.col, none, dinv, at::rand({g.n}, at::kFloat), alpha);
   });
   expect_error("propagate, float64 dinv for float32 x", "dinv", [&] {
-    propagate.call(p.rowptr, p.col, none, dinv.to(at::kDouble), x, alpha);
+    call_propagate(p.rowptr, p.col, none, dinv.to(at::kDouble), x, alpha);
   });
   expect_error("propagate, float col", "col", [&] {
-    propagate.call(p.rowptr, p.col.to(at::kFloat), none, dinv, x, alpha);
+    call_propagate(p.rowptr, p.col.to(at::kFloat), none, dinv, x, alpha);
   });
   expect_error("propagate, weight with one entry too few", "weight", [&] {
-    propagate.call(p.rowptr, p.col, OptTensor(at::ones({p.col.numel() - 1}, at::kFloat)), dinv, x,
+    call_propagate(p.rowptr, p.col, OptTensor(at::ones({p.col.numel() - 1}, at::kFloat)), dinv, x,
                    alpha);
   });
   expect_error("propagate, empty alpha", "alpha", [&] {
-    propagate.call(p.rowptr, p.col, none, dinv, x, at::empty({0}, at::kFloat));
+    call_propagate(p.rowptr, p.col, none, dinv, x, at::empty({0}, at::kFloat));
   });
   expect_error("layer_dots, grad of another shape", "grad", [&] {
-    layer_dots.call(p.rowptr, p.col, none, dinv, x, at::rand({g.n, 9}, at::kFloat), 2);
+    call_layer_dots(p.rowptr, p.col, none, dinv, x, at::rand({g.n, 9}, at::kFloat), 2);
   });
   expect_error("layer_dots, negative num_layers", "num_layers", [&] {
-    layer_dots.call(p.rowptr, p.col, none, dinv, x, x, -1);
+    call_layer_dots(p.rowptr, p.col, none, dinv, x, x, -1);
   });
   expect_error("prepare_csr, a node id >= num_nodes", "edge_index", [&] {
     prepare_csr_op().call(edge_index_of(g), g.n - 1);

@@ -1,0 +1,116 @@
+// The checks that keep the kernels' memory accesses in bounds, and the
+// operand preparation shared by the CPU and CUDA front-ends. The checks that
+// help a user (argument names of the public API, value ranges that are not a
+// memory hazard) live in Python, at the public boundary.
+#include "checks.h"
+
+#include <ATen/ATen.h>
+
+namespace lightgcn_ext {
+namespace {
+
+// Validates a prepared graph (rowptr, col, weight?, dinv) against the
+// features x it propagates: shapes, dtypes and devices.
+void check_graph_and_x(const at::Tensor& rowptr, const at::Tensor& col,
+                       const OptTensor& weight, const at::Tensor& dinv,
+                       const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2, "x must be 2-D [num_nodes, dim], got shape ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
+              "x must be float16, bfloat16, float32 or float64, got ", x.scalar_type());
+  const int64_t n = x.size(0);
+  const auto acc_type = at::toOpMathType(x.scalar_type());
+  TORCH_CHECK(rowptr.dim() == 1 && rowptr.numel() == n + 1,
+              "rowptr must be 1-D with num_nodes + 1 = ", n + 1, " entries (x has ", n,
+              " rows), got shape ", rowptr.sizes());
+  TORCH_CHECK(rowptr.scalar_type() == at::kLong, "rowptr must be int64, got ", rowptr.scalar_type());
+  TORCH_CHECK(col.dim() == 1, "col must be 1-D, got shape ", col.sizes());
+  TORCH_CHECK(col.scalar_type() == at::kInt || col.scalar_type() == at::kLong,
+              "col must be int32 or int64, got ", col.scalar_type());
+  TORCH_CHECK(dinv.dim() == 1 && dinv.numel() == n,
+              "dinv must be 1-D with num_nodes = ", n, " entries, got shape ", dinv.sizes());
+  TORCH_CHECK(dinv.scalar_type() == acc_type, "dinv must have dtype ", acc_type,
+              " (the accumulation type of x, ", x.scalar_type(), "), got ", dinv.scalar_type());
+  const auto device = x.device();
+  TORCH_CHECK(rowptr.device() == device && col.device() == device && dinv.device() == device,
+              "rowptr, col and dinv must be on the device of x (", device, "), got ",
+              rowptr.device(), ", ", col.device(), ", ", dinv.device());
+  if (weight.has_value()) {
+    const auto& w = *weight;
+    TORCH_CHECK(w.dim() == 1 && w.numel() == col.numel(),
+                "weight must be 1-D with one entry per edge (", col.numel(), "), got shape ",
+                w.sizes());
+    TORCH_CHECK(w.scalar_type() == acc_type, "weight must have dtype ", acc_type,
+                " (the accumulation type of x), got ", w.scalar_type());
+    TORCH_CHECK(w.device() == device, "weight must be on the device of x (", device, "), got ",
+                w.device());
+  }
+}
+
+
+int64_t check_alpha(const at::Tensor& alpha, const at::Tensor& x) {
+  TORCH_CHECK(alpha.dim() == 1 && alpha.numel() >= 1,
+              "alpha must be 1-D with num_layers + 1 >= 1 entries, got shape ", alpha.sizes());
+  TORCH_CHECK(alpha.device() == x.device(), "alpha must be on the device of x (", x.device(),
+              "), got ", alpha.device());
+  TORCH_CHECK(!at::isComplexType(alpha.scalar_type()) && alpha.scalar_type() != at::kBool,
+              "alpha must be a real number tensor, got ", alpha.scalar_type());
+  return alpha.numel() - 1;
+}
+
+void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x) {
+  TORCH_CHECK(t.sizes() == x.sizes(), name, " must have the shape of x ", x.sizes(), ", got ",
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), name, " must have the dtype of x (",
+              x.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), name, " must be on the device of x (", x.device(),
+              "), got ", t.device());
+}
+
+GraphOperands contiguous_graph(const at::Tensor& rowptr, const at::Tensor& col,
+                               const OptTensor& weight, const at::Tensor& dinv) {
+  GraphOperands g{rowptr.contiguous(), col.contiguous(), dinv.contiguous(), c10::nullopt};
+  if (weight.has_value()) g.weight = weight->contiguous();
+  return g;
+}
+
+}  // namespace
+
+PropagateOperands checked_propagate_operands(const at::Tensor& rowptr, const at::Tensor& col,
+                                             const OptTensor& weight, const at::Tensor& dinv,
+                                             const at::Tensor& x, const at::Tensor& alpha) {
+  check_graph_and_x(rowptr, col, weight, dinv, x);
+  const int64_t num_layers = check_alpha(alpha, x);
+  return {contiguous_graph(rowptr, col, weight, dinv), x.contiguous(), num_layers};
+}
+
+LayerDotsOperands checked_layer_dots_operands(const at::Tensor& rowptr, const at::Tensor& col,
+                                              const OptTensor& weight, const at::Tensor& dinv,
+                                              const at::Tensor& x, const at::Tensor& grad,
+                                              int64_t num_layers) {
+  check_graph_and_x(rowptr, col, weight, dinv, x);
+  check_like_x(grad, "grad", x);
+  TORCH_CHECK(num_layers >= 0, "num_layers must be >= 0, got ", num_layers);
+  return {contiguous_graph(rowptr, col, weight, dinv), x.contiguous(), grad.contiguous()};
+}
+
+void check_csr_contents(const at::Tensor& rowptr, const at::Tensor& col, int64_t num_nodes) {
+  const int64_t num_edges = col.numel();
+  TORCH_CHECK(rowptr[0].item<int64_t>() == 0 && rowptr[-1].item<int64_t>() == num_edges,
+              "rowptr must run from 0 to len(col) = ", num_edges, ", got ", rowptr[0].item<int64_t>(),
+              " to ", rowptr[-1].item<int64_t>());
+  TORCH_CHECK(num_nodes == 0 || !(rowptr.diff() < 0).any().item<bool>(),
+              "rowptr must be non-decreasing");
+  if (num_edges > 0) {
+    const auto [lo, hi] = at::aminmax(col);
+    TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < num_nodes,
+                "col must hold node ids in [0, num_nodes = ", num_nodes, "), got values in [",
+                lo.item<int64_t>(), ", ", hi.item<int64_t>(), "]");
+  }
+}
+
+at::Tensor alpha0_times_x(const at::Tensor& x, const at::Tensor& alpha) {
+  const auto acc_type = at::toOpMathType(x.scalar_type());
+  return (x.to(acc_type) * alpha[0].to(acc_type)).to(x.scalar_type());
+}
+
+}  // namespace lightgcn_ext
