@@ -1,17 +1,40 @@
-"""Shared test helpers: device parametrization, a dense float64 reference,
-random graphs, and torch_geometric's LGConv stacked the LightGCN way.
+"""Shared test helpers: device parametrization, dense float64 references, the
+random graphs, torch_geometric's models and LGConv, and the comparisons.
 
-Imported by the test modules as `helpers` (pytest puts tests/ on sys.path).
+Imported by the test modules as `helpers` (pytest puts tests/ on sys.path);
+the fixtures are in conftest.py. torch_geometric is imported lazily, by the
+functions that need it: a test that calls one skips where it is absent, the
+others run.
 """
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-import lightgcn_ext  # noqa: F401  (loads the extension and registers the ops)
+import lightgcn_ext  # loads the extension and registers the ops
 from lightgcn_ext._ops import CsrOperator
 
+REPO = Path(__file__).resolve().parents[1]
 OPS = torch.ops.lightgcn_ext
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+# The dtypes of the model tests, and "agree to 1e-5 relative (float32) / 1e-10
+# (float64)": relative to the largest magnitude of the reference, so near-zero
+# entries do not dominate.
+MODEL_DTYPES = [pytest.param(torch.float32, id="float32"),
+                pytest.param(torch.float64, id="float64")]
+REL_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+# The user-item graph of the recommend tests (conftest.bipartite).
+NUM_USERS, NUM_ITEMS = 30, 50
+# The marks of every module that tests the LightGCN model: torch.sparse's
+# notices (raised inside PyG's conversions and products) are not failures, and
+# one thread (see conftest.one_thread).
+MODEL_MARKS = [pytest.mark.filterwarnings("ignore:Sparse .* (beta state|implicitly disabled)"),
+               pytest.mark.filterwarnings("ignore:Converting sparse tensor to CSR"),
+               pytest.mark.usefixtures("one_thread")]
 
 
 # --------------------------------------------------------------- devices
@@ -20,12 +43,17 @@ def has_cuda_kernel():
     return torch._C._dispatch_has_kernel_for_dispatch_key("lightgcn_ext::propagate", "CUDA")
 
 
+HAS_CUDA = torch.cuda.is_available() and has_cuda_kernel()
+NEEDS_CUDA = [pytest.mark.cuda,
+              pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device or no CUDA kernels")]
+
+
 def devices():
     """Devices to parametrize over: "cpu", plus "cuda" (marked `cuda`) only
     where a GPU is visible and the extension has CUDA kernels, so CUDA cases
     do not exist elsewhere."""
     params = [pytest.param("cpu", id="cpu")]
-    if torch.cuda.is_available() and has_cuda_kernel():
+    if HAS_CUDA:
         params.append(pytest.param("cuda", id="cuda", marks=pytest.mark.cuda))
     return params
 
@@ -103,7 +131,32 @@ def csr_operands(edge_index, num_nodes, edge_weight=None, dtype=torch.float64, n
     return operator.transposed() if transpose else operator
 
 
+# ---------------------------------------------------------------- inputs
+def features(num_nodes, d, dtype=torch.float64, device="cpu", seed=0, requires_grad=False):
+    """Standard normal [num_nodes, d] features (drawn in float64, then cast)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_nodes, d, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    return x.requires_grad_(requires_grad)
+
+
+def random_weights(num_edges, *, seed=0, dtype=torch.float64, device="cpu"):
+    """Positive edge weights in [0.5, 2)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (0.5 + 1.5 * torch.rand(num_edges, generator=gen, dtype=torch.float64)).to(
+        dtype).to(device)
+
+
 # ---------------------------------------------------------------- graphs
+def _first_occurrences(keys):
+    """The positions of the first occurrence of each key, in order."""
+    seen, first = set(), []
+    for i, k in enumerate(keys.tolist()):
+        if k not in seen:
+            seen.add(k)
+            first.append(i)
+    return first
+
+
 def random_edges(num_nodes, num_edges, *, seed=0, self_loops=True, duplicates=True,
                  num_isolated=0, index_dtype=torch.int64, device="cpu"):
     """A random directed edge_index [2, num_edges]. The last `num_isolated`
@@ -113,19 +166,13 @@ def random_edges(num_nodes, num_edges, *, seed=0, self_loops=True, duplicates=Tr
     active = num_nodes - num_isolated
     assert active >= 1 or num_edges == 0
     if num_edges == 0:
-        return torch.zeros(2, 0, dtype=index_dtype, device=device)
+        return empty_graph(index_dtype, device)
     # Draw more than needed, then filter.
     draws = torch.randint(0, active, (2, 4 * num_edges + 8), generator=gen)
     if not self_loops:
         draws = draws[:, draws[0] != draws[1]]
     if not duplicates:
-        keys = draws[0] * num_nodes + draws[1]
-        seen, keep = set(), []
-        for i, k in enumerate(keys.tolist()):
-            if k not in seen:
-                seen.add(k)
-                keep.append(i)
-        draws = draws[:, keep]
+        draws = draws[:, _first_occurrences(draws[0] * num_nodes + draws[1])]
     edge_index = draws[:, :num_edges]
     if duplicates and edge_index.shape[1] >= 4:
         # Make sure there is at least one duplicate edge.
@@ -148,21 +195,48 @@ def random_undirected(num_nodes, num_edges, *, seed=0, weighted=False, **kwargs)
     edge_index = random_edges(num_nodes, num_edges, seed=seed, duplicates=False, **kwargs)
     key = torch.minimum(edge_index[0], edge_index[1]) * num_nodes + torch.maximum(
         edge_index[0], edge_index[1])
-    seen, first = set(), []
-    for i, k in enumerate(key.tolist()):
-        if k not in seen:
-            seen.add(k)
-            first.append(i)
-    edge_index = edge_index[:, first]
+    edge_index = edge_index[:, _first_occurrences(key)]
     weight = random_weights(edge_index.shape[1], seed=seed + 1) if weighted else None
     return symmetrize(edge_index, weight)
 
 
-def random_weights(num_edges, *, seed=0, dtype=torch.float64, device="cpu"):
-    """Positive edge weights in [0.5, 2)."""
+def directed_graph(num_nodes, num_edges, *, seed=0, num_isolated=3):
+    """A random_edges graph with more duplicate edges (5) and self-loops
+    (0->0, 1->1, 2->2), shuffled: duplicates, self-loops, nodes with out-edges
+    only, and `num_isolated` isolated nodes (the last ones)."""
+    gen = torch.Generator().manual_seed(seed + 1000)
+    edge_index = random_edges(num_nodes, num_edges, seed=seed, num_isolated=num_isolated)
+    loops = torch.arange(0, min(num_nodes - num_isolated, 3)).repeat(2, 1)
+    edge_index = torch.cat([edge_index, loops, edge_index[:, :5]], dim=1)
+    return edge_index[:, torch.randperm(edge_index.shape[1], generator=gen)]
+
+
+def undirected_graph(num_nodes, num_edges, *, seed=0, num_isolated=3):
+    """Both directions of a directed_graph (duplicates and self-loops kept),
+    shuffled: the symmetric user-item case."""
+    gen = torch.Generator().manual_seed(seed + 2000)
+    both, _ = symmetrize(directed_graph(num_nodes, num_edges, seed=seed,
+                                        num_isolated=num_isolated))
+    return both[:, torch.randperm(both.shape[1], generator=gen)]
+
+
+def unique_edges(num_nodes, num_edges, *, seed=0, num_isolated=2, symmetric=False):
+    """A random graph without duplicate edges (PyG's torch.sparse conversions
+    coalesce duplicates away, so sparse-vs-edge_index comparisons need this)."""
+    edge_index = directed_graph(num_nodes, num_edges, seed=seed, num_isolated=num_isolated)
+    if symmetric:
+        edge_index, _ = symmetrize(edge_index)
+    return torch.unique(edge_index, dim=1).contiguous()
+
+
+def bipartite_graph(num_users, num_items, num_pairs, *, seed=0):
+    """(edge_index of both directions, (user, item-node) pairs): users are nodes
+    0..U-1, items U..U+I-1."""
     gen = torch.Generator().manual_seed(seed)
-    return (0.5 + 1.5 * torch.rand(num_edges, generator=gen, dtype=torch.float64)).to(
-        dtype).to(device)
+    users = torch.randint(0, num_users, (num_pairs,), generator=gen)
+    items = torch.randint(0, num_items, (num_pairs,), generator=gen) + num_users
+    pairs = torch.unique(torch.stack([users, items]), dim=1)
+    return symmetrize(pairs)[0], pairs
 
 
 def empty_graph(index_dtype=torch.int64, device="cpu"):
@@ -183,6 +257,11 @@ def in_degree_zero(edge_index, num_nodes):
 
 
 # ------------------------------------------------ torch_geometric reference
+def pyg_models():
+    """torch_geometric.nn.models (the calling test skips without torch_geometric)."""
+    return pytest.importorskip("torch_geometric.nn.models")
+
+
 def pyg_propagate(edge_index, x, alpha, edge_weight=None, normalize=True,
                   flow="source_to_target"):
     """torch_geometric's LightGCN propagation: L stacked LGConv, sum_l alpha_l x_l."""
@@ -199,7 +278,37 @@ def pyg_propagate(edge_index, x, alpha, edge_weight=None, normalize=True,
     return out
 
 
-# ------------------------------------------------------------ tolerances
+def make_models(num_nodes, embedding_dim, num_layers, alpha=None, *, dtype=torch.float32,
+                seed=0, **kwargs):
+    """(ours, PyG's) LightGCN from torch.manual_seed(seed), both cast to dtype.
+    A tensor alpha is cloned for each, as each model stores its own."""
+    pyg_lightgcn = pyg_models().LightGCN
+
+    def build(cls):
+        torch.manual_seed(seed)
+        a = alpha.clone() if isinstance(alpha, torch.Tensor) else alpha
+        model = cls(num_nodes, embedding_dim, num_layers, alpha=a, **kwargs)
+        return model.double() if dtype == torch.float64 else model
+
+    return build(lightgcn_ext.LightGCN), build(pyg_lightgcn)
+
+
+def brute_force_recommend(emb, src_index, dst_index, k, exclude):
+    """Top-k by a dense masked score matrix: (values, node ids, dense scores by node id)."""
+    num_nodes = emb.shape[0]
+    src_ids = torch.arange(num_nodes) if src_index is None else src_index
+    dst_ids = torch.arange(num_nodes) if dst_index is None else dst_index
+    full = emb[src_ids] @ emb.t()  # [num_src, num_nodes]
+    masked = torch.zeros_like(full, dtype=torch.bool)
+    if exclude is not None:
+        for s, d in exclude.t().tolist():
+            masked[src_ids == s, d] = True
+    full = full.masked_fill(masked, float("-inf"))
+    values, local = full[:, dst_ids].topk(k, dim=1)
+    return values, dst_ids[local], full
+
+
+# ------------------------------------------------------------ comparisons
 def assert_close_to_reference(out, ref64, dtype, ref_low=None, *, rtol=None, atol=None):
     """out vs the float64 reference. float64/float32: fixed tolerances.
     float16/bfloat16 (flash-attention's idiom): the error is at most twice that
@@ -217,3 +326,37 @@ def assert_close_to_reference(out, ref64, dtype, ref_low=None, *, rtol=None, ato
     if rtol is None:
         rtol, atol = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-5)}[dtype]
     torch.testing.assert_close(out64, ref64, rtol=rtol, atol=atol)
+
+
+def assert_rel_close(actual, expected, dtype=None, *, rtol=None):
+    """|actual - expected| <= rtol * max(|expected|) elementwise (and equal shapes)."""
+    dtype = dtype or expected.dtype
+    rtol = REL_TOL[dtype] if rtol is None else rtol
+    actual, expected = actual.detach(), expected.detach()
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-30))
+
+
+def assert_same_topk(ours, ref, scores, *, sorted=True, rtol=1e-5):
+    """Top-k node ids `ours` and `ref` ([num_src, k]) rank equally under
+    `scores` ([num_src, num_nodes], by node id): their scores agree position by
+    position (or as sorted rows when sorted=False), so ties and float noise may
+    break differently but nothing else may."""
+    assert ours.shape == ref.shape and ours.dtype == torch.long
+    got, want = scores.gather(1, ours), scores.gather(1, ref)
+    if not sorted:
+        got, want = got.sort(dim=1).values, want.sort(dim=1).values
+    scale = scores.abs().max().item() if scores.numel() else 0.0
+    torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * max(scale, 1e-30))
+
+
+# ------------------------------------------------------------- processes
+def run_python(code, timeout=120):
+    """Runs code in a fresh interpreter with the repo on the path (a crash
+    there does not take pytest down): the CompletedProcess, text output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH")] if p)
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)

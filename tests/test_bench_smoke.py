@@ -1,17 +1,16 @@
-"""The benchmark and the demo run end to end (so that they cannot rot), and
+"""The benchmarks and the demo run end to end (so that they cannot rot), and
 lightgcn_ext.data does what it says."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import lightgcn_ext
+from helpers import REPO
 from lightgcn_ext.data import (DATA_ENV, bipartite_edge_index, find_gowalla_root, load_gowalla,
                                synthetic_interactions)
 
-REPO = Path(__file__).resolve().parents[1]
 BENCH_ROWS = [
     "lightgcn_ext.propagate (ours)",
     "torch.sparse.mm, precomputed normalized CSR",
@@ -25,9 +24,9 @@ except ImportError:
     pass
 
 
-def run_module(module, *args):
+def run_module(module, *args, timeout=900):
     result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
-                            capture_output=True, text=True, timeout=900)
+                            capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{module} exited {result.returncode}:\n" \
         f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
@@ -53,6 +52,17 @@ def test_bench_quick_runs_every_implementation(tmp_path):
                    for line in stdout.splitlines()), target
     (written,) = tmp_path.glob("cpu_*.md")
     assert set(table_rows(written.read_text())) == set(rows)
+
+
+def test_bench_model_quick_runs():
+    pytest.importorskip("torch_geometric")
+    out = run_module("bench.bench_model", "--quick", "--threads", "1", timeout=300)
+    assert "| implementation | get_embedding ms | BPR step ms |" in out
+    for label in ("(ours)", "torch_geometric LightGCN, edge_index",
+                  "torch_geometric LightGCN, torch.sparse CSR adj_t"):
+        assert label in out
+    assert out.count("PASS:") + out.count("FAIL:") == 4
+    assert "MISMATCH" not in out
 
 
 @pytest.mark.slow

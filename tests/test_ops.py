@@ -5,15 +5,10 @@ import torch
 
 from helpers import (FLOAT_DTYPES, LOW_PRECISION, OPS, assert_close_to_reference, csr_operands,
                      dense_layer_dots, dense_operator, dense_propagate, devices, empty_graph,
-                     in_degree_zero, random_edges, random_weights, tiny_graph)
+                     features, in_degree_zero, random_edges, random_weights, tiny_graph)
 
 ACC = {torch.float64: torch.float64, torch.float32: torch.float32,
        torch.float16: torch.float32, torch.bfloat16: torch.float32}
-
-
-def _features(num_nodes, d, dtype, device="cpu", seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(num_nodes, d, generator=gen, dtype=torch.float64).to(dtype).to(device)
 
 
 def _alpha(num_layers, dtype=torch.float64, device="cpu", seed=1):
@@ -62,9 +57,9 @@ def test_opcheck_propagate_and_layer_dots(case, device):
     edge_index, n = _graph(graph, index_dtype, device)
     w = random_weights(edge_index.shape[1], seed=5, device=device) if weighted else None
     operator = csr_operands(edge_index, n, w, dtype)
-    x = _features(n, d, dtype, device)
+    x = features(n, d, dtype, device)
     alpha = _alpha(num_layers, alpha_dtype, device)
-    grad = _features(n, d, dtype, device, seed=7)
+    grad = features(n, d, dtype, device, seed=7)
     # Without and with inputs that require grad: the latter runs the
     # registered autograd (test_autograd_registration, test_aot_dispatch_dynamic).
     torch.library.opcheck(OPS.propagate, (*operator, x, alpha))
@@ -126,11 +121,16 @@ def test_prepare_csr_duplicates_and_self_loops_kept():
 
 
 # ---------------------------------------------------------------- propagate
-def _reference(edge_index, n, x, alpha, w, dtype):
+def _propagate_vs_dense(edge_index, n, w, dtype, d, num_layers):
+    """OPS.propagate of random [n, d] features vs the dense reference: (out, x)."""
+    x = features(n, d, dtype, edge_index.device)
+    alpha = _alpha(num_layers, torch.float32, edge_index.device)
+    out = OPS.propagate(*csr_operands(edge_index, n, w, dtype), x, alpha)
     ref64 = dense_propagate(edge_index, n, x, alpha, w)
     ref_low = dense_propagate(edge_index, n, x, alpha.to(dtype), w, dtype=dtype) \
         if dtype in LOW_PRECISION else None
-    return ref64, ref_low
+    assert_close_to_reference(out, ref64, dtype, ref_low)
+    return out, x
 
 
 @pytest.mark.parametrize("device", devices())
@@ -143,13 +143,8 @@ def test_propagate_matches_dense(num_layers, index_dtype, weighted, dtype, devic
     edge_index = random_edges(n, 120, seed=num_layers, num_isolated=3, index_dtype=index_dtype,
                               device=device)
     w = random_weights(edge_index.shape[1], seed=11, device=device) if weighted else None
-    operator = csr_operands(edge_index, n, w, dtype)
-    x = _features(n, 17, dtype, device)
-    alpha = _alpha(num_layers, torch.float32, device)
-    out = OPS.propagate(*operator, x, alpha)
+    out, x = _propagate_vs_dense(edge_index, n, w, dtype, 17, num_layers)
     assert out.dtype == dtype and out.shape == x.shape and out.device == x.device
-    ref64, ref_low = _reference(edge_index, n, x, alpha, w, dtype)
-    assert_close_to_reference(out, ref64, dtype, ref_low)
 
 
 @pytest.mark.parametrize("device", devices())
@@ -158,12 +153,7 @@ def test_propagate_matches_dense(num_layers, index_dtype, weighted, dtype, devic
 def test_propagate_feature_dims_not_multiple_of_tile(d, dtype, device):
     n = 25
     edge_index = random_edges(n, 90, seed=d, num_isolated=1, device=device)
-    operator = csr_operands(edge_index, n, None, dtype)
-    x = _features(n, d, dtype, device)
-    alpha = _alpha(3, torch.float32, device)
-    out = OPS.propagate(*operator, x, alpha)
-    ref64, ref_low = _reference(edge_index, n, x, alpha, None, dtype)
-    assert_close_to_reference(out, ref64, dtype, ref_low)
+    _propagate_vs_dense(edge_index, n, None, dtype, d, 3)
 
 
 @pytest.mark.parametrize("device", devices())
@@ -173,7 +163,7 @@ def test_propagate_transposed_csr_is_adjoint(dtype, device):
     n = 20
     edge_index = random_edges(n, 70, seed=4, device=device)
     w = random_weights(edge_index.shape[1], seed=2, device=device)
-    x, y = _features(n, 6, dtype, device, seed=1), _features(n, 6, dtype, device, seed=2)
+    x, y = features(n, 6, dtype, device, seed=1), features(n, 6, dtype, device, seed=2)
     alpha = torch.tensor([0.25, 0.5, 0.125], device=device)  # exact in float32
     fwd = OPS.propagate(*csr_operands(edge_index, n, w, dtype), x, alpha)
     bwd = OPS.propagate(*csr_operands(edge_index, n, w, dtype, transpose=True), y, alpha)
@@ -194,7 +184,7 @@ def test_propagate_transposed_csr_is_adjoint(dtype, device):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda t: str(t)[6:])
 def test_propagate_zero_layers_gives_alpha0_x(dtype, device):
     edge_index, n = _graph("random", device=device)
-    x = _features(n, 5, dtype, device)
+    x = features(n, 5, dtype, device)
     alpha = torch.tensor([0.75], device=device)
     out = OPS.propagate(*csr_operands(edge_index, n, None, dtype), x, alpha)
     torch.testing.assert_close(out, (x.to(ACC[dtype]) * 0.75).to(dtype), rtol=0, atol=0)
@@ -206,7 +196,7 @@ def test_propagate_zero_layers_gives_alpha0_x(dtype, device):
 def test_propagate_empty_graph_gives_alpha0_x(index_dtype, dtype, device):
     n = 4
     edge_index = empty_graph(index_dtype, device)
-    x = _features(n, 3, dtype, device)
+    x = features(n, 3, dtype, device)
     alpha = torch.tensor([0.5, 2.0, 3.0], device=device)
     out = OPS.propagate(*csr_operands(edge_index, n, None, dtype), x, alpha)
     torch.testing.assert_close(out, (x.to(ACC[dtype]) * 0.5).to(dtype), rtol=0, atol=0)
@@ -225,7 +215,7 @@ def test_nodes_without_in_edges_get_zero_beyond_layer0(weighted, dtype, device):
     w = random_weights(edge_index.shape[1], seed=3, device=device) if weighted else None
     zero_in = in_degree_zero(edge_index, n)
     assert zero_in[0] and zero_in[-3:].all()
-    x = _features(n, 4, dtype, device)
+    x = features(n, 4, dtype, device)
     operands = csr_operands(edge_index, n, w, dtype)
     beyond = OPS.propagate(*operands, x, torch.tensor([0.0, 1.0, 1.0, 1.0], device=device))
     assert bool((beyond.cpu()[zero_in] == 0).all())
@@ -241,20 +231,20 @@ def test_nodes_without_in_edges_get_zero_beyond_layer0(weighted, dtype, device):
 def test_propagate_non_contiguous_x(layout, dtype, device):
     n, d = 15, 6
     edge_index = random_edges(n, 50, seed=9, device=device)
-    base = _features(n, d, dtype, device)
+    base = features(n, d, dtype, device)
     if layout == "transposed":
         x = base.t().contiguous().t()
     elif layout == "column_slice":
-        x = _features(n, 2 * d, dtype, device)[:, ::2]
+        x = features(n, 2 * d, dtype, device)[:, ::2]
     else:
-        x = _features(2 * n, d, dtype, device)[1::2]
+        x = features(2 * n, d, dtype, device)[1::2]
     assert not x.is_contiguous()
     operands = csr_operands(edge_index, n, None, dtype)
     alpha = _alpha(2, torch.float32, device)
     out = OPS.propagate(*operands, x, alpha)
     expected = OPS.propagate(*operands, x.contiguous(), alpha)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    grad = _features(n, d, dtype, device, seed=5).t().contiguous().t()
+    grad = features(n, d, dtype, device, seed=5).t().contiguous().t()
     torch.testing.assert_close(OPS.layer_dots(*operands, x, grad, 2),
                                OPS.layer_dots(*operands, x.contiguous(), grad.contiguous(), 2),
                                rtol=0, atol=0)
@@ -265,7 +255,7 @@ def test_propagate_alpha_dtype_does_not_matter(device):
     n = 10
     edge_index = random_edges(n, 30, seed=1, device=device)
     operands = csr_operands(edge_index, n, None, torch.float64)
-    x = _features(n, 3, torch.float64, device)
+    x = features(n, 3, torch.float64, device)
     a64 = torch.tensor([0.25, 0.5, 0.125], dtype=torch.float64, device=device)
     ref = OPS.propagate(*operands, x, a64)
     for alpha in (a64.float(), a64.half(), torch.tensor([1, 2, 3], device=device)):
@@ -285,7 +275,7 @@ def test_layer_dots_matches_dense(d, num_layers, weighted, dtype, device):
     edge_index = random_edges(n, 80, seed=d + num_layers, num_isolated=2, device=device)
     w = random_weights(edge_index.shape[1], seed=12, device=device) if weighted else None
     operands = csr_operands(edge_index, n, w, dtype)
-    x, grad = _features(n, d, dtype, device, seed=1), _features(n, d, dtype, device, seed=2)
+    x, grad = features(n, d, dtype, device, seed=1), features(n, d, dtype, device, seed=2)
     dots = OPS.layer_dots(*operands, x, grad, num_layers)
     assert dots.shape == (num_layers + 1,) and dots.dtype == ACC[dtype]
     ref64 = dense_layer_dots(edge_index, n, x, grad, num_layers, w)
@@ -308,7 +298,7 @@ def test_cpu_results_do_not_depend_on_thread_count():
     n = 3000
     edge_index = random_edges(n, 40000, seed=13, num_isolated=10)
     operands = csr_operands(edge_index, n, None, torch.float32)
-    x, grad = _features(n, 16, torch.float32, seed=1), _features(n, 16, torch.float32, seed=2)
+    x, grad = features(n, 16, torch.float32, seed=1), features(n, 16, torch.float32, seed=2)
     alpha = _alpha(3, torch.float32)
     threads = torch.get_num_threads()
     try:

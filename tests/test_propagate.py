@@ -1,13 +1,14 @@
 """The public API: lightgcn_ext.propagate, Graph and prepare.
 
 Gradients (gradcheck, gradgradcheck, edge weights), torch.compile, parity with
-torch_geometric's LGConv, the accepted graph inputs, caching and symmetry."""
+torch_geometric's LGConv, the accepted graph inputs and symmetry (the cache:
+test_caching.py)."""
 import pytest
 import torch
 
 from helpers import (assert_close_to_reference, dense_operator, dense_propagate, devices,
-                     pyg_propagate, random_edges, random_undirected, random_weights, symmetrize,
-                     tiny_graph)
+                     features, pyg_propagate, random_edges, random_undirected, random_weights,
+                     symmetrize, tiny_graph)
 from lightgcn_ext import Graph, prepare, propagate
 
 # A directed tiny graph (duplicate edge, self-loop, empty rows, an isolated
@@ -27,13 +28,24 @@ def _tiny(kind, weighted, device="cpu"):
     return edge_index, weight
 
 
-def _x(n, d, dtype=torch.float64, device="cpu", seed=0, requires_grad=False):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=gen, dtype=torch.float64).to(dtype).to(device)
-    return x.requires_grad_(requires_grad)
-
-
 ALPHA = [0.4, 0.3, 0.2, 0.1]
+
+
+def _compare_with_pyg(edge_index, x, alpha, weight, *, grad_seed, tol=1e-10, **kwargs):
+    """propagate and PyG's stacked LGConv (on copies of x and of the weight,
+    which may require grad) give the same output and, after a backward of one
+    random gradient, the same x-gradient, within tol. (out, PyG's weight)."""
+    x_pyg = x.detach().clone().requires_grad_()
+    w_pyg = None if weight is None else weight.detach().clone().requires_grad_(
+        weight.requires_grad)
+    out = propagate(edge_index, x, alpha, edge_weight=weight, **kwargs)
+    ref = pyg_propagate(edge_index, x_pyg, alpha, w_pyg, **kwargs)
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    grad = features(*x.shape, x.dtype, x.device, seed=grad_seed)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(x.grad, x_pyg.grad, rtol=tol, atol=tol)
+    return out, w_pyg
 
 
 # ---------------------------------------------------------------- gradcheck
@@ -45,7 +57,7 @@ def test_gradcheck_x_and_alpha(num_layers, weighted, kind, device):
     edge_index, weight = _tiny(kind, weighted, device)
     graph = Graph.from_edge_index(edge_index, TINY_N, weight)
     assert graph.is_symmetric == (kind == "symmetric")
-    x = _x(TINY_N, 3, device=device, requires_grad=True)
+    x = features(TINY_N, 3, device=device, requires_grad=True)
     alpha = torch.tensor(ALPHA[:num_layers + 1], dtype=torch.float64, device=device,
                          requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, a: propagate(graph, x, a), (x, alpha))
@@ -57,7 +69,7 @@ def test_gradcheck_x_and_alpha(num_layers, weighted, kind, device):
 def test_gradgradcheck_x(weighted, kind, device):
     edge_index, weight = _tiny(kind, weighted, device)
     graph = Graph.from_edge_index(edge_index, TINY_N, weight)
-    x = _x(TINY_N, 2, device=device, requires_grad=True)
+    x = features(TINY_N, 2, device=device, requires_grad=True)
     alpha = torch.tensor(ALPHA, dtype=torch.float64, device=device)
     assert torch.autograd.gradgradcheck(lambda x: propagate(graph, x, alpha), (x,))
 
@@ -65,7 +77,7 @@ def test_gradgradcheck_x(weighted, kind, device):
 @pytest.mark.filterwarnings("ignore:.*autograd kernel was not registered")
 def test_gradgradcheck_x_and_alpha():
     graph = Graph.from_edge_index(DIRECTED, TINY_N)
-    x = _x(TINY_N, 2, requires_grad=True)
+    x = features(TINY_N, 2, requires_grad=True)
     alpha = torch.tensor(ALPHA[:3], dtype=torch.float64, requires_grad=True)
     # Either correct second derivatives or a clear error; never wrong numbers.
     try:
@@ -82,7 +94,7 @@ def test_gradgradcheck_x_and_alpha():
 def test_gradcheck_edge_weight(normalize, kind, device):
     edge_index, weight = _tiny(kind, True, device)
     weight.requires_grad_()
-    x = _x(TINY_N, 2, device=device, requires_grad=True)
+    x = features(TINY_N, 2, device=device, requires_grad=True)
     alpha = torch.tensor(ALPHA, dtype=torch.float64, device=device, requires_grad=True)
 
     def fn(w, x, a):
@@ -98,25 +110,18 @@ def test_edge_weight_gradient_matches_pyg(flow, normalize, device):
     n = 30
     edge_index = random_edges(n, 100, seed=2, num_isolated=2, device=device)
     w_ours = random_weights(edge_index.shape[1], seed=3, device=device).requires_grad_()
-    w_pyg = w_ours.detach().clone().requires_grad_()
-    x_ours = _x(n, 5, device=device, requires_grad=True)
-    x_pyg = x_ours.detach().clone().requires_grad_()
+    x_ours = features(n, 5, device=device, requires_grad=True)
     alpha = torch.tensor(ALPHA, dtype=torch.float64, device=device)
-    out = propagate(edge_index, x_ours, alpha, edge_weight=w_ours, normalize=normalize, flow=flow)
-    ref = pyg_propagate(edge_index, x_pyg, alpha, w_pyg, normalize=normalize, flow=flow)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    grad = _x(n, 5, device=device, seed=9)
-    out.backward(grad)
-    ref.backward(grad)
+    _, w_pyg = _compare_with_pyg(edge_index, x_ours, alpha, w_ours, grad_seed=9,
+                                 normalize=normalize, flow=flow)
     torch.testing.assert_close(w_ours.grad, w_pyg.grad, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(x_ours.grad, x_pyg.grad, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("device", devices())
 def test_edge_weight_requiring_grad_under_no_grad_uses_fused_path(device):
     edge_index, weight = _tiny("directed", True, device)
     weight.requires_grad_()
-    x = _x(TINY_N, 3, device=device)
+    x = features(TINY_N, 3, device=device)
     with torch.no_grad():
         out = propagate(edge_index, x, ALPHA, edge_weight=weight)
     expected = dense_propagate(edge_index, TINY_N, x, ALPHA, weight.detach())
@@ -128,9 +133,9 @@ def _compile_case(device):
     n = 20
     edge_index = random_edges(n, 60, seed=1, device=device)
     graph = prepare(edge_index, n)
-    x = _x(n, 4, device=device, requires_grad=True)
+    x = features(n, 4, device=device, requires_grad=True)
     alpha = torch.tensor(ALPHA, dtype=torch.float64, device=device, requires_grad=True)
-    grad = _x(n, 4, device=device, seed=5)
+    grad = features(n, 4, device=device, seed=5)
     return graph, x, alpha, grad
 
 
@@ -171,18 +176,11 @@ def test_parity_with_pyg_lgconv(weighted, kind, dtype, device):
         assert prepare(edge_index, n, weight).is_symmetric
     weight = None if weight is None else weight.to(dtype)
     tol = {torch.float32: 1e-5, torch.float64: 1e-10}[dtype]
-    x = _x(n, 8, dtype, device, requires_grad=True)
-    x_pyg = x.detach().clone().requires_grad_()
+    x = features(n, 8, dtype, device, requires_grad=True)
     alpha = torch.tensor(ALPHA, dtype=dtype, device=device)
-    out = propagate(edge_index, x, alpha, edge_weight=weight)
-    ref = pyg_propagate(edge_index, x_pyg, alpha, weight)
+    out, _ = _compare_with_pyg(edge_index, x, alpha, weight, grad_seed=3, tol=tol)
     assert out.dtype == dtype
-    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
-    grad = _x(n, 8, dtype, device, seed=3)
-    out.backward(grad)
-    ref.backward(grad)
     assert x.grad.dtype == dtype
-    torch.testing.assert_close(x.grad, x_pyg.grad, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("device", devices())
@@ -193,16 +191,9 @@ def test_flow_and_normalize_match_pyg(weighted, normalize, flow, device):
     n = 25
     edge_index = random_edges(n, 80, seed=5, num_isolated=2, device=device)
     weight = random_weights(edge_index.shape[1], seed=6, device=device) if weighted else None
-    x = _x(n, 3, device=device, requires_grad=True)
-    x_pyg = x.detach().clone().requires_grad_()
+    x = features(n, 3, device=device, requires_grad=True)
     alpha = torch.tensor(ALPHA, dtype=torch.float64, device=device)
-    out = propagate(edge_index, x, alpha, edge_weight=weight, normalize=normalize, flow=flow)
-    ref = pyg_propagate(edge_index, x_pyg, alpha, weight, normalize=normalize, flow=flow)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    grad = _x(n, 3, device=device, seed=1)
-    out.backward(grad)
-    ref.backward(grad)
-    torch.testing.assert_close(x.grad, x_pyg.grad, rtol=1e-10, atol=1e-10)
+    _compare_with_pyg(edge_index, x, alpha, weight, grad_seed=1, normalize=normalize, flow=flow)
 
 
 @pytest.mark.parametrize("device", devices())
@@ -210,14 +201,14 @@ def test_flow_and_normalize_match_pyg(weighted, normalize, flow, device):
 def test_low_precision_forward_and_backward(dtype, device):
     n = 30
     edge_index = random_edges(n, 100, seed=4, num_isolated=2, device=device)
-    x = _x(n, 9, dtype, device, requires_grad=True)
+    x = features(n, 9, dtype, device, requires_grad=True)
     alpha = torch.tensor(ALPHA, device=device, requires_grad=True)
     out = propagate(edge_index, x, alpha)
     assert out.dtype == dtype
     ref64 = dense_propagate(edge_index, n, x.detach(), alpha.detach())
     ref_low = dense_propagate(edge_index, n, x.detach(), alpha.detach().to(dtype), dtype=dtype)
     assert_close_to_reference(out, ref64, dtype, ref_low)
-    grad = _x(n, 9, dtype, device, seed=2)
+    grad = features(n, 9, dtype, device, seed=2)
     out.backward(grad)
     assert x.grad.dtype == dtype and alpha.grad.dtype == torch.float32
     # dx = sum_l alpha_l (Mᵀ)^l grad.
@@ -263,7 +254,7 @@ def test_all_input_forms_agree(kind, weighted):
         weight = random_weights(edge_index.shape[1], seed=1) if weighted else None
     else:
         edge_index, weight = random_undirected(n, 35, seed=3, weighted=weighted, num_isolated=2)
-    x = _x(n, 4)
+    x = features(n, 4)
     expected = dense_propagate(edge_index, n, x, ALPHA, weight)
     for name, (graph_input, w) in _input_forms(edge_index, n, weight).items():
         out = propagate(graph_input, x, ALPHA, edge_weight=w)
@@ -280,7 +271,7 @@ def test_sparse_adj_t_matches_pyg(normalize):
     edge_index = random_edges(n, 70, seed=3, num_isolated=2)
     weight = random_weights(edge_index.shape[1], seed=1)
     adj_t = torch.sparse_coo_tensor(edge_index.flip(0), weight, (n, n)).coalesce()
-    x = _x(n, 4)
+    x = features(n, 4)
     ref = pyg_propagate(adj_t, x, ALPHA, normalize=normalize)
     for form in (adj_t, adj_t.to_sparse_csr()):
         torch.testing.assert_close(propagate(form, x, ALPHA, normalize=normalize), ref,
@@ -292,7 +283,7 @@ def test_torch_sparse_sparse_tensor():
     n = 20
     edge_index = random_edges(n, 70, seed=3, num_isolated=2)
     weight = random_weights(edge_index.shape[1], seed=1)
-    x = _x(n, 4)
+    x = features(n, 4)
     for w in (None, weight):
         adj_t = torch_sparse.SparseTensor(row=edge_index[1], col=edge_index[0], value=w,
                                           sparse_sizes=(n, n))
@@ -304,7 +295,7 @@ def test_torch_sparse_sparse_tensor():
 @pytest.mark.parametrize("device", devices())
 def test_alpha_as_sequence_or_tensor(device):
     edge_index = DIRECTED.to(device)
-    x = _x(TINY_N, 3, device=device)
+    x = features(TINY_N, 3, device=device)
     expected = dense_propagate(edge_index, TINY_N, x, ALPHA)
     for alpha in (ALPHA, tuple(ALPHA), torch.tensor(ALPHA, device=device),
                   torch.tensor(ALPHA, dtype=torch.float64, device=device)):
@@ -316,70 +307,17 @@ def test_alpha_as_sequence_or_tensor(device):
 def test_non_contiguous_x_public(device):
     n = 15
     edge_index = random_edges(n, 40, seed=2, device=device)
-    for x in (_x(4, n, device=device).t(), _x(n, 8, device=device)[:, 1::2]):
+    for x in (features(4, n, device=device).t(), features(n, 8, device=device)[:, 1::2]):
         x = x.detach().requires_grad_()
         assert not x.is_contiguous()
         out = propagate(edge_index, x, ALPHA)
         assert_close_to_reference(out, dense_propagate(edge_index, n, x.detach(), ALPHA),
                                   torch.float64)
-        grad = _x(n, x.shape[1], device=device, seed=4)
+        grad = features(n, x.shape[1], device=device, seed=4)
         out.backward(grad)
         x_contiguous = x.detach().contiguous().requires_grad_()
         propagate(edge_index, x_contiguous, ALPHA).backward(grad)
         torch.testing.assert_close(x.grad, x_contiguous.grad, rtol=0, atol=0)
-
-
-# ------------------------------------------------------------------ caching
-def test_cache_returns_same_graph_for_same_tensor():
-    edge_index = random_edges(10, 30, seed=1)
-    weight = random_weights(30, seed=2)
-    assert prepare(edge_index, 10) is prepare(edge_index, 10)
-    assert prepare(edge_index, 10, weight) is prepare(edge_index, 10, weight)
-    assert prepare(edge_index, 10, weight) is not prepare(edge_index, 10)
-    assert prepare(edge_index.clone(), 10) is not prepare(edge_index, 10)
-    assert prepare(edge_index, 10, normalize=False) is not prepare(edge_index, 10)
-    assert prepare(edge_index, 10, flow="target_to_source") is not prepare(edge_index, 10)
-    graph = prepare(edge_index, 10)
-    assert prepare(graph) is graph and prepare(graph, 10) is graph
-
-
-def test_cache_notices_in_place_edge_index_change():
-    n = 8
-    edge_index = torch.tensor([[0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 0]])  # a ring
-    x = _x(n, 3)
-    first = propagate(edge_index, x, ALPHA)
-    graph = prepare(edge_index, n)
-    edge_index[0, 2] = 7  # 2 -> 3 becomes 7 -> 3
-    edge_index[1, 3] = 6  # 3 -> 4 becomes 3 -> 6
-    assert prepare(edge_index, n) is not graph
-    out = propagate(edge_index, x, ALPHA)
-    assert not torch.allclose(out, first)
-    assert_close_to_reference(out, dense_propagate(edge_index, n, x, ALPHA), torch.float64)
-
-
-def test_cache_notices_in_place_edge_weight_change():
-    n = 8
-    edge_index = torch.tensor([[0, 1, 2, 3, 4, 6], [1, 2, 3, 4, 5, 5]])
-    weight = torch.ones(6, dtype=torch.float64)
-    x = _x(n, 3)
-    propagate(edge_index, x, ALPHA, edge_weight=weight)
-    weight[3] = 5.0
-    out = propagate(edge_index, x, ALPHA, edge_weight=weight)
-    assert_close_to_reference(out, dense_propagate(edge_index, n, x, ALPHA, weight),
-                              torch.float64)
-
-
-def test_cache_notices_in_place_sparse_adj_t_change():
-    n = 8
-    edge_index = torch.tensor([[0, 1, 2, 3, 4, 6], [1, 2, 3, 4, 5, 5]])
-    weight = torch.rand(6, dtype=torch.float64) + 0.5
-    adj_t = torch.sparse_coo_tensor(edge_index.flip(0), weight, (n, n)).coalesce()
-    x = _x(n, 3)
-    assert prepare(adj_t) is prepare(adj_t)
-    propagate(adj_t, x, ALPHA)
-    adj_t.values()[0] = 9.0
-    expected = dense_propagate(adj_t.indices().flip(0), n, x, ALPHA, adj_t.values())
-    assert_close_to_reference(propagate(adj_t, x, ALPHA), expected, torch.float64)
 
 
 # ----------------------------------------------------------------- symmetry
@@ -412,7 +350,7 @@ def test_graph_to_device_roundtrip(device):
     graph = Graph.from_edge_index(DIRECTED, TINY_N, random_weights(DIRECTED.shape[1], seed=1))
     moved = graph.to(device)
     assert moved.device.type == device and moved.is_symmetric == graph.is_symmetric
-    x = _x(TINY_N, 3, device=device)
+    x = features(TINY_N, 3, device=device)
     assert_close_to_reference(propagate(moved, x, ALPHA),
                               dense_propagate(DIRECTED, TINY_N, x, ALPHA, graph.edge_weight),
                               torch.float64)

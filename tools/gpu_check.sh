@@ -8,9 +8,9 @@
 # failed (except that nothing runs without a build):
 #   env        nvidia-smi, torch, nvcc
 #   build      python3 setup.py build_ext --inplace, FORCE_CUDA=1, sm_90
-#   tests      the CUDA tests of tests/ (pytest -k "cuda or gpu")
-#   smoke      tools/cuda_smoke.py: every op on CUDA against the CPU op
-#   sanitizer  compute-sanitizer memcheck on tools/cuda_smoke.py --small
+#   tests      the CUDA tests of tests/ (pytest -k "cuda or gpu"), among them
+#              tests/test_cuda.py: every op on CUDA against the CPU op
+#   sanitizer  compute-sanitizer memcheck on the small cases of tests/test_cuda.py
 #   bench      bench/bench_propagate.py --device cuda, when it exists
 # Every stage has a time limit and the whole run a deadline (GPU_CHECK_BUDGET_S,
 # default 420 s), so that it ends well inside 8 minutes. summary.txt lists each
@@ -94,7 +94,8 @@ cuda_tests() {
 
 sanitizer() {
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 \
-    --print-limit 20 "$PY" tools/cuda_smoke.py --small
+    --print-limit 20 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+    -k "small or mixed_device"
 }
 
 export PY
@@ -102,8 +103,7 @@ export -f env_info build cuda_tests sanitizer
 
 stage env 30 env_info
 if stage build 200 build; then
-  if [ -d tests ]; then stage tests 90 cuda_tests; else skip tests "no tests/"; fi
-  stage smoke 60 "$PY" tools/cuda_smoke.py
+  if [ -d tests ]; then stage tests 150 cuda_tests; else skip tests "no tests/"; fi
   if command -v compute-sanitizer >/dev/null; then
     stage sanitizer 120 sanitizer
   else
@@ -116,7 +116,7 @@ if stage build 200 build; then
     skip bench "no bench/bench_propagate.py"
   fi
 else
-  for s in tests smoke sanitizer bench; do skip "$s" "no build"; done
+  for s in tests sanitizer bench; do skip "$s" "no build"; done
 fi
 
 echo "== summary (total $(( $(date +%s) - START_S ))s, logs in $OUT)"

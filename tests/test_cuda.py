@@ -1,0 +1,216 @@
+"""The CUDA kernels against the CPU kernels, which define the semantics: every
+op on CUDA compared with the CPU op on the same inputs, run twice (bitwise the
+same), and the errors of mixed devices. Marked `cuda`; they skip without a
+GPU or without CUDA kernels in the build.
+
+Random CSR graphs with empty rows, duplicate edges, self-loops and a hub row;
+x in float16, bfloat16, float32 and float64; col in int32 and int64; with and
+without edge weights; alpha on the device in several dtypes; aligned,
+misaligned and non-contiguous x; L = 0..3; n = 0 and d = 0. float64 is also
+compared with an independent index_add reference. The cases whose id starts
+with "small" are the ones compute-sanitizer runs (tools/gpu_check.sh):
+
+    pytest tests/test_cuda.py -k "small or mixed_device"
+"""
+import itertools
+
+import pytest
+import torch
+
+from helpers import NEEDS_CUDA, OPS, csr_operands, features, tiny_graph
+from lightgcn_ext import Graph, propagate
+from lightgcn_ext._ops import CsrOperator
+
+pytestmark = NEEDS_CUDA
+DEVICE = "cuda"
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+# ----------------------------------------------------------------- inputs
+def make_graph(n, avg_degree, gen, hub=0):
+    """A CSR (rows = destinations) with ~20% empty rows, duplicates, self-loops
+    and optionally a hub row 0 of `hub` extra edges; float64 weights > 0."""
+    if n == 0:
+        return (torch.zeros(1, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                torch.zeros(0, dtype=torch.float64))
+    counts = torch.poisson(torch.full((n,), float(avg_degree)), generator=gen).long()
+    counts[torch.rand(n, generator=gen) < 0.2] = 0
+    counts[0] += hub
+    rowptr = torch.zeros(n + 1, dtype=torch.long)
+    rowptr[1:] = counts.cumsum(0)
+    num_edges = int(rowptr[-1])
+    rows = torch.repeat_interleave(torch.arange(n), counts)
+    col = torch.randint(0, n, (num_edges,), generator=gen)
+    loops = torch.rand(num_edges, generator=gen) < 0.1
+    col[loops] = rows[loops]
+    # duplicate: the second edge of a row repeats the first, for half the rows with two or more
+    starts = rowptr[:-1][(counts >= 2) & (torch.rand(n, generator=gen) < 0.5)]
+    col[starts + 1] = col[starts]
+    weight = torch.rand(num_edges, generator=gen, dtype=torch.float64) * 2 + 0.1
+    return rowptr, col, weight
+
+
+def degree_inv_sqrt(rowptr, weight, n):
+    rows = torch.repeat_interleave(torch.arange(n), rowptr.diff())
+    deg = torch.zeros(n, dtype=torch.float64).index_add_(0, rows, weight)
+    return torch.where(deg > 0, deg.clamp_min(1e-300).rsqrt(), torch.zeros_like(deg))
+
+
+def reference_propagate(rowptr, col, weight, dinv, x, alpha):
+    """sum_l alpha_l M^l x in float64, M = D W D, straight from the definition."""
+    n = x.shape[0]
+    rows = torch.repeat_interleave(torch.arange(n), rowptr.diff())
+    coef = dinv[rows] * weight * dinv[col]
+    h, out = x.double(), alpha[0].double() * x.double()
+    for a in alpha[1:]:
+        h = torch.zeros_like(h).index_add_(0, rows, coef[:, None] * h[col])
+        out = out + a.double() * h
+    return out
+
+
+def on_device(t, layout):
+    """t on DEVICE; a 2-D t laid out as `layout` says."""
+    if layout == "offset" and t.dim() == 2:  # contiguous but not 16-byte aligned
+        buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=DEVICE)
+        out = buf[1:].view(t.shape)
+        out.copy_(t)
+        return out
+    if layout == "transposed" and t.dim() == 2:  # not contiguous
+        return t.t().contiguous().to(DEVICE).t()
+    return t.to(DEVICE)
+
+
+# ------------------------------------------------------------- tolerances
+def tolerance(dtype, want):
+    """(rtol, atol) for propagate. CPU and CUDA both accumulate in float32 or
+    float64 and round once at the end: outputs may differ by an ulp of the
+    output dtype, plus the accumulation's rounding (the edge order is the same)."""
+    scale = want.double().abs().max().item() if want.numel() else 0.0
+    eps = torch.finfo(dtype).eps
+    rtol, atol = {torch.float16: (2 * eps, 1e-4), torch.bfloat16: (2 * eps, 1e-4),
+                  torch.float32: (1e-5, 1e-6), torch.float64: (1e-12, 1e-13)}[dtype]
+    return rtol, atol * scale + 1e-30
+
+
+def assert_within(name, got, want, rtol, atol):
+    """|got - want| <= rtol * |want| + atol elementwise, got finite, same shapes."""
+    got, want = got.detach().cpu().double(), want.detach().cpu().double()
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    if got.numel() == 0:
+        return
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    diff = (got - want).abs()
+    ratio = (diff / (rtol * want.abs() + atol)).max().item()  # <= 1 passes
+    assert ratio <= 1, (f"{name}: max |diff| {diff.max().item():.3e} (max |ref| "
+                        f"{want.abs().max().item():.3e}, {ratio:.2f}x the tolerance)")
+
+
+# ------------------------------------------------------------------ cases
+# (n, d, average degree, extra edges of row 0)
+SHAPES = [(0, 8, 3, 0), (7, 0, 2, 0), (1, 1, 1, 0), (9, 3, 1, 0), (13, 4, 2, 0), (40, 8, 3, 4),
+          (33, 64, 5, 0), (50, 100, 3, 20), (17, 130, 4, 0)]
+BIG_SHAPES = [(300, 300, 6, 100), (200, 520, 3, 50), (5000, 64, 12, 3000),
+              (20000, 64, 20, 20000)]
+LAYER_CONFIGS = [(0, torch.float32), (1, torch.float64), (2, torch.float16), (3, torch.float32),
+                 (3, torch.int64)]  # (L, alpha dtype)
+LAYOUTS = ["plain", "offset", "transposed"]
+
+
+def _cases():
+    """(shape, L, alpha dtype, layout) as pytest params, each with its own seed.
+    "small": the small shapes with every other layer config, all layouts at
+    L = 2 and plain ones otherwise; "full": the other combinations, then the
+    big shapes."""
+    plan = [(shape, L, alpha_dtype, layout) for shape in SHAPES
+            for L, alpha_dtype in LAYER_CONFIGS for layout in LAYOUTS]
+    plan += [(shape, 3, torch.float64, "plain") for shape in BIG_SHAPES]
+    plan += [(shape, 2, torch.float32, "offset") for shape in BIG_SHAPES[:2]]
+    small = {(shape, L, alpha_dtype, layout) for shape in SHAPES
+             for L, alpha_dtype in LAYER_CONFIGS[::2]
+             for layout in (LAYOUTS if L == 2 else LAYOUTS[:1])}
+    params = []
+    for seed, case in enumerate(plan):
+        (n, d, _, hub), L, alpha_dtype, layout = case
+        size = "small" if case in small else "full"
+        case_id = f"{size}-n{n}-d{d}-hub{hub}-L{L}-alpha_{str(alpha_dtype)[6:]}-{layout}"
+        params.append(pytest.param(*case, seed, id=case_id))
+    return params
+
+
+@pytest.mark.parametrize("shape, L, alpha_dtype, layout, seed", _cases())
+def test_cuda_ops_match_cpu(shape, L, alpha_dtype, layout, seed):
+    """propagate and layer_dots on DEVICE vs on the CPU, for every x dtype,
+    col dtype and with or without weights, each run twice."""
+    n, d, deg, hub = shape
+    gen = torch.Generator().manual_seed(seed)
+    rowptr, col64, weight64 = make_graph(n, deg, gen, hub)
+    for dtype, index_dtype, weighted in itertools.product(
+            DTYPES, [torch.int32, torch.int64], [False, True]):
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        w = weight64 if weighted else torch.ones_like(weight64)
+        dinv = degree_inv_sqrt(rowptr, w, n).to(acc)
+        # A forward needs no transposed CSR (rowptr_t, col_t, weight_t).
+        graph_cpu = CsrOperator(rowptr, col64.to(index_dtype), w.to(acc) if weighted else None,
+                                dinv, None, None, None)
+        graph_dev = CsrOperator(*(None if t is None else t.to(DEVICE) for t in graph_cpu))
+        x = torch.randn(n, d, generator=gen, dtype=torch.float64).to(dtype)
+        grad = torch.randn(n, d, generator=gen, dtype=torch.float64).to(dtype)
+        if alpha_dtype == torch.int64:
+            alpha = torch.randint(0, 3, (L + 1,), generator=gen)
+        else:
+            alpha = (torch.rand(L + 1, generator=gen, dtype=torch.float64) + 0.1).to(alpha_dtype)
+        name = (f"{str(dtype)[6:]} col={str(index_dtype)[6:]} "
+                f"{'weighted' if weighted else 'unweighted'}")
+
+        want = OPS.propagate(*graph_cpu, x, alpha)
+        rtol, atol = tolerance(dtype, want)
+        got = OPS.propagate(*graph_dev, on_device(x, layout), alpha.to(DEVICE))
+        assert got.dtype == dtype and got.device.type == torch.device(DEVICE).type, \
+            f"propagate {name}: got {got.dtype} on {got.device}"
+        assert_within("propagate " + name, got, want, rtol, atol)
+        if dtype == torch.float64:
+            ref = reference_propagate(rowptr, col64, w, dinv, x, alpha)
+            assert_within("propagate vs reference " + name, got, ref, 1e-12,
+                          tolerance(dtype, ref)[1])
+        again = OPS.propagate(*graph_dev, on_device(x, layout), alpha.to(DEVICE))
+        assert torch.equal(got, again), f"propagate {name}: two runs differ"
+
+        want = OPS.layer_dots(*graph_cpu, x, grad, L)
+        got = OPS.layer_dots(*graph_dev, on_device(x, layout), on_device(grad, layout), L)
+        assert got.dtype == acc and got.shape == (L + 1,), \
+            f"layer_dots {name}: got {got.dtype} {tuple(got.shape)}"
+        # Dots cancel: scale the tolerance by sum |x_l| |grad| ~ ||x|| ||grad||.
+        dot_scale = x.double().norm() * grad.double().norm() + 1e-30
+        dot_tol = 1e-12 if dtype == torch.float64 else 1e-4
+        assert_within("layer_dots " + name, got / dot_scale, want / dot_scale, 0.0, dot_tol)
+        again = OPS.layer_dots(*graph_dev, on_device(x, layout), on_device(grad, layout), L)
+        assert torch.equal(got, again), f"layer_dots {name}: two runs differ (not deterministic)"
+
+
+# ------------------------------------------------------------ mixed devices
+def test_cuda_mixed_device_raw_op_refuses_cpu_x():
+    """x on the CPU with a CUDA graph: the shared checks refuse it."""
+    rowptr, col, weight = make_graph(10, 3, torch.Generator().manual_seed(0))
+    dinv = degree_inv_sqrt(rowptr, weight, 10).float()
+    with pytest.raises(RuntimeError, match="device"):
+        OPS.propagate(rowptr.to(DEVICE), col.to(DEVICE), None, dinv.to(DEVICE), None, None, None,
+                      torch.randn(10, 4), torch.ones(3, device=DEVICE))
+
+
+def test_cuda_mixed_devices():
+    """Each argument on the wrong device is named: by the public API, and by
+    the raw op for each graph operand left on the CPU."""
+    n, alpha = 6, [0.5, 0.3, 0.2]
+    graph = Graph.from_edge_index(tiny_graph(), n)
+    with pytest.raises(ValueError, match=r"\bx\b"):
+        propagate(graph, features(n, 3, device=DEVICE), alpha)
+    with pytest.raises(ValueError, match="alpha"):
+        propagate(graph.to(DEVICE), features(n, 3, device=DEVICE), torch.tensor(alpha))
+    rowptr, col, _, dinv, *_ = csr_operands(tiny_graph(), n, None, torch.float32)
+    operands = dict(rowptr=rowptr, col=col, weight=None, dinv=dinv, rowptr_t=None, col_t=None,
+                    weight_t=None, x=features(n, 3, torch.float32), alpha=torch.tensor(alpha))
+    for name in ("rowptr", "col", "dinv"):
+        args = {key: None if t is None else t.to(DEVICE) for key, t in operands.items()}
+        args[name] = args[name].cpu()
+        with pytest.raises(RuntimeError, match=rf"\b{name}\b"):
+            OPS.propagate(*args.values())
