@@ -9,7 +9,7 @@ import torch
 from helpers import (assert_close_to_reference, dense_operator, dense_propagate, devices,
                      features, pyg_propagate, random_edges, random_undirected, random_weights,
                      symmetrize, tiny_graph)
-from lightgcn_ext import Graph, prepare, propagate
+from lightgcn_ext import Graph, LightGCN, prepare, propagate
 
 # A directed tiny graph (duplicate edge, self-loop, empty rows, an isolated
 # node) and a symmetric one (the same features, both directions).
@@ -157,6 +157,61 @@ def test_torch_compile_fullgraph(backend, device):
     torch.testing.assert_close(out, eager, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(cgx, gx, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(cga, ga, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------- a whole BPR step, compiled
+def _bpr_case(device):
+    """A prepared symmetric user-item graph (the main use), a model, and one
+    batch of positive and negative (user, item) pairs."""
+    num_users, num_items = 30, 40
+    gen = torch.Generator().manual_seed(3)
+    users = torch.randint(0, num_users, (300,), generator=gen)
+    items = torch.randint(num_users, num_users + num_items, (300,), generator=gen)
+    edge_index = torch.cat([torch.stack([users, items]), torch.stack([items, users])], 1)
+    graph = Graph.from_edge_index(edge_index.to(device), num_users + num_items)
+    assert graph.is_symmetric
+    torch.manual_seed(0)
+    model = LightGCN(num_users + num_items, 16, num_layers=3).to(device)
+    negatives = torch.randint(num_users, num_users + num_items, (64,), generator=gen)
+    pos = torch.stack([users[:64], items[:64]]).to(device)
+    neg = torch.stack([users[:64], negatives]).to(device)
+    return graph, model, pos, neg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph_bpr_step(backend, device):
+    torch._dynamo.reset()
+    graph, model, pos, neg = _bpr_case(device)
+
+    def loss_of(pos, neg):
+        return model.recommendation_loss(model(graph, pos), model(graph, neg),
+                                         node_id=torch.cat([pos, neg]).flatten())
+
+    def step(loss_fn):
+        """The loss and the embedding gradient of one step (backward outside:
+        that is how a compiled step runs it, through AOT autograd)."""
+        model.zero_grad()
+        loss = loss_fn(pos, neg)
+        loss.backward()
+        return loss.detach(), model.embedding.weight.grad.clone()
+
+    eager_loss, eager_grad = step(loss_of)
+    loss, grad = step(torch.compile(loss_of, fullgraph=True, backend=backend))
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, eager_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_torch_compile_bpr_step_still_checks_node_ids():
+    torch._dynamo.reset()
+    graph, model, pos, neg = _bpr_case("cpu")
+    compiled = torch.compile(lambda pairs: model(graph, pairs), fullgraph=True,
+                             backend="aot_eager")
+    compiled(pos)
+    with pytest.raises(RuntimeError, match="edge_label_index"):
+        compiled(pos + 1000)
 
 
 # --------------------------------------------------------- parity with PyG
