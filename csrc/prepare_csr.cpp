@@ -31,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
               "edge_index must have shape [2, num_edges], got ", edge_index.sizes());
   TORCH_CHECK(edge_index.scalar_type() == at::kInt || edge_index.scalar_type() == at::kLong,
               "edge_index must be int32 or int64, got ", edge_index.scalar_type());
-  TORCH_CHECK(num_nodes > 0, "num_nodes must be positive, got ", num_nodes);
+  TORCH_CHECK_VALUE(num_nodes >= 0, "num_nodes must be non-negative, got ", num_nodes);
   if (edge_index.size(1) > 0) {
     const auto [lo, hi] = at::aminmax(edge_index);
     const int64_t min_index = lo.item<int64_t>(), max_index = hi.item<int64_t>();

@@ -9,9 +9,9 @@ from ._extension import load_extension
 load_extension()
 
 from . import _ops  # noqa: E402  (registers fake kernels and autograd)
-from .graph import Graph, prepare  # noqa: E402
+from .graph import Graph, clear_cache, prepare  # noqa: E402
 from .model import BPRLoss, LightGCN  # noqa: E402
 from .propagation import propagate  # noqa: E402
 
-__all__ = ["BPRLoss", "Graph", "LightGCN", "prepare", "propagate"]
+__all__ = ["BPRLoss", "Graph", "LightGCN", "clear_cache", "prepare", "propagate"]
 __version__ = "0.1.0"

@@ -7,8 +7,9 @@ in-degree, no self-loops added) as
   * a CSR by source (rowptr_t, col_t[, weight_t]) for the backward, which is
     the same tensors when the graph is symmetric (the usual user-item graph),
   * dinv = deg^-1/2 (0 for isolated nodes).
-Building it costs a sort of the edges; `prepare` caches it per input tensor.
+Building it costs a sort of the edges; `prepare` caches it per input.
 """
+import operator
 import weakref
 from collections import OrderedDict
 
@@ -21,19 +22,30 @@ FLOWS = ("source_to_target", "target_to_source")
 
 class Graph:
     """The prepared operator. Build it with `Graph.from_edge_index`,
-    `Graph.from_adj_t` or `prepare`; it is immutable and reusable."""
+    `Graph.from_adj_t` or `prepare`.
 
-    def __init__(self, *, num_nodes, rowptr, col, weight, rowptr_t, col_t, weight_t, dinv,
-                 edge_index, edge_weight, normalize):
+    It copies what it is built from, so changing the input afterwards does not
+    change the graph, with one exception: edge weights that require grad (an
+    ``nn.Parameter`` being trained) are tracked, and every call uses their
+    current values, in the fused no-grad path as in the differentiable one.
+    """
+
+    def __init__(self, *, num_nodes, rowptr, col, perm, rowptr_t, col_t, perm_t, edge_index,
+                 edge_weight, normalize, flow):
         self.num_nodes = num_nodes
-        self.rowptr, self.col, self.weight = rowptr, col, weight
-        self.rowptr_t, self.col_t, self.weight_t = rowptr_t, col_t, weight_t
-        self.dinv = dinv  # float64
-        # The input, kept by reference for the differentiable edge-weight path.
+        self.rowptr, self.col = rowptr, col
+        self.normalize, self.flow = normalize, flow
+        # The edges as messages flow (source, destination), and their weights,
+        # for the differentiable edge-weight path.
         self.edge_index = edge_index
         self.edge_weight = edge_weight
-        self.normalize = normalize
-        self._operators = {}
+        self._perm, self._perm_t = perm, perm_t
+        # A symmetric structure keeps one CSR: the transpose's is the same.
+        self._symmetric_structure = torch.equal(rowptr, rowptr_t) and torch.equal(col, col_t)
+        self.rowptr_t = rowptr if self._symmetric_structure else rowptr_t
+        self.col_t = col if self._symmetric_structure else col_t
+        self._weights_version = None
+        self._refresh_weights()
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -45,31 +57,21 @@ class Graph:
         num_nodes = _check_num_nodes(num_nodes)
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
-        if flow == "target_to_source":
-            edge_index = edge_index.flip(0)
         if edge_weight is not None:
             edge_weight = _check_edge_weight(edge_weight, edge_index)
-
-        # prepare_csr checks that the ids lie in [0, num_nodes) (a ValueError).
-        rowptr, col, perm, rowptr_t, col_t, perm_t = torch.ops.lightgcn_ext.prepare_csr(
-            edge_index, num_nodes
-        )
-        weight = weight_t = None
-        if edge_weight is not None:
-            w64 = edge_weight.detach().to(torch.float64)
-            weight, weight_t = w64[perm], w64[perm_t]
-        dinv = _inverse_sqrt_degree(rowptr, edge_index[1], weight, edge_weight, num_nodes,
-                                    normalize)
-        symmetric = (
-            torch.equal(rowptr, rowptr_t)
-            and torch.equal(col, col_t)
-            and (weight is None or torch.equal(weight, weight_t))
-        )
-        if symmetric:
-            rowptr_t, col_t, weight_t = rowptr, col, weight
-        return cls(num_nodes=num_nodes, rowptr=rowptr, col=col, weight=weight,
-                   rowptr_t=rowptr_t, col_t=col_t, weight_t=weight_t, dinv=dinv,
-                   edge_index=edge_index, edge_weight=edge_weight, normalize=normalize)
+        # Built outside inference mode, so that a graph first prepared in a
+        # validation pass can serve a training step too.
+        with torch.inference_mode(False):
+            # A private copy: the graph does not change with the input.
+            edge_index = edge_index.flip(0) if flow == "target_to_source" else edge_index.clone()
+            if edge_weight is not None and not edge_weight.requires_grad:
+                edge_weight = edge_weight.clone()
+            # prepare_csr checks that the ids lie in [0, num_nodes) (a ValueError).
+            rowptr, col, perm, rowptr_t, col_t, perm_t = torch.ops.lightgcn_ext.prepare_csr(
+                edge_index, num_nodes)
+            return cls(num_nodes=num_nodes, rowptr=rowptr, col=col, perm=perm, rowptr_t=rowptr_t,
+                       col_t=col_t, perm_t=perm_t, edge_index=edge_index,
+                       edge_weight=edge_weight, normalize=normalize, flow=flow)
 
     @classmethod
     def from_adj_t(cls, adj_t, *, normalize=True):
@@ -79,10 +81,30 @@ class Graph:
         edge_index, edge_weight, num_nodes = _edges_of_adj_t(adj_t)
         return cls.from_edge_index(edge_index, num_nodes, edge_weight, normalize=normalize)
 
+    def _refresh_weights(self):
+        """weight, weight_t and dinv from the current edge weights."""
+        with torch.inference_mode(False):
+            weight = weight_t = None
+            if self.edge_weight is None:
+                deg = self.rowptr.diff().to(torch.float64)
+            else:
+                w64 = self.edge_weight.detach().to(torch.float64)
+                weight, weight_t = w64[self._perm], w64[self._perm_t]
+                deg = torch.zeros(self.num_nodes, dtype=torch.float64, device=w64.device)
+                deg.index_add_(0, self.edge_index[1], w64)
+            self.dinv = _inverse_sqrt_degree(deg, self.normalize)  # float64
+        self._weights_version = _version(self.edge_weight)
+        self.weight = weight
+        symmetric = self._symmetric_structure and (
+            weight is None or torch.equal(weight, weight_t))
+        self.weight_t = weight if symmetric else weight_t
+        self._operators = {}
+
     # -------------------------------------------------------------- queries
     @property
     def is_symmetric(self):
-        return self.rowptr_t is self.rowptr
+        """M^T = M: the backward reuses the forward's operands."""
+        return self._symmetric_structure and self.weight_t is self.weight
 
     @property
     def device(self):
@@ -92,62 +114,95 @@ class Graph:
     def num_edges(self):
         return self.col.numel()
 
+    @property
+    def nbytes(self):
+        """The memory this graph holds (its operand casts included)."""
+        tensors = {id(t): t for t in (self.rowptr, self.col, self.rowptr_t, self.col_t,
+                                      self.weight, self.weight_t, self.dinv, self.edge_index,
+                                      self._perm, self._perm_t)
+                   if t is not None}
+        for op in self._operators.values():
+            tensors.update((id(t), t) for t in op if t is not None)
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
     def operator(self, dtype):
         """The CsrOperator the ops take, with weight and dinv in the
-        accumulation type of `dtype` features."""
+        accumulation type of `dtype` features; up to date with tracked edge
+        weights."""
+        if self.edge_weight is not None and _version(self.edge_weight) != self._weights_version:
+            self._refresh_weights()
         acc = accumulation_dtype(dtype)
         if acc not in self._operators:
-            cast = lambda t: None if t is None else t.to(acc)  # noqa: E731
-            transposed = (None, None, None) if self.is_symmetric else (
-                self.rowptr_t, self.col_t, cast(self.weight_t))
-            self._operators[acc] = CsrOperator(self.rowptr, self.col, cast(self.weight),
-                                               self.dinv.to(acc), *transposed)
+            with torch.inference_mode(False):
+                cast = lambda t: None if t is None else t.to(acc)  # noqa: E731
+                weight = cast(self.weight)
+                transposed = (None, None, None) if self.is_symmetric else (
+                    self.rowptr_t, self.col_t, cast(self.weight_t))
+                self._operators[acc] = CsrOperator(self.rowptr, self.col, weight,
+                                                   self.dinv.to(acc), *transposed)
         return self._operators[acc]
 
     def to(self, device):
-        """This graph on another device."""
+        """This graph on another device (a tracked edge weight is moved: the
+        copy follows the values at the time of the move)."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        rowptr = move(self.rowptr)
-        col = move(self.col)
-        weight = move(self.weight)
-        if self.is_symmetric:
-            rowptr_t, col_t, weight_t = rowptr, col, weight
-        else:
-            rowptr_t, col_t, weight_t = move(self.rowptr_t), move(self.col_t), move(self.weight_t)
-        return Graph(num_nodes=self.num_nodes, rowptr=rowptr, col=col, weight=weight,
-                     rowptr_t=rowptr_t, col_t=col_t, weight_t=weight_t, dinv=move(self.dinv),
-                     edge_index=move(self.edge_index), edge_weight=move(self.edge_weight),
-                     normalize=self.normalize)
+        return Graph(num_nodes=self.num_nodes, rowptr=move(self.rowptr), col=move(self.col),
+                     perm=move(self._perm), rowptr_t=move(self.rowptr_t), col_t=move(self.col_t),
+                     perm_t=move(self._perm_t), edge_index=move(self.edge_index),
+                     edge_weight=move(self.edge_weight), normalize=self.normalize,
+                     flow=self.flow)
 
     def __repr__(self):
         return (f"Graph(num_nodes={self.num_nodes}, num_edges={self.num_edges}, "
                 f"weighted={self.weight is not None}, symmetric={self.is_symmetric}, "
-                f"normalize={self.normalize}, device={self.device})")
+                f"normalize={self.normalize}, flow={self.flow!r}, device={self.device})")
 
 
 # ---------------------------------------------------------------- caching
 _LAYOUTS = (torch.strided, torch.sparse_coo, torch.sparse_csr)
+# Graphs kept at most, and the memory they may hold together.
 _CACHE_SIZE = 8
-_cache = OrderedDict()
+_CACHE_MAX_BYTES = 2 << 30
 
 
-def prepare(edge_index, num_nodes=None, edge_weight=None, *, normalize=True,
-            flow="source_to_target"):
-    """The prepared Graph of any PyG-style input: a Graph (returned as is), a
-    [2, E] edge_index tensor (or PyG EdgeIndex), a torch.sparse adj_t, or a
-    torch_sparse SparseTensor. Tensors are prepared once and cached; the cache
-    notices a different tensor, or the same tensor modified in place through
-    torch (its version counter). Writes that bypass the counter (through a
-    numpy view or `.data`) are not seen: call `clear_cache()` after them, or
-    pass a Graph."""
+class _CacheEntry:
+    """A cached graph and, weakly, the input tensors it was prepared from."""
+
+    def __init__(self, edge_index, edge_weight, graph):
+        self.edge_index = weakref.ref(edge_index)
+        self.edge_weight = None if edge_weight is None else weakref.ref(edge_weight)
+        self.graph = graph
+
+    def is_for(self, edge_index, edge_weight):
+        return self.edge_index() is edge_index and (
+            edge_weight is None or self.edge_weight() is edge_weight)
+
+
+_cache = OrderedDict()  # key -> _CacheEntry, least recently used first
+
+
+def prepare(edge_index, num_nodes=None, edge_weight=None, *, normalize=None, flow=None):
+    """The prepared Graph of any PyG-style input: a Graph, a [2, E]
+    edge_index tensor (or PyG EdgeIndex), a torch.sparse adj_t, or a
+    torch_sparse SparseTensor.
+
+    normalize and flow default to True and "source_to_target"; a Graph is
+    returned as it is, and given settings must be the ones it was built with.
+
+    Tensors are prepared once and cached. The cache notices a different
+    tensor, or the same tensor modified in place through torch (its version
+    counter), and finds the graph of an equal edge_index in another tensor
+    (e.g. `edge_index.to(device)` on every call) by comparing contents, which
+    costs far less than preparing it again. It holds its inputs weakly, and at
+    most 8 graphs and 2 GiB. Writes that bypass the version counter (through
+    a numpy view or `.data`, or in inference mode) are not seen: call
+    `lightgcn_ext.clear_cache()` after them, or pass a Graph."""
     if isinstance(edge_index, Graph):
-        if num_nodes is not None and num_nodes != edge_index.num_nodes:
-            raise ValueError(f"the prepared graph has {edge_index.num_nodes} nodes, "
-                             f"but num_nodes={num_nodes} was given")
-        if edge_weight is not None:
-            raise ValueError("edge_weight cannot be given with a prepared Graph: "
-                             "pass it to Graph.from_edge_index instead")
-        return edge_index
+        return _check_prepared(edge_index, num_nodes, edge_weight, normalize, flow)
+    if torch.compiler.is_compiling():
+        return _prepared_for_compile(edge_index, num_nodes, edge_weight, normalize, flow)
+    normalize = True if normalize is None else normalize
+    flow = "source_to_target" if flow is None else flow
     if not (isinstance(edge_index, torch.Tensor) or _is_sparse_adjacency(edge_index)):
         raise TypeError(f"edge_index must be a [2, num_edges] tensor, a sparse adj_t or a "
                         f"prepared Graph, got {type(edge_index).__name__}")
@@ -157,38 +212,117 @@ def prepare(edge_index, num_nodes=None, edge_weight=None, *, normalize=True,
     if edge_weight is not None and not isinstance(edge_weight, torch.Tensor):
         raise TypeError(f"edge_weight must be a torch.Tensor, got {type(edge_weight).__name__}")
     key = (_tensor_key(edge_index), _tensor_key(edge_weight), num_nodes, normalize, flow)
-    hit = _cache.get(key)
-    if hit is not None and hit[0]() is edge_index and (
-        edge_weight is None or hit[1]() is edge_weight
-    ):
+    entry = _cache.get(key)
+    if entry is not None and entry.is_for(edge_index, edge_weight):
         _cache.move_to_end(key)
-        return hit[2]
-    if _is_sparse_adjacency(edge_index):
-        if edge_weight is not None:
-            raise ValueError("edge_weight cannot be given with a sparse adj_t: "
-                             "its values are the edge weights")
-        if flow != "source_to_target":
-            # As in PyG: a sparse adj_t already says which way messages flow.
-            raise ValueError(f"flow={flow!r} is invalid with a sparse adj_t, whose rows are "
-                             "the destinations; transpose it instead")
-        graph = Graph.from_adj_t(edge_index, normalize=normalize)
-        if num_nodes is not None and num_nodes != graph.num_nodes:
-            raise ValueError(f"adj_t has {graph.num_nodes} nodes, but num_nodes={num_nodes}")
-    else:
-        if num_nodes is None:
-            raise ValueError("num_nodes is required with an edge_index tensor")
-        graph = Graph.from_edge_index(edge_index, num_nodes, edge_weight, normalize=normalize,
-                                      flow=flow)
-    weak_weight = None if edge_weight is None else weakref.ref(edge_weight)
-    _cache[key] = (weakref.ref(edge_index), weak_weight, graph)
-    while len(_cache) > _CACHE_SIZE:
-        _cache.popitem(last=False)
+        return entry.graph
+    graph = _find_equal(edge_index, num_nodes, edge_weight, normalize, flow)
+    if graph is None:
+        graph = _prepare_uncached(edge_index, num_nodes, edge_weight, normalize, flow)
+    _cache[key] = _CacheEntry(edge_index, edge_weight, graph)
+    _evict()
+    if edge_weight is None and isinstance(edge_index, torch.Tensor):
+        # What a compiled caller finds: torch.compile cannot trace the cache.
+        edge_index._lightgcn_ext_graph = graph
     return graph
+
+
+def _prepared_for_compile(edge_index, num_nodes, edge_weight, normalize, flow):
+    graph = getattr(edge_index, "_lightgcn_ext_graph", None)
+    if graph is None or edge_weight is not None:
+        raise RuntimeError(
+            "torch.compile: prepare the graph before compiling (a Graph from "
+            "lightgcn_ext.prepare(edge_index, num_nodes), or one eager call with this "
+            "edge_index tensor), and pass edge weights to Graph.from_edge_index")
+    return _check_prepared(graph, num_nodes, None, normalize, flow)
 
 
 def clear_cache():
     """Forgets every graph that `prepare` cached."""
     _cache.clear()
+
+
+def _prepare_uncached(edge_index, num_nodes, edge_weight, normalize, flow):
+    if not _is_sparse_adjacency(edge_index):
+        if num_nodes is None:
+            raise ValueError("num_nodes is required with an edge_index tensor")
+        return Graph.from_edge_index(edge_index, num_nodes, edge_weight, normalize=normalize,
+                                     flow=flow)
+    if edge_weight is not None:
+        raise ValueError("edge_weight cannot be given with a sparse adj_t: "
+                         "its values are the edge weights")
+    if flow != "source_to_target":
+        # As in PyG: a sparse adj_t already says which way messages flow.
+        raise ValueError(f"flow={flow!r} is invalid with a sparse adj_t, whose rows are "
+                         "the destinations; transpose it instead")
+    graph = Graph.from_adj_t(edge_index, normalize=normalize)
+    if num_nodes is not None and num_nodes != graph.num_nodes:
+        raise ValueError(f"adj_t has {graph.num_nodes} nodes, but num_nodes={num_nodes}")
+    return graph
+
+
+def _check_prepared(graph, num_nodes, edge_weight, normalize, flow):
+    if num_nodes is not None and num_nodes != graph.num_nodes:
+        raise ValueError(f"the prepared graph has {graph.num_nodes} nodes, "
+                         f"but num_nodes={num_nodes} was given")
+    if edge_weight is not None:
+        raise ValueError("edge_weight cannot be given with a prepared Graph: "
+                         "pass it to Graph.from_edge_index instead")
+    for name, wanted, built in (("normalize", normalize, graph.normalize),
+                                ("flow", flow, graph.flow)):
+        if wanted is not None and wanted != built:
+            raise ValueError(f"the prepared graph was built with {name}={built!r}, but "
+                             f"{name}={wanted!r} was asked for: build it with "
+                             f"Graph.from_edge_index(..., {name}={wanted!r})")
+    return graph
+
+
+def _find_equal(edge_index, num_nodes, edge_weight, normalize, flow):
+    """A cached graph of an edge_index tensor with the same contents, or None.
+    Edge weights that require grad are tracked by identity, so they match
+    only themselves."""
+    if (not isinstance(edge_index, torch.Tensor) or edge_index.layout != torch.strided
+            or edge_index.dtype not in (torch.int32, torch.int64)):
+        return None  # other inputs are checked when prepared, then found by identity
+    if edge_weight is not None and edge_weight.requires_grad:
+        return None
+    for graph in _cache_graphs():
+        if (graph.num_nodes != num_nodes or graph.normalize != normalize or graph.flow != flow
+                or graph.device != edge_index.device
+                or graph.edge_index.shape != edge_index.shape
+                or (graph.edge_weight is None) != (edge_weight is None)):
+            continue
+        if graph.edge_weight is not None and (graph.edge_weight.requires_grad
+                                              or graph.edge_weight.dtype != edge_weight.dtype):
+            continue
+        stored = graph.edge_index.flip(0) if flow == "target_to_source" else graph.edge_index
+        if torch.equal(stored, edge_index.to(stored.dtype)) and (
+                edge_weight is None or torch.equal(graph.edge_weight, edge_weight)):
+            return graph
+    return None
+
+
+def _evict():
+    """Drops the least recently used entries beyond the count or the memory bound."""
+    while len(_cache) > _CACHE_SIZE or (len(_cache) > 1 and _cached_bytes() > _CACHE_MAX_BYTES):
+        _cache.popitem(last=False)
+
+
+def _cached_bytes():
+    return sum(graph.nbytes for graph in _cache_graphs())
+
+
+def _cache_graphs():
+    """The distinct graphs in the cache (entries of equal inputs share one)."""
+    return list({id(entry.graph): entry.graph for entry in _cache.values()}.values())
+
+
+def _version(t):
+    """t's version counter; inference tensors have none (in-place writes to
+    them are possible only inside inference mode, and are not seen)."""
+    if t is None:
+        return None
+    return 0 if t.is_inference() else t._version
 
 
 def _tensor_key(t):
@@ -198,12 +332,12 @@ def _tensor_key(t):
         if t.layout != torch.strided:  # torch.sparse: its parts carry the versions
             parts = (t.crow_indices(), t.col_indices(), t.values()) if t.layout == torch.sparse_csr \
                 else (t._indices(), t._values())
-            return (id(t), t.layout) + tuple((p._version, p.data_ptr()) for p in parts)
-        return (id(t), t._version, t.data_ptr(), tuple(t.shape), t.dtype)
+            return (id(t), t.layout) + tuple((_version(p), p.data_ptr()) for p in parts)
+        return (id(t), _version(t), t.data_ptr(), tuple(t.shape), t.dtype)
     # torch_sparse.SparseTensor
     storage = t.storage
     parts = [storage.row(), storage.col()] + ([] if storage.value() is None else [storage.value()])
-    return (id(t),) + tuple((p._version, p.data_ptr()) for p in parts)
+    return (id(t),) + tuple((_version(p), p.data_ptr()) for p in parts)
 
 
 # ------------------------------------------------------------- validation
@@ -225,10 +359,16 @@ def _check_edge_index(edge_index):
 
 
 def _check_num_nodes(num_nodes):
-    if isinstance(num_nodes, torch.Tensor):
-        num_nodes = int(num_nodes)
-    if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes <= 0:
-        raise ValueError(f"num_nodes must be a positive int, got {num_nodes!r}")
+    """A node count as an int: Python and numpy ints, 0-d integer tensors; 0 is allowed."""
+    error = ValueError(f"num_nodes must be a non-negative int, got {num_nodes!r}")
+    if isinstance(num_nodes, bool):
+        raise error
+    try:
+        num_nodes = operator.index(num_nodes)
+    except TypeError:
+        raise error from None
+    if num_nodes < 0:
+        raise error
     return num_nodes
 
 
@@ -248,20 +388,14 @@ def _check_edge_weight(edge_weight, edge_index):
     return edge_weight
 
 
-def _inverse_sqrt_degree(rowptr, dst, weight_csr, edge_weight, num_nodes, normalize):
+def _inverse_sqrt_degree(deg, normalize):
+    """deg^-1/2 (0 where deg = 0), or ones without normalization."""
     if not normalize:
-        return torch.ones(num_nodes, dtype=torch.float64, device=rowptr.device)
-    if weight_csr is None:
-        deg = rowptr.diff().to(torch.float64)
-    else:
-        deg = torch.zeros(num_nodes, dtype=torch.float64, device=rowptr.device)
-        deg.index_add_(0, dst, edge_weight.detach().to(torch.float64))
-        if bool((deg < 0).any()):
-            bad = int((deg < 0).nonzero()[0])
-            raise ValueError(
-                f"edge_weight gives node {bad} a negative degree ({float(deg[bad])}); "
-                "deg^-1/2 is undefined there"
-            )
+        return torch.ones_like(deg)
+    if bool((deg < 0).any()):
+        bad = int((deg < 0).nonzero()[0])
+        raise ValueError(f"edge_weight gives node {bad} a negative degree ({float(deg[bad])}); "
+                         "deg^-1/2 is undefined there")
     dinv = deg.pow(-0.5)
     return dinv.masked_fill_(torch.isinf(dinv), 0.0)
 

@@ -85,15 +85,24 @@ class LightGCN(torch.nn.Module):
 
     @torch.no_grad()
     def recommend(self, edge_index, edge_weight=None, src_index=None, dst_index=None, k=1,
-                  sorted=True, *, exclude=None, chunk_size=None) -> Tensor:
+                  sorted=True, *, exclude=None, chunk_size=None, return_scores=False):
         r"""Top-``k`` nodes of ``dst_index`` (all nodes if ``None``) for each
         node of ``src_index`` (all nodes if ``None``), by ``<x_src, x_dst>``.
 
-        Beyond PyG (keyword-only): ``exclude``, a ``[2, M]`` tensor of
-        (src, dst) node pairs never to recommend (typically the training
-        interactions); ``chunk_size``, the number of sources scored at once,
-        so that memory is ``O(chunk_size * len(dst_index))`` and never a
-        dense ``len(src_index) x len(dst_index)`` matrix.
+        Beyond PyG (keyword-only):
+
+        * ``exclude``: a ``[2, M]`` tensor of (src, dst) pairs never to
+          recommend (typically the training interactions), in **global node
+          ids**, as in ``edge_index`` (an item's id is offset by the number of
+          users), never positions in ``dst_index``. Where ``dst_index`` is
+          given, every excluded dst must be in it (else ``ValueError``: the
+          usual sign of item-local ids). A source left with fewer than ``k``
+          candidates gets id ``-1`` (score ``-inf``) in the places it cannot fill.
+        * ``chunk_size``: the number of sources scored at once, so that memory
+          is ``O(chunk_size * len(dst_index))``, never a dense
+          ``len(src_index) x len(dst_index)`` matrix.
+        * ``return_scores``: return ``(index, scores)``, the scores
+          ``<x_src, x_dst>`` of the recommended nodes.
         """
         out = self.get_embedding(edge_index, edge_weight)
         src_index = None if src_index is None else _check_index(src_index, "src_index",
@@ -118,16 +127,21 @@ class LightGCN(torch.nn.Module):
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         excluded = None if exclude is None else _ExcludedPairs(
             exclude, self.num_nodes, src_index, dst_index, out.device)
-        top = []
+        top_scores, top = [], []
         for start in range(0, out_src.size(0), chunk_size):
             scores = out_src[start:start + chunk_size] @ out_dst.t()
             if excluded is not None:
                 excluded.mask_(scores, start)
-            top.append(scores.topk(k, dim=-1, sorted=sorted).indices)
+            values, index = scores.topk(k, dim=-1, sorted=sorted)
+            top_scores.append(values)
+            top.append(index)
         top_index = torch.cat(top) if top else out.new_empty((0, k), dtype=torch.long)
+        top_scores = torch.cat(top_scores) if top_scores else out.new_empty((0, k))
         if dst_index is not None:  # local positions -> node ids
             top_index = dst_index[top_index.view(-1)].view(*top_index.size())
-        return top_index
+        if excluded is not None:  # places only excluded nodes could fill
+            top_index = top_index.masked_fill(top_scores == _EXCLUDED, -1)
+        return (top_index, top_scores) if return_scores else top_index
 
     def link_pred_loss(self, pred: Tensor, edge_label: Tensor, **kwargs) -> Tensor:
         r"""Binary cross-entropy with logits, as PyG."""
@@ -177,6 +191,9 @@ class BPRLoss(_Loss):
         return -log_prob + regularization
 
 
+_EXCLUDED = float("-inf")  # the score of an excluded pair
+
+
 class _ExcludedPairs:
     """(src, dst) node pairs to mask out of recommendation scores, grouped by
     source position so that each chunk of sources finds its pairs by slicing."""
@@ -186,7 +203,15 @@ class _ExcludedPairs:
         src_pos = _positions(src_index, num_nodes, device, "src_index")
         dst_pos = _positions(dst_index, num_nodes, device, "dst_index")
         rows, cols = src_pos[exclude[0]], dst_pos[exclude[1]]
-        keep = (rows >= 0) & (cols >= 0)
+        if bool((cols < 0).any()):
+            outside = exclude[1][cols < 0]
+            raise ValueError(
+                f"exclude must hold (src, dst) pairs of global node ids, with every dst in "
+                f"dst_index; {outside.numel()} dst ids are not in dst_index (e.g. "
+                f"{outside[:5].tolist()}). Item-local ids must be offset by the number of "
+                f"users; pairs of other items can be dropped with "
+                f"exclude[:, torch.isin(exclude[1], dst_index)]")
+        keep = rows >= 0  # sources not asked for are simply not scored
         rows, cols = rows[keep], cols[keep]
         order = torch.argsort(rows)
         self.rows, self.cols = rows[order], cols[order]
@@ -196,7 +221,7 @@ class _ExcludedPairs:
         positions start, start + 1, ..., to -inf."""
         bounds = torch.tensor([start, start + scores.size(0)], device=self.rows.device)
         lo, hi = torch.searchsorted(self.rows, bounds).tolist()
-        scores[self.rows[lo:hi] - start, self.cols[lo:hi]] = float("-inf")
+        scores[self.rows[lo:hi] - start, self.cols[lo:hi]] = _EXCLUDED
 
 
 def _positions(index, num_nodes, device, name):
@@ -232,8 +257,9 @@ def _edges_of(edge_index):
     """The [2, E] (src, dst) pairs of any graph input, as PyG's to_edge_index."""
     from .graph import Graph, _edges_of_adj_t
 
-    if isinstance(edge_index, Graph):
-        return edge_index.edge_index
+    if isinstance(edge_index, Graph):  # its edges as messages flow; PyG's as given
+        flipped = edge_index.flow == "target_to_source"
+        return edge_index.edge_index.flip(0) if flipped else edge_index.edge_index
     if isinstance(edge_index, Tensor) and edge_index.layout == torch.sparse_coo:
         return edge_index._indices()  # every stored entry, in order, as PyG
     if _is_sparse_adjacency(edge_index):

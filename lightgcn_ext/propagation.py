@@ -1,12 +1,13 @@
 """The functional API: out = sum_{l=0..L} alpha_l Â^l x."""
+import weakref
+
 import torch
 
 from . import _ops
-from .graph import Graph, prepare
+from .graph import Graph, _version, prepare
 
 
-def propagate(edge_index, x, alpha, *, edge_weight=None, normalize=True,
-              flow="source_to_target"):
+def propagate(edge_index, x, alpha, *, edge_weight=None, normalize=None, flow=None):
     """LightGCN's propagation, sum_{l=0..L} alpha_l Â^l x, Â = D^-1/2 Aᵀ D^-1/2.
 
     Args:
@@ -15,8 +16,9 @@ def propagate(edge_index, x, alpha, *, edge_weight=None, normalize=True,
             tensors are prepared once and cached.
         x: [num_nodes, d] features (float16, bfloat16, float32, float64).
         alpha: the L + 1 layer weights, a 1-D tensor or a sequence of numbers.
-        edge_weight, normalize, flow: as in torch_geometric's LGConv; used only
-            when edge_index is not already a Graph.
+        edge_weight, normalize, flow: as in torch_geometric's LGConv (defaults
+            True and "source_to_target"). A prepared Graph carries its own:
+            settings given with one must match them (else ValueError).
 
     Differentiable in x and alpha by fused kernels that save nothing of size
     E x d or L x N x d. When edge_weight requires grad, a slower path of plain
@@ -35,6 +37,8 @@ def propagate(edge_index, x, alpha, *, edge_weight=None, normalize=True,
     alpha = _check_alpha(alpha, x)
     if _needs_edge_weight_grad(graph):
         return _propagate_differentiable_weights(graph, x, alpha)
+    if not _is_finite(alpha):
+        return _propagate_layer_by_layer(graph, x, alpha)
     return _ops.propagate(graph.operator(x.dtype), x, alpha)
 
 
@@ -64,6 +68,38 @@ def _check_alpha(alpha, x):
 def _needs_edge_weight_grad(graph):
     return (graph.edge_weight is not None and graph.edge_weight.requires_grad
             and torch.is_grad_enabled())
+
+
+def _is_finite(alpha):
+    """Whether alpha is finite: read on the host once per alpha tensor and
+    version, so that a CUDA buffer costs no synchronization per call."""
+    if torch.compiler.is_compiling():
+        return True  # a compiled graph takes the fused path (inf/NaN alpha give NaN)
+    version = (_version(alpha), alpha.data_ptr())
+    seen = _finite_alphas.get(id(alpha))
+    if seen is None or seen[0]() is not alpha or seen[1] != version:
+        if len(_finite_alphas) >= 64:
+            _finite_alphas.clear()
+        seen = (weakref.ref(alpha), version, bool(torch.isfinite(alpha).all()))
+        _finite_alphas[id(alpha)] = seen
+    return seen[2]
+
+
+_finite_alphas = {}  # id(alpha) -> (weak reference, version, finite?)
+
+
+def _propagate_layer_by_layer(graph: Graph, x, alpha):
+    """sum_l alpha_l x_l with each layer x_l = M x_{l-1} kept, as PyG does:
+    an infinite alpha_l then gives inf (not the NaN that Horner's scheme
+    makes of inf * 0)."""
+    operator = graph.operator(x.dtype)
+    one_hop = torch.tensor([0.0, 1.0], dtype=alpha.dtype, device=x.device)
+    out = x * alpha[0].to(x.dtype)
+    h = x
+    for layer in range(1, alpha.numel()):
+        h = _ops.propagate(operator, h, one_hop)
+        out = out + h * alpha[layer].to(x.dtype)
+    return out
 
 
 def _propagate_differentiable_weights(graph: Graph, x, alpha):

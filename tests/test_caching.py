@@ -1,9 +1,13 @@
 """The prepared graph is built once per input and rebuilt when the input
 changes: `prepare`'s cache, seen through propagate and through the model."""
+import gc
+import weakref
+
 import pytest
 import torch
 
 import lightgcn_ext
+from lightgcn_ext import graph as graph_module
 from helpers import (MODEL_MARKS, assert_close_to_reference, assert_rel_close, dense_propagate,
                      directed_graph, features, make_models, random_edges, random_weights,
                      undirected_graph, unique_edges)
@@ -22,7 +26,8 @@ def test_cache_returns_same_graph_for_same_tensor():
     assert prepare(edge_index, 10) is prepare(edge_index, 10)
     assert prepare(edge_index, 10, weight) is prepare(edge_index, 10, weight)
     assert prepare(edge_index, 10, weight) is not prepare(edge_index, 10)
-    assert prepare(edge_index.clone(), 10) is not prepare(edge_index, 10)
+    # An equal edge_index in another tensor finds the same graph (by contents).
+    assert prepare(edge_index.clone(), 10) is prepare(edge_index, 10)
     assert prepare(edge_index, 10, normalize=False) is not prepare(edge_index, 10)
     assert prepare(edge_index, 10, flow="target_to_source") is not prepare(edge_index, 10)
     graph = prepare(edge_index, 10)
@@ -193,3 +198,53 @@ def test_writes_that_bypass_the_version_counter_need_clear_cache(change):
     assert not torch.allclose(stale, expected)  # the documented limitation
     assert_rel_close(fresh, expected)
 
+
+# ------------------------------------------ equal contents, weak references
+def test_a_fresh_tensor_with_equal_contents_finds_the_cached_graph(monkeypatch):
+    edge_index = random_edges(40, 200, seed=30)
+    weight = random_weights(200, seed=31)
+    graph = prepare(edge_index, 40, weight)
+    prepared = []
+    original = graph_module.Graph.from_edge_index.__func__
+    monkeypatch.setattr(graph_module.Graph, "from_edge_index", classmethod(
+        lambda cls, *a, **k: prepared.append(1) or original(cls, *a, **k)))
+    # The model(edge_index.to(device), ...) pattern: a new tensor every call.
+    for _ in range(3):
+        assert prepare(edge_index.clone(), 40, weight.clone()) is graph
+    assert prepare(edge_index.int(), 40, weight) is graph
+    assert prepared == []
+    # Different contents, settings or weights are prepared anew.
+    changed = edge_index.clone()
+    changed[0, 0] = (changed[0, 0] + 1) % 40
+    assert prepare(changed, 40, weight) is not graph
+    assert prepare(edge_index.clone(), 40, weight * 2) is not graph
+    assert prepare(edge_index.clone(), 40, weight, normalize=False) is not graph
+    assert prepare(edge_index.clone(), 40) is not graph
+    assert len(prepared) == 4
+
+
+def test_the_cache_does_not_keep_its_inputs_alive():
+    edge_index = random_edges(30, 100, seed=32)
+    weight = random_weights(100, seed=33)
+    prepare(edge_index, 30, weight)
+    refs = weakref.ref(edge_index), weakref.ref(weight)
+    del edge_index, weight
+    gc.collect()
+    assert refs[0]() is None and refs[1]() is None
+
+
+def test_the_cache_memory_is_bounded(monkeypatch):
+    lightgcn_ext.clear_cache()
+    graphs = [prepare(random_edges(50, 300, seed=s), 50) for s in range(3)]
+    assert len({id(g) for g in graph_module._cache_graphs()}) == 3
+    monkeypatch.setattr(graph_module, "_CACHE_MAX_BYTES", graphs[0].nbytes + 1)
+    prepare(random_edges(50, 300, seed=99), 50)
+    assert len(graph_module._cache_graphs()) == 1  # only the newest fits
+
+
+def test_clear_cache_at_the_top_level():
+    edge_index = random_edges(20, 50, seed=34)
+    graph = prepare(edge_index, 20)
+    lightgcn_ext.clear_cache()
+    assert not graph_module._cache
+    assert prepare(edge_index, 20) is not graph

@@ -167,11 +167,12 @@ def _parameters(fn, drop_keyword_only=False):
 @pytest.mark.parametrize("method", METHODS)
 def test_signature_matches_pyg(method):
     ours = getattr(LightGCN, method)
-    # recommend's extras (exclude, chunk_size) are keyword-only, default None.
+    # recommend's extras (exclude, chunk_size, return_scores) are keyword-only.
     assert _parameters(ours, drop_keyword_only=True) == _parameters(getattr(PygLightGCN, method))
     extras = [p for p in inspect.signature(ours).parameters.values() if p.kind == p.KEYWORD_ONLY]
     if method == "recommend":
-        assert [(p.name, p.default) for p in extras] == [("exclude", None), ("chunk_size", None)]
+        assert [(p.name, p.default) for p in extras] == [("exclude", None), ("chunk_size", None),
+                                                         ("return_scores", False)]
     else:
         assert extras == []
 

@@ -159,13 +159,18 @@ if given is not None:
         src_index = None if src is None else torch.tensor(src, dtype=torch.long)
         dst_index = None if dst is None else torch.tensor(dst, dtype=torch.long)
         exclude = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).t()
+        if dst_index is not None:  # excluded dst ids must be candidates
+            exclude = exclude[:, torch.isin(exclude[1], dst_index)]
         out = model.recommend(edge_index, src_index=src_index, dst_index=dst_index, k=k,
                               sorted=sorted_, exclude=exclude, chunk_size=chunk_size)
         values, ids, full = brute_force_recommend(model.get_embedding(edge_index).detach(),
                                                   src_index, dst_index, k, exclude)
         num_src = num_nodes if src is None else len(src)
         assert out.shape == (num_src, k)
-        got = full.gather(1, out)
+        # Places only excluded candidates could fill are -1 (their score -inf).
+        filled = out >= 0
+        assert torch.equal(filled.sum(dim=1), torch.isfinite(values).sum(dim=1))
+        got = full.gather(1, out.clamp(min=0)).masked_fill(~filled, float("-inf"))
         if not sorted_:
             got = got.sort(dim=1, descending=True).values
         torch.testing.assert_close(got, values)
@@ -173,7 +178,7 @@ if given is not None:
         if sorted_:
             assert torch.equal(out[finite], ids[finite])
         allowed = torch.arange(num_nodes) if dst_index is None else dst_index
-        assert torch.isin(out, allowed).all()
+        assert torch.isin(out[filled], allowed).all()
 
 
 class _LargestTensor(TorchDispatchMode):
