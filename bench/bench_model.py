@@ -97,7 +97,7 @@ def load_interactions(args):
             load_gowalla = None
         if load_gowalla is not None:
             try:
-                data = load_gowalla()
+                data = load_gowalla(GOWALLA_DIR if (GOWALLA_DIR / "train.txt").is_file() else None)
                 return Interactions("Gowalla train (lightgcn_ext.data)", data.num_users,
                                     data.num_items, data.train)
             except FileNotFoundError:

@@ -35,6 +35,15 @@ from lightgcn_ext.data import (bipartite_edge_index, find_gowalla_root, load_gow
 from lightgcn_ext.reference import normalized_adjacency, sparse_propagate
 
 REPO = Path(__file__).resolve().parents[1]
+GOWALLA_DIR = REPO.parent / "shared" / "data" / "gowalla"  # the repository's copy, beside it
+
+
+def gowalla_root():
+    """The user's data directory when it holds Gowalla, else GOWALLA_DIR when
+    it does, else None."""
+    if find_gowalla_root() is not None:
+        return find_gowalla_root()
+    return GOWALLA_DIR if (GOWALLA_DIR / "train.txt").is_file() else None
 DTYPES = {"float32": torch.float32, "float64": torch.float64,
           "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Largest accepted max abs difference to ours, relative to max |output|.
@@ -59,7 +68,7 @@ def build_problem(args, device):
     if args.quick:
         data, name = synthetic_interactions(1000, 1500, 20000, seed=0), "synthetic (quick)"
     elif args.data == "gowalla":
-        data, name = load_gowalla(), "Gowalla train"
+        data, name = load_gowalla(gowalla_root()), "Gowalla train"
     else:
         data, name = synthetic_interactions(seed=0), "synthetic Gowalla-sized"
     edge_index = bipartite_edge_index(data.num_users, data.train).to(device)
@@ -393,7 +402,7 @@ def parse_args(argv=None):
     parser.add_argument("--measure-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.data is None:
-        args.data = "gowalla" if find_gowalla_root() is not None else "synthetic"
+        args.data = "gowalla" if gowalla_root() is not None else "synthetic"
     if args.min_run_time is None:
         args.min_run_time = 0.02 if args.quick else 2.0
     if args.rounds is None:

@@ -1,6 +1,7 @@
 """User-item interaction data and the LightGCN graph built from it.
 
-    data = load_gowalla()                      # the LightGCN paper's split, if present
+    data = load_gowalla("path/to/gowalla")     # the LightGCN paper's split (train.txt, test.txt)
+    data = load_gowalla()                      # the same, from the user's data directory
     data = synthetic_interactions(seed=0)      # embedded default: Gowalla-sized, no files
     edge_index = bipartite_edge_index(data.num_users, data.train)
 
@@ -15,7 +16,6 @@ import torch
 
 DATA_ENV = "LIGHTGCN_EXT_DATA"
 GOWALLA_FILES = ("train.txt", "test.txt")
-DEFAULT_GOWALLA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gowalla"
 
 
 @dataclass(frozen=True)
@@ -34,41 +34,51 @@ class Interactions:
 
 
 # ------------------------------------------------------------------ Gowalla
+def data_dir():
+    """The user's data directory: $LIGHTGCN_EXT_DATA, else
+    $XDG_CACHE_HOME/lightgcn_ext (~/.cache/lightgcn_ext). It need not exist."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "lightgcn_ext"
+
+
 def find_gowalla_root():
     """The directory holding Gowalla's train.txt and test.txt, or None.
 
-    Looks in $LIGHTGCN_EXT_DATA (the directory itself or its gowalla/
-    subdirectory), then in <repo>/../shared/data/gowalla.
+    Looks only in the user's data directory (`data_dir()`): the directory
+    itself, then its gowalla/ subdirectory. Nothing relative to the package
+    or the current directory is searched.
     """
-    candidates = []
-    env = os.environ.get(DATA_ENV)
-    if env:
-        candidates += [Path(env), Path(env) / "gowalla"]
-    candidates.append(DEFAULT_GOWALLA_ROOT)
-    for root in candidates:
-        if all((root / name).is_file() for name in GOWALLA_FILES):
-            return root
+    root = data_dir()
+    for candidate in (root, root / "gowalla"):
+        if all((candidate / name).is_file() for name in GOWALLA_FILES):
+            return candidate
     return None
 
 
 def load_gowalla(root=None):
     """Gowalla as split by NGCF/LightGCN: one line per user, `user item item ...`.
 
-    root: a directory with train.txt and test.txt; by default `find_gowalla_root()`.
+    root: a directory with train.txt and test.txt; by default `find_gowalla_root()`,
+    which looks in the user's data directory.
     Raises FileNotFoundError when the files are not there.
     """
-    root = find_gowalla_root() if root is None else Path(root)
     if root is None:
-        raise FileNotFoundError(
-            f"Gowalla data not found: set {DATA_ENV} to a directory with "
-            f"{' and '.join(GOWALLA_FILES)}, or place them in <repo>/../shared/data/gowalla "
-            "(or use synthetic_interactions() instead)"
-        )
-    missing = [name for name in GOWALLA_FILES if not (Path(root) / name).is_file()]
+        root = find_gowalla_root()
+        if root is None:
+            where = data_dir()
+            raise FileNotFoundError(
+                f"Gowalla data not found in {where} or {where / 'gowalla'}: pass "
+                f"load_gowalla(root) a directory with {' and '.join(GOWALLA_FILES)}, set "
+                f"{DATA_ENV} to one, or use synthetic_interactions() instead"
+            )
+    root = Path(root).expanduser()
+    missing = [name for name in GOWALLA_FILES if not (root / name).is_file()]
     if missing:
         raise FileNotFoundError(f"Gowalla data not found: {root} lacks {', '.join(missing)}")
-    train, train_users = _read_user_item_lists(Path(root) / "train.txt")
-    test, test_users = _read_user_item_lists(Path(root) / "test.txt")
+    train, train_users = _read_user_item_lists(root / "train.txt")
+    test, test_users = _read_user_item_lists(root / "test.txt")
     num_items = int(torch.cat([train[1], test[1]]).max()) + 1 if train.numel() + test.numel() else 0
     return Interactions(max(train_users, test_users), num_items, train, test)
 

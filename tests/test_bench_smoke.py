@@ -156,7 +156,6 @@ def test_load_gowalla_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"train.txt:1"):
         load_gowalla(tmp_path)
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "nowhere"))
-    monkeypatch.setattr("lightgcn_ext.data.DEFAULT_GOWALLA_ROOT", tmp_path / "nowhere")
     assert find_gowalla_root() is None
     with pytest.raises(FileNotFoundError, match=DATA_ENV):
         load_gowalla()
@@ -169,9 +168,21 @@ def test_find_gowalla_root_from_env(tmp_path, monkeypatch):
         assert find_gowalla_root() == root
 
 
-@pytest.mark.skipif(find_gowalla_root() is None, reason="the Gowalla data is not here")
+GOWALLA = REPO.parent / "shared" / "data" / "gowalla"  # the repository's copy, beside it
+
+
+def test_find_gowalla_root_looks_only_in_the_data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert find_gowalla_root() is None  # not the copy beside the repository
+    root = write_gowalla(tmp_path / ".cache" / "lightgcn_ext" / "gowalla", "0 0\n", "0 0\n")
+    assert find_gowalla_root() == root
+
+
+@pytest.mark.skipif(not (GOWALLA / "train.txt").is_file(), reason="the Gowalla data is not here")
 def test_real_gowalla():
-    data = load_gowalla()
+    data = load_gowalla(GOWALLA)
     assert (data.num_users, data.num_items) == (29858, 40981)
     assert (data.train.shape[1], data.test.shape[1]) == (810128, 217242)
     edge_index = bipartite_edge_index(data.num_users, data.train)

@@ -19,11 +19,13 @@ VERSIONS = dict(
     if line and not line.startswith("#")
 )
 TORCH_WHEEL = f"torch=={VERSIONS['CPU_TORCH_VERSION']}"
-# (import name, pip requirement, required for the build)
+# (import name, pip requirement, required). The in-place build (setup.py build_ext) needs
+# setuptools and ninja besides torch; a wheel build may also need `wheel` (see setup.py).
+# pybind11 comes with torch's headers.
 PACKAGES = [
-    ("numpy", "numpy", True),
+    ("setuptools", "setuptools>=64", True),
     ("ninja", "ninja", True),
-    ("pybind11", "pybind11", True),
+    ("numpy", "numpy", True),
     ("pytest", "pytest", True),
     ("hypothesis", "hypothesis", False),
     ("torch_geometric", "torch_geometric", False),
@@ -50,7 +52,7 @@ def main():
             continue
         if not pip_install(requirement):
             if required:
-                sys.exit(f"could not install {requirement}, which the build needs")
+                sys.exit(f"could not install {requirement}, which the build or the tests need")
             missing_optional.append(requirement)
     if missing_optional:
         print("not installed (the tests that need them will skip):", ", ".join(missing_optional))
