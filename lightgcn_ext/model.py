@@ -288,8 +288,9 @@ def _check_index(index, name, num_nodes, pairs=False, allow_mask=False):
         raise ValueError(f"{name} must have shape [2, num_pairs], got {list(index.shape)}")
     if not pairs and index.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {list(index.shape)}")
-    if torch.compiler.is_compiling():
-        # Reading the range on the host would break the graph: check on the device.
+    if torch.compiler.is_compiling() or index.device.type != "cpu":
+        # Reading the range on the host would break a compiled graph, and cost
+        # a CUDA step a synchronization: the check runs on the device.
         torch._assert_async(((index >= 0) & (index < num_nodes)).all(),
                             f"{name} must hold node ids in [0, num_nodes={num_nodes})")
     elif index.numel() > 0:

@@ -26,6 +26,8 @@ PACKAGES = [
     ("setuptools", "setuptools>=64", True),
     ("ninja", "ninja", True),
     ("numpy", "numpy", True),
+    ("tqdm", "tqdm", True),
+    ("matplotlib", "matplotlib", True),
     ("pytest", "pytest", True),
     ("hypothesis", "hypothesis", False),
     ("torch_geometric", "torch_geometric", False),

@@ -1,0 +1,353 @@
+"""BPR training of LightGCN on the fused kernels, with the paper's evaluation.
+
+    from lightgcn_ext.train import TrainConfig, run
+    results = run(TrainConfig(data="gowalla", epochs=1000, device="cuda", out="runs/gowalla"))
+
+Each step propagates the whole graph once (one fused forward, one fused
+backward), scores a batch of (user, positive, negative) triples and takes an
+Adam step on the BPR loss, regularized on the batch's layer-0 embeddings as
+in the paper. Every `eval_every` epochs the model is evaluated over the full
+item ranking (recall, ndcg, precision and hit at k, training items excluded);
+training stops early when recall@k[0] has not improved for `patience`
+evaluations. Each epoch ends with a checkpoint (model, optimizer, epoch, every
+random state) from which `resume` continues exactly, a results JSON and a
+learning-curve PNG, all written atomically into the run directory.
+
+On CUDA a step never synchronizes with the host: losses add up on the device
+and are read once per epoch.
+"""
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import datasets, metrics
+from .graph import Graph
+from .model import LightGCN
+from .sampling import BPRSampler
+
+CHECKPOINT = "checkpoint.pt"
+RESULTS = "results.json"
+CURVE = "curve.png"
+_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    """What a run does; the CLI's options, one for one (`python -m lightgcn_ext train --help`)."""
+
+    data: str = "synthetic"  # "synthetic", a named data set ("gowalla", ...) or a directory
+    dim: int = 64
+    layers: int = 3
+    epochs: int = 20
+    batch_size: int = 2048
+    lr: float = 1e-3
+    reg: float = 1e-4  # the paper's lambda: reg / 2 * |ego embeddings of the batch|^2 / batch
+    device: str = "auto"
+    out: str = "runs/lightgcn"
+    seed: int = 0
+    eval_every: int = 1
+    patience: int = 10  # evaluations without a better recall@k[0]; 0 never stops early
+    topk: tuple = (20,)
+    resume: bool = False
+    progress: bool = True
+    # Stop after this many epochs of this invocation (0: no limit), to run a
+    # long training in resumable pieces that each fit a time slot.
+    max_epochs_now: int = 0
+    data_root: str = field(default=None)
+
+    def check(self):
+        positive = ("dim", "layers", "epochs", "batch_size", "eval_every")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("patience", "max_epochs_now"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (self.reg >= 0 and math.isfinite(self.reg)):
+            raise ValueError(f"reg must be a non-negative number, got {self.reg!r}")
+        if not self.topk or any(not isinstance(k, int) or k < 1 for k in self.topk):
+            raise ValueError(f"topk must be positive ints, got {self.topk!r}")
+        return self
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}, but CUDA is not available here")
+    return device
+
+
+def load_data(spec, root=None):
+    """The Interactions a --data value names: "synthetic", a data set name, or a directory."""
+    if spec == "synthetic":
+        return datasets.synthetic()
+    return datasets.load(spec, root=root)
+
+
+def bpr_step(model, graph, optimizer, num_users, users, positives, negatives, lambda_reg):
+    """One optimizer step on a batch (item ids 0-based, items are nodes
+    num_users + item); returns the loss, still on the device."""
+    embedding = model.get_embedding(graph)  # one fused propagation of the whole graph
+    pos_nodes, neg_nodes = positives + num_users, negatives + num_users
+    user_emb = embedding[users]
+    pos_scores = (user_emb * embedding[pos_nodes]).sum(dim=-1)
+    neg_scores = (user_emb * embedding[neg_nodes]).sum(dim=-1)
+    loss = model.recommendation_loss(pos_scores, neg_scores,
+                                     node_id=torch.cat([users, pos_nodes, neg_nodes]),
+                                     lambda_reg=lambda_reg)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate(model, graph, data, ks, split="test"):
+    """Full-ranking metrics of the model on data.test (or data.valid), the
+    training items (and, for test, the validation items) excluded."""
+    embedding = model.get_embedding(graph)
+    users, items = embedding[:data.num_users], embedding[data.num_users:]
+    if split == "valid":
+        return metrics.evaluate(users, items, data.valid, exclude=[data.train], ks=ks)
+    exclude = [data.train] + ([] if data.valid is None else [data.valid])
+    return metrics.evaluate(users, items, data.test, exclude=exclude, ks=ks)
+
+
+def run(config, data=None):
+    """Trains as `config` says (continuing the run in config.out with
+    config.resume) and returns the results written to results.json."""
+    config = config.check()
+    device = resolve_device(config.device)
+    data = load_data(config.data, config.data_root) if data is None else data
+    if data.train.numel() == 0:
+        raise ValueError(f"data {data.name!r} has no training interactions")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed)
+    model = LightGCN(data.num_nodes, config.dim, config.layers).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    graph = Graph.from_edge_index(data.edge_index().to(device), data.num_nodes)
+    sampler = BPRSampler(data.train, data.num_users, data.num_items, config.batch_size, device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    ks = tuple(config.topk)
+    key = f"recall@{ks[0]}"
+    state = dict(epoch=0, history=[], best=None, stale=0, stopped_early=False)
+
+    checkpoint_path = out / CHECKPOINT
+    fingerprint = _fingerprint(data, config)
+    if config.resume and checkpoint_path.exists():
+        state = _load_checkpoint(checkpoint_path, fingerprint, model, optimizer, generator)
+    elif config.resume:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out} ({checkpoint_path} is missing)")
+
+    results = dict(config=_jsonable(dataclasses.asdict(config)), data=_describe(data),
+                   device=_describe_device(device), versions=_versions(),
+                   git_commit=_git_commit(), num_parameters=model.embedding.weight.numel())
+    results["popularity"] = metrics.popularity_baseline(
+        data.train, data.num_users, data.num_items, data.test,
+        exclude=[] if data.valid is None else [data.valid], ks=ks)
+
+    from tqdm.auto import tqdm  # a training dependency, not the ops'
+
+    disable = None if config.progress else True
+    epochs_now = 0
+    epoch_bar = tqdm(total=config.epochs, initial=state["epoch"], desc="epochs", unit="epoch",
+                     disable=disable)
+    while state["epoch"] < config.epochs and not state["stopped_early"]:
+        if config.max_epochs_now and epochs_now >= config.max_epochs_now:
+            break
+        epoch = state["epoch"] + 1
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        steps = tqdm(sampler.epoch(generator), total=len(sampler), desc=f"epoch {epoch}",
+                     unit="step", leave=False, disable=disable)
+        for users, positives, negatives in steps:
+            loss_sum += bpr_step(model, graph, optimizer, data.num_users, users, positives,
+                                 negatives, config.reg / 2)
+        loss = loss_sum.item() / len(sampler)  # the epoch's one host read
+        record = dict(epoch=epoch, loss=loss, epoch_seconds=time.perf_counter() - started)
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            started = time.perf_counter()
+            split = "valid" if data.valid is not None else "test"
+            scores = evaluate(model, graph, data, ks, split)
+            if split == "valid":
+                record["valid"] = scores
+                scores_test = evaluate(model, graph, data, ks, "test")
+            else:
+                scores_test = scores
+            record.update(scores_test)
+            record["eval_seconds"] = time.perf_counter() - started
+            _early_stopping(state, record, scores[key], config.patience)
+            tqdm.write(_summary(record, results["popularity"], ks))
+        state["history"].append(record)
+        state["epoch"] = epoch
+        epochs_now += 1
+        _save_checkpoint(checkpoint_path, fingerprint, model, optimizer, generator, state)
+        _write_results(out, results, state)
+        epoch_bar.update(1)
+        epoch_bar.set_postfix(loss=f"{loss:.4f}")
+    epoch_bar.close()
+    return _write_results(out, results, state)
+
+
+# ------------------------------------------------------------ bookkeeping
+def _early_stopping(state, record, score, patience):
+    if state["best"] is None or score > state["best"]["score"]:
+        state["best"] = dict(score=score, epoch=record["epoch"])
+        state["stale"] = 0
+    else:
+        state["stale"] += 1
+        state["stopped_early"] = patience > 0 and state["stale"] >= patience
+
+
+def _summary(record, popularity, ks):
+    parts = [f"epoch {record['epoch']}: loss {record['loss']:.4f}"]
+    for k in ks:
+        for name in ("recall", "ndcg"):
+            metric = f"{name}@{k}"
+            parts.append(f"{metric} {record[metric]:.4f} (popularity {popularity[metric]:.4f})")
+    return "  ".join(parts)
+
+
+def _fingerprint(data, config):
+    """What a checkpoint must match to be resumed."""
+    return dict(data=data.name, num_users=data.num_users, num_items=data.num_items,
+                num_train=int(data.train.shape[1]), dim=config.dim, layers=config.layers,
+                batch_size=config.batch_size, seed=config.seed)
+
+
+def _save_checkpoint(path, fingerprint, model, optimizer, generator, state):
+    checkpoint = dict(format=_FORMAT, fingerprint=fingerprint, state=state,
+                      model=model.state_dict(), optimizer=optimizer.state_dict(),
+                      rng=dict(sampler=generator.get_state(), torch=torch.get_rng_state()))
+    atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def _load_checkpoint(path, fingerprint, model, optimizer, generator):
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file
+        raise ValueError(f"{path} is not a readable lightgcn_ext checkpoint ({error}); "
+                         f"delete it or choose another --out") from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a lightgcn_ext checkpoint of format {_FORMAT}")
+    saved = checkpoint["fingerprint"]
+    differences = [f"{name}: checkpoint {saved.get(name)!r}, this run {value!r}"
+                   for name, value in fingerprint.items() if saved.get(name) != value]
+    if differences:
+        raise ValueError(f"{path} was made by another run and cannot be resumed here ("
+                         + "; ".join(differences) + "); choose another --out or drop --resume")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    generator.set_state(checkpoint["rng"]["sampler"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    return checkpoint["state"]
+
+
+def _write_results(out, results, state):
+    results = dict(results, history=state["history"], best=state["best"],
+                   stopped_early=state["stopped_early"], epochs_done=state["epoch"])
+    atomic_write(out / RESULTS, lambda f: f.write(json.dumps(results, indent=2).encode()))
+    _plot(out / CURVE, results)
+    return results
+
+
+def _plot(path, results):
+    """The learning curve: the metrics per evaluation beside the popularity
+    baseline, and the training loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = results["history"]
+    ks = results["config"]["topk"]
+    fig, (ax_metrics, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    evaluated = [r for r in history if f"recall@{ks[0]}" in r]
+    for index, name in enumerate(("recall", "ndcg")):
+        metric = f"{name}@{ks[0]}"
+        color = f"C{index}"
+        ax_metrics.plot([r["epoch"] for r in evaluated], [r[metric] for r in evaluated],
+                        marker="o", markersize=3, color=color, label=f"LightGCN {metric}")
+        ax_metrics.axhline(results["popularity"][metric], color=color, linestyle="--",
+                           label=f"popularity {metric}")
+    ax_metrics.set_xlabel("epoch")
+    ax_metrics.set_title(f"{results['data']['name']}: test metrics")
+    ax_metrics.legend(fontsize=8)
+    ax_loss.plot([r["epoch"] for r in history], [r["loss"] for r in history], color="C2")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_title("BPR loss (training)")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def atomic_write(path, write):
+    """Writes a file all or nothing: into a temporary file beside it, flushed
+    to disk, then renamed over it. An interrupted write leaves the old file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _describe(data):
+    return dict(name=data.name, num_users=data.num_users, num_items=data.num_items,
+                num_train=int(data.train.shape[1]), num_test=int(data.test.shape[1]),
+                num_valid=0 if data.valid is None else int(data.valid.shape[1]))
+
+
+def _describe_device(device):
+    if device.type == "cuda":
+        return dict(type="cuda", name=torch.cuda.get_device_name(device))
+    return dict(type="cpu", name=platform.processor() or platform.machine(),
+                threads=torch.get_num_threads())
+
+
+def _versions():
+    from . import __version__
+
+    return dict(lightgcn_ext=__version__, torch=torch.__version__,
+                python=platform.python_version())
+
+
+def _git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
