@@ -211,7 +211,11 @@ def prepare(edge_index, num_nodes=None, edge_weight=None, *, normalize=None, flo
                         f"got {edge_index.layout}")
     if edge_weight is not None and not isinstance(edge_weight, torch.Tensor):
         raise TypeError(f"edge_weight must be a torch.Tensor, got {type(edge_weight).__name__}")
-    key = (_tensor_key(edge_index), _tensor_key(edge_weight), num_nodes, normalize, flow)
+    # A graph tracks the values of a weight that requires grad (see Graph):
+    # an optimizer step on it must not cost a new graph.
+    tracked = edge_weight is not None and edge_weight.requires_grad
+    key = (_tensor_key(edge_index), _tensor_key(edge_weight, versioned=not tracked), num_nodes,
+           normalize, flow)
     entry = _cache.get(key)
     if entry is not None and entry.is_for(edge_index, edge_weight):
         _cache.move_to_end(key)
@@ -325,9 +329,11 @@ def _version(t):
     return 0 if t.is_inference() else t._version
 
 
-def _tensor_key(t):
+def _tensor_key(t, versioned=True):
     if t is None:
         return None
+    if isinstance(t, torch.Tensor) and not versioned:
+        return (id(t), t.data_ptr(), tuple(t.shape), t.dtype)
     if isinstance(t, torch.Tensor):
         if t.layout != torch.strided:  # torch.sparse: its parts carry the versions
             parts = (t.crow_indices(), t.col_indices(), t.values()) if t.layout == torch.sparse_csr \

@@ -248,3 +248,22 @@ def test_clear_cache_at_the_top_level():
     lightgcn_ext.clear_cache()
     assert not graph_module._cache
     assert prepare(edge_index, 20) is not graph
+
+
+def test_training_an_edge_weight_does_not_prepare_the_graph_again(monkeypatch):
+    edge_index = random_edges(20, 80, seed=35)
+    weight = torch.nn.Parameter(random_weights(80, seed=36, dtype=torch.float32) + 0.5)
+    model = LightGCN(20, 8, 2)
+    optimizer = torch.optim.SGD([weight, model.embedding.weight], lr=0.01)
+    prepared = []
+    original = graph_module.Graph.from_edge_index.__func__
+    monkeypatch.setattr(graph_module.Graph, "from_edge_index", classmethod(
+        lambda cls, *a, **k: prepared.append(1) or original(cls, *a, **k)))
+    for _ in range(4):
+        optimizer.zero_grad()
+        model.get_embedding(edge_index, weight).pow(2).sum().backward()
+        optimizer.step()
+    assert len(prepared) == 1  # the graph follows the weight's values instead
+    with torch.no_grad():
+        tracked = model.get_embedding(edge_index, weight)
+    assert_rel_close(tracked, model.get_embedding(edge_index, weight.detach().clone()))
