@@ -25,14 +25,13 @@ import argparse
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import lightgcn_ext
 from bench.timing import time_interleaved
-from lightgcn_ext import LightGCN
+from lightgcn_ext import LightGCN, datasets
 
 REPO = Path(__file__).resolve().parents[1]
 GOWALLA_DIR = REPO.parent / "shared" / "data" / "gowalla"
@@ -48,79 +47,21 @@ LABELS = {
 
 
 # ------------------------------------------------------------------- data
-@dataclass
-class Interactions:
-    """Users 0..U-1, items 0..I-1, train pairs [2, n] (user, item)."""
-    name: str
-    num_users: int
-    num_items: int
-    train: torch.Tensor
-
-    @property
-    def num_nodes(self):
-        return self.num_users + self.num_items
-
-
-def read_user_item_lists(path):
-    """One line per user, `user item item ...` (Gowalla's train.txt)."""
-    users, items = [], []
-    with open(path) as f:
-        for line in f:
-            ids = [int(token) for token in line.split()]
-            if len(ids) > 1:
-                users += [ids[0]] * (len(ids) - 1)
-                items += ids[1:]
-    return torch.tensor([users, items], dtype=torch.int64).view(2, -1)
-
-
-def power_law_interactions(num_users, num_items, num_interactions, seed=0):
-    """A seeded synthetic user-item graph with power-law item popularity and
-    user activity, no repeated pair."""
-    gen = torch.Generator().manual_seed(seed)
-    item_p = torch.arange(1, num_items + 1, dtype=torch.float64).pow(-0.8)
-    user_p = torch.arange(1, num_users + 1, dtype=torch.float64).pow(-0.8)
-    users = torch.multinomial(user_p, 2 * num_interactions, replacement=True, generator=gen)
-    items = torch.multinomial(item_p, 2 * num_interactions, replacement=True, generator=gen)
-    key = torch.unique(users * num_items + items)
-    key = key[torch.randperm(key.numel(), generator=gen)[:num_interactions]]
-    return torch.stack([key // num_items, key % num_items])
-
-
 def load_interactions(args):
+    """The quick graph, else Gowalla (the user's data directory, else the
+    repository's copy GOWALLA_DIR), else the synthetic Gowalla-sized graph."""
     if args.quick:
-        return Interactions("synthetic power-law (quick)", 300, 500,
-                            power_law_interactions(300, 500, 4000))
+        return datasets.synthetic(0, num_users=300, num_items=500, num_interactions=4000)
     if args.data in ("auto", "gowalla"):
-        try:
-            from lightgcn_ext.data import load_gowalla
-        except ImportError:
-            load_gowalla = None
-        if load_gowalla is not None:
-            try:
-                data = load_gowalla(GOWALLA_DIR if (GOWALLA_DIR / "train.txt").is_file() else None)
-                return Interactions("Gowalla train (lightgcn_ext.data)", data.num_users,
-                                    data.num_items, data.train)
-            except FileNotFoundError:
-                pass
-        elif (GOWALLA_DIR / "train.txt").is_file():
-            train = read_user_item_lists(GOWALLA_DIR / "train.txt")
-            num_users, num_items = (int(train[k].max()) + 1 for k in (0, 1))
-            return Interactions("Gowalla train", num_users, num_items, train)
+        root = datasets.find("gowalla")
+        if root is None and (GOWALLA_DIR / "train.txt").is_file():
+            root = GOWALLA_DIR
+        if root is not None:
+            return datasets.read_dir(root, "gowalla")
         if args.data == "gowalla":
             sys.exit("error: --data gowalla, but the Gowalla files were not found")
-        print("Gowalla not found: a synthetic Gowalla-sized power-law graph instead")
-    return Interactions("synthetic power-law, Gowalla-sized", 29858, 40981,
-                        power_law_interactions(29858, 40981, 810128))
-
-
-def bipartite(data):
-    """LightGCN's symmetric graph: user u <-> node U + item, both directions."""
-    try:
-        from lightgcn_ext.data import bipartite_edge_index
-        return bipartite_edge_index(data.num_users, data.train)
-    except ImportError:
-        users, items = data.train[0], data.train[1] + data.num_users
-        return torch.stack([torch.cat([users, items]), torch.cat([items, users])])
+        print("Gowalla not found: a synthetic Gowalla-sized graph instead")
+    return datasets.synthetic(0, **datasets.GOWALLA_SIZES)
 
 
 def sample_bpr_batch(data, batch_size, seed=0):
@@ -287,7 +228,7 @@ def main(argv=None):
     from torch_geometric.utils import to_torch_csr_tensor
 
     data = load_interactions(args)
-    edge_index = bipartite(data).to(device)
+    edge_index = data.edge_index().to(device)
     n = data.num_nodes
     header = describe(args, device, data, edge_index)
     print("\n".join(header), flush=True)

@@ -30,8 +30,7 @@ import torch
 
 import lightgcn_ext
 from bench.timing import sync, time_interleaved
-from lightgcn_ext.data import (bipartite_edge_index, find_gowalla_root, load_gowalla,
-                               synthetic_interactions)
+from lightgcn_ext import datasets
 from lightgcn_ext.reference import normalized_adjacency, sparse_propagate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +40,8 @@ GOWALLA_DIR = REPO.parent / "shared" / "data" / "gowalla"  # the repository's co
 def gowalla_root():
     """The user's data directory when it holds Gowalla, else GOWALLA_DIR when
     it does, else None."""
-    if find_gowalla_root() is not None:
-        return find_gowalla_root()
+    if datasets.find("gowalla") is not None:
+        return datasets.find("gowalla")
     return GOWALLA_DIR if (GOWALLA_DIR / "train.txt").is_file() else None
 DTYPES = {"float32": torch.float32, "float64": torch.float64,
           "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -66,12 +65,13 @@ class Problem:
 
 def build_problem(args, device):
     if args.quick:
-        data, name = synthetic_interactions(1000, 1500, 20000, seed=0), "synthetic (quick)"
+        data, name = datasets.synthetic(
+            0, num_users=1000, num_items=1500, num_interactions=20000), "synthetic (quick)"
     elif args.data == "gowalla":
-        data, name = load_gowalla(gowalla_root()), "Gowalla train"
+        data, name = datasets.read_dir(gowalla_root(), "gowalla"), "Gowalla train"
     else:
-        data, name = synthetic_interactions(seed=0), "synthetic Gowalla-sized"
-    edge_index = bipartite_edge_index(data.num_users, data.train).to(device)
+        data, name = datasets.synthetic(0, **datasets.GOWALLA_SIZES), "synthetic Gowalla-sized"
+    edge_index = data.edge_index().to(device)
     gen = torch.Generator().manual_seed(0)
     dtype = DTYPES[args.dtype]
     x = torch.randn(data.num_nodes, args.dim, generator=gen).to(device, dtype)

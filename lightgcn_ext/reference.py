@@ -1,5 +1,5 @@
 """A plain torch.sparse reference implementation of the LightGCN propagation,
-sum_l alpha_l Â^l x, used by the demo and the benchmarks to check and time the
+sum_l alpha_l Â^l x, used by the benchmarks to check and time the
 fused kernels against; not the fast path (that is lightgcn_ext.propagate)."""
 import warnings
 

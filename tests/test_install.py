@@ -145,7 +145,7 @@ def test_wheel_builds_quietly_installs_and_runs_outside_the_repository(
     home.mkdir()
     code = """
 import sys, torch, lightgcn_ext
-from lightgcn_ext.data import data_dir, find_gowalla_root
+from lightgcn_ext.datasets import data_dir, find
 assert lightgcn_ext.__file__.startswith(sys.prefix), lightgcn_ext.__file__
 edge_index = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])   # the path 0 - 1 - 2
 graph = lightgcn_ext.Graph.from_edge_index(edge_index, 3)
@@ -155,7 +155,7 @@ adj[edge_index[0], edge_index[1]] = 1
 deg = adj.sum(1)
 expected = 0.5 * torch.eye(3) + 0.5 * adj / (deg[:, None] * deg[None, :]).sqrt()
 torch.testing.assert_close(out, expected)
-assert find_gowalla_root() is None and data_dir().is_relative_to(sys.argv[1]), data_dir()
+assert find("gowalla") is None and data_dir().is_relative_to(sys.argv[1]), data_dir()
 print("ok", lightgcn_ext.__file__)
 """
     used = run([venv_python, "-c", code, home], timeout=120, cwd=tmp_path,
