@@ -229,14 +229,14 @@ def unique_edges(num_nodes, num_edges, *, seed=0, num_isolated=2, symmetric=Fals
     return torch.unique(edge_index, dim=1).contiguous()
 
 
-def bipartite_graph(num_users, num_items, num_pairs, *, seed=0):
-    """(edge_index of both directions, (user, item-node) pairs): users are nodes
-    0..U-1, items U..U+I-1."""
+def bipartite_graph(num_users, num_items, num_pairs, *, seed=0, device="cpu"):
+    """(edge_index of both directions, (user, item-node) pairs) on `device`:
+    users are nodes 0..U-1, items U..U+I-1."""
     gen = torch.Generator().manual_seed(seed)
     users = torch.randint(0, num_users, (num_pairs,), generator=gen)
     items = torch.randint(0, num_items, (num_pairs,), generator=gen) + num_users
     pairs = torch.unique(torch.stack([users, items]), dim=1)
-    return symmetrize(pairs)[0], pairs
+    return symmetrize(pairs)[0].to(device), pairs.to(device)
 
 
 def empty_graph(index_dtype=torch.int64, device="cpu"):

@@ -13,8 +13,7 @@ N = NUM_USERS + NUM_ITEMS
 
 
 def _user_item_graph(device="cpu"):
-    edge_index, pairs = bipartite_graph(NUM_USERS, NUM_ITEMS, 60, seed=3)
-    return edge_index.to(device), pairs.to(device)
+    return bipartite_graph(NUM_USERS, NUM_ITEMS, 60, seed=3, device=device)
 
 
 # ------------------------------------------- a learnable edge weight, trained

@@ -15,8 +15,7 @@ N = NUM_USERS + NUM_ITEMS
 
 
 def _graph(device="cpu"):
-    edge_index, pairs = bipartite_graph(NUM_USERS, NUM_ITEMS, 50, seed=8)
-    return edge_index.to(device), pairs.to(device)
+    return bipartite_graph(NUM_USERS, NUM_ITEMS, 50, seed=8, device=device)
 
 
 # ---------------------------------------------------------- inference mode
