@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import site
 import sys
 import time
 from pathlib import Path
@@ -90,6 +91,12 @@ def venv_python(tmp_path_factory):
     python = venv / "bin" / "python"
     if result.returncode != 0 or not python.exists():
         pytest.skip(f"could not create a venv (is ensurepip installed?):\n{result.output[-2000:]}")
+    if sys.prefix != sys.base_prefix:
+        # Run from a venv (make check-cuda's): --system-site-packages reaches the base
+        # Python's packages, not this venv's torch; a .pth file adds them.
+        own = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                  timeout=60).stdout.strip()
+        (Path(own) / "parent_site_packages.pth").write_text("\n".join(site.getsitepackages()))
     return python
 
 
