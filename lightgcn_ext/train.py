@@ -136,6 +136,8 @@ def run(config, data=None):
         raise ValueError(f"data {data.name!r} has no training interactions")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # left by a run killed while writing
+        stale.unlink()
 
     torch.manual_seed(config.seed)
     model = LightGCN(data.num_nodes, config.dim, config.layers).to(device)

@@ -126,6 +126,14 @@ def test_the_run_directory_holds_results_plot_and_checkpoint(tmp_path):
     assert saved["versions"]["torch"] == torch.__version__ and saved["device"]["type"] == "cpu"
 
 
+def test_a_run_removes_what_a_kill_mid_write_left(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".checkpoint.pt.12345.tmp").write_bytes(b"half a checkpoint")
+    run(_config(tmp_path, epochs=1), data=toy_interactions())
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curve.png", "results.json"]
+
+
 def test_early_stopping_on_recall(tmp_path):
     # A learning rate of ~0 never improves: it stops after `patience` evaluations.
     results = run(_config(tmp_path, epochs=20, lr=1e-12, patience=2), data=toy_interactions())
@@ -168,19 +176,19 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path):
 
     subprocess.run(train("fresh", "whole"), check=True, env=env, timeout=300)
     victim = subprocess.Popen(train("fresh", "killed"), env=env)
-    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    results = tmp_path / "killed" / "results.json"
     deadline = time.monotonic() + 240
-    while not checkpoint.exists() and time.monotonic() < deadline:  # epoch 1 is done
+    while not results.exists() and time.monotonic() < deadline:  # epoch 1 is written
         time.sleep(0.01)
-    time.sleep(0.1)  # well inside epoch 2 (an epoch takes over a second)
+    time.sleep(0.3)  # inside epoch 2 (an epoch takes most of a second)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=60)
     assert victim.returncode == -signal.SIGKILL
-    leftovers = [p.name for p in checkpoint.parent.iterdir() if p.name.endswith(".tmp")]
-    assert leftovers == []  # an interrupted write leaves no half-written file
-    done = json.loads((tmp_path / "killed" / "results.json").read_text())["epochs_done"]
+    done = json.loads(results.read_text())["epochs_done"]  # complete, never half-written
     assert 1 <= done < 5
     subprocess.run(train("resume", "killed"), check=True, env=env, timeout=300)
+    leftovers = [p.name for p in results.parent.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []  # whatever a kill mid-write left, the resumed run removed
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
     resumed = json.loads((tmp_path / "killed" / "results.json").read_text())
     assert resumed["history"][-1]["epoch"] == 5
