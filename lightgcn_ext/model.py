@@ -86,8 +86,11 @@ class LightGCN(torch.nn.Module):
     @torch.no_grad()
     def recommend(self, edge_index, edge_weight=None, src_index=None, dst_index=None, k=1,
                   sorted=True, *, exclude=None, chunk_size=None, return_scores=False):
-        r"""Top-``k`` nodes of ``dst_index`` (all nodes if ``None``) for each
-        node of ``src_index`` (all nodes if ``None``), by ``<x_src, x_dst>``.
+        r"""Top-``k`` nodes of ``dst_index`` for each node of ``src_index``, all
+        ids (``exclude``'s too) global node ids as in ``edge_index``.
+
+        Nodes are ranked by ``<x_src, x_dst>``; ``src_index`` and ``dst_index``
+        default to all nodes.
 
         Beyond PyG (keyword-only):
 
