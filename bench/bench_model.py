@@ -32,6 +32,7 @@ import torch
 import lightgcn_ext
 from bench.timing import time_interleaved
 from lightgcn_ext import LightGCN, datasets
+from lightgcn_ext.sampling import BPRSampler
 
 REPO = Path(__file__).resolve().parents[1]
 GOWALLA_DIR = REPO.parent / "shared" / "data" / "gowalla"
@@ -65,22 +66,13 @@ def load_interactions(args):
 
 
 def sample_bpr_batch(data, batch_size, seed=0):
-    """batch_size (user, positive item, negative item) triples as node ids; the
-    negative is uniform over the items the user has not interacted with."""
-    gen = torch.Generator().manual_seed(seed)
-    pick = torch.randint(0, data.train.shape[1], (batch_size,), generator=gen)
-    users, pos = data.train[0, pick], data.train[1, pick]
-    seen = data.train[0] * data.num_items + data.train[1]
-    neg = torch.randint(0, data.num_items, (batch_size,), generator=gen)
-    for _ in range(100):
-        clash = torch.isin(users * data.num_items + neg, seen)
-        if not bool(clash.any()):
-            break
-        neg[clash] = torch.randint(0, data.num_items, (int(clash.sum()),), generator=gen)
+    """batch_size (user, positive item, negative item) triples as [2, 2 * batch_size]
+    node-id pairs (positives, then negatives), drawn by the trainer's sampler."""
+    sampler = BPRSampler(data.train, data.num_users, data.num_items, batch_size)
+    users, pos, neg = next(sampler.epoch(torch.Generator().manual_seed(seed)))
     offset = data.num_users
-    pos_pairs = torch.stack([users, pos + offset])
-    neg_pairs = torch.stack([users, neg + offset])
-    return torch.cat([pos_pairs, neg_pairs], dim=1)  # [2, 2 * batch_size]
+    return torch.cat([torch.stack([users, pos + offset]), torch.stack([users, neg + offset])],
+                     dim=1)
 
 
 # --------------------------------------------------------------- workload

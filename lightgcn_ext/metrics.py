@@ -35,7 +35,6 @@ chunk holds its ``chunk_size x num_items`` score matrix and a few matrices of th
 embeddings' device, vectorized within a chunk; the chunks need no host read at all (the
 sums stay on the device until the end), only the checks of the inputs before them do.
 """
-import math
 import operator
 
 import torch

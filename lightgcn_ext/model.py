@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.loss import _Loss
 
-from .graph import FLOWS, _is_sparse_adjacency, prepare
+from .graph import FLOWS, _is_sparse_adjacency
 from .propagation import propagate
 
 # Arguments of PyG's LGConv (and of its MessagePassing base) that we support,

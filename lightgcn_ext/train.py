@@ -23,7 +23,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -61,7 +61,7 @@ class TrainConfig:
     # Stop after this many epochs of this invocation (0: no limit), to run a
     # long training in resumable pieces that each fit a time slot.
     max_epochs_now: int = 0
-    data_root: str = field(default=None)
+    data_root: str = None  # where named data sets are kept (default: datasets.data_dir())
 
     def check(self):
         positive = ("dim", "layers", "epochs", "batch_size", "eval_every")

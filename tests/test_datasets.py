@@ -3,7 +3,6 @@ named data set (downloaded from a local HTTP server, never from the network), th
 synthetic generator, torch_geometric's data sets, and bad input."""
 import hashlib
 import http.server
-import os
 import shutil
 import subprocess
 import threading
