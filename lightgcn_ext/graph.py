@@ -144,13 +144,23 @@ class Graph:
 
     def to(self, device):
         """This graph on another device (a tracked edge weight is moved: the
-        copy follows the values at the time of the move)."""
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Graph(num_nodes=self.num_nodes, rowptr=move(self.rowptr), col=move(self.col),
-                     perm=move(self._perm), rowptr_t=move(self.rowptr_t), col_t=move(self.col_t),
-                     perm_t=move(self._perm_t), edge_index=move(self.edge_index),
-                     edge_weight=move(self.edge_weight), normalize=self.normalize,
-                     flow=self.flow)
+        copy follows the values at the time of the move).
+
+        Everything prepared is moved, nothing recomputed, so that moving costs
+        no host synchronization; tensors shared between fields stay shared."""
+        moved = {}
+
+        def move(value):
+            if not isinstance(value, torch.Tensor):
+                return value
+            if id(value) not in moved:
+                moved[id(value)] = value.to(device)
+            return moved[id(value)]
+
+        graph = Graph.__new__(Graph)
+        graph.__dict__.update({name: move(value) for name, value in vars(self).items()})
+        graph._operators = {}
+        return graph
 
     def __repr__(self):
         return (f"Graph(num_nodes={self.num_nodes}, num_edges={self.num_edges}, "
