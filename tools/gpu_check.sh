@@ -10,10 +10,14 @@
 #   build      python3 setup.py build_ext --inplace, FORCE_CUDA=1, sm_90
 #   tests      the CUDA tests of tests/ (pytest -k "cuda or gpu"), among them
 #              tests/test_cuda.py: every op on CUDA against the CPU op
+#   bench_cuda bench/bench_cuda.py: the CUDA targets (forward and fwd+bwd vs
+#              cuSPARSE on Gowalla and a long-row graph, bf16, the merge-path
+#              item size, GB/s per sweep, the BPR step eager and captured in a
+#              CUDA graph, its host syncs); markdown and JSON into $OUT
 #   sanitizer  compute-sanitizer memcheck on the small cases of tests/test_cuda.py
 #   bench      bench/bench_propagate.py --device cuda, when it exists
 # Every stage has a time limit and the whole run a deadline (GPU_CHECK_BUDGET_S,
-# default 420 s), so that it ends well inside 8 minutes. summary.txt lists each
+# default 360 s), so that it ends inside 6 minutes. summary.txt lists each
 # stage's exit code (124: timed out; "skipped"); the script exits 1 if any
 # stage failed.
 set -uo pipefail
@@ -25,7 +29,7 @@ mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 PY="${PYTHON:-python3}"
-BUDGET_S="${GPU_CHECK_BUDGET_S:-420}"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-360}"
 START_S=$(date +%s)
 export PYTHONUNBUFFERED=1
 failed=0
@@ -103,20 +107,21 @@ export -f env_info build cuda_tests sanitizer
 
 stage env 30 env_info
 if stage build 200 build; then
-  if [ -d tests ]; then stage tests 150 cuda_tests; else skip tests "no tests/"; fi
+  if [ -d tests ]; then stage tests 120 cuda_tests; else skip tests "no tests/"; fi
+  stage bench_cuda 100 "$PY" -m bench.bench_cuda --results-dir "$OUT"
   if command -v compute-sanitizer >/dev/null; then
-    stage sanitizer 120 sanitizer
+    stage sanitizer 90 sanitizer
   else
     skip sanitizer "compute-sanitizer not found"
   fi
   if [ -f bench/bench_propagate.py ]; then
     # The repo root on the path: the script imports lightgcn_ext from here.
-    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" stage bench 90 "$PY" bench/bench_propagate.py --device cuda
+    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" stage bench 60 "$PY" bench/bench_propagate.py --device cuda
   else
     skip bench "no bench/bench_propagate.py"
   fi
 else
-  for s in tests sanitizer bench; do skip "$s" "no build"; done
+  for s in tests bench_cuda sanitizer bench; do skip "$s" "no build"; done
 fi
 
 echo "== summary (total $(( $(date +%s) - START_S ))s, logs in $OUT)"
