@@ -226,3 +226,239 @@ def propagate(graph, x, alpha):
         h = graph.layer(h)
         out = out + h * alpha[layer].to(x.dtype)
     return out
+
+
+# ---------------------------------------------------------- BPR training
+def fetch_rows(embedding, nodes, bounds, group=None):
+    """The rows of this rank's slice of a global batch of node ids.
+
+    nodes [..., B] is the same on every rank; rank r's slice is the columns
+    B * r // P .. B * (r + 1) // P - 1. Each owner sends the distinct nodes of
+    every slice that it owns (it knows them all: no request is sent), and the
+    gradients of the rows go back to it. Returns [..., b, d]. Collective."""
+    rank, P = dist.get_rank(group), dist.get_world_size(group)
+    size = nodes.shape[-1]
+    cuts = [size * j // P for j in range(P + 1)]
+    requests = [torch.unique(nodes[..., cuts[j]:cuts[j + 1]], return_inverse=j == rank)
+                for j in range(P)]
+    requests[rank], inverse = requests[rank]
+    bounds_t = torch.tensor(bounds, device=nodes.device)
+    at = torch.stack([torch.searchsorted(request, bounds_t) for request in requests]).tolist()
+    lo = bounds[rank]
+    send_index = torch.cat([requests[j][at[j][rank]:at[j][rank + 1]] for j in range(P)]) - lo
+    send_splits = [at[j][rank + 1] - at[j][rank] for j in range(P)]
+    recv_splits = [at[rank][s + 1] - at[rank][s] for s in range(P)]
+    rows = _Exchange.apply(embedding, send_index, send_splits, recv_splits, group)
+    return rows[inverse]
+
+
+def owned_edges(train, num_users, lo, hi):
+    """The edges of LightGCN's user-item graph (datasets.bipartite_edge_index)
+    whose destination lies in lo .. hi - 1, as [2, e] (source, destination),
+    without building the whole graph."""
+    users, items = train[0], train[1] + num_users
+    to_users = (users >= lo) & (users < hi)
+    to_items = (items >= lo) & (items < hi)
+    return torch.stack([torch.cat([items[to_users], users[to_items]]),
+                        torch.cat([users[to_users], items[to_items]])])
+
+
+def interaction_degree(data):
+    """The in-degrees of LightGCN's user-item graph of data.train."""
+    return torch.cat([torch.bincount(data.train[0], minlength=data.num_users),
+                      torch.bincount(data.train[1], minlength=data.num_items)])
+
+
+class _Worker:
+    """This rank's rows of the model and of Adam, its share of the graph, and
+    the sampler every rank runs alike: what train.train_loop steps, evaluates
+    and checkpoints."""
+
+    def __init__(self, config, data, device, group=None):
+        self.config, self.data, self.device, self.group = config, data, device, group
+        self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
+        self.is_main = self.rank == 0
+        bounds = partition(interaction_degree(data), self.world_size)
+        lo, hi = bounds[self.rank], bounds[self.rank + 1]
+        self.graph = DistributedGraph(owned_edges(data.train.to(device), data.num_users, lo, hi),
+                                      interaction_degree(data).to(device), bounds, group)
+        # The single process's initial table, drawn whole from the same seed
+        # (once, at start-up) so that every rank keeps the same rows.
+        torch.manual_seed(config.seed)
+        model = LightGCN(data.num_nodes, config.dim, config.layers)
+        self.weight = torch.nn.Parameter(model.embedding.weight.detach()[lo:hi].to(device,
+                                                                                   copy=True))
+        self.alpha = model.alpha.to(device)
+        del model
+        self.optimizer = torch.optim.Adam([self.weight], lr=config.lr)
+        self.sampler, self.generator = _train.make_sampler(config, data, device)
+        self.num_parameters = data.num_nodes * config.dim
+
+    def step(self, users, positives, negatives):
+        """One Adam step on the global batch, as train.bpr_step: the BPR loss
+        of this rank's slice and the L2 term of the nodes it owns, each
+        divided by the global batch size, so that the ranks' losses and
+        gradients add up to the single process's. Returns this rank's part."""
+        size, num_users = users.numel(), self.data.num_users
+        nodes = torch.stack([users, positives + num_users, negatives + num_users])
+        embedding = propagate(self.graph, self.weight, self.alpha)
+        user_emb, pos_emb, neg_emb = fetch_rows(embedding, nodes, self.graph.bounds, self.group)
+        pos_scores = (user_emb * pos_emb).sum(dim=-1)
+        neg_scores = (user_emb * neg_emb).sum(dim=-1)
+        # model.BPRLoss with lambda_reg = reg / 2 over all 3 * size batch nodes,
+        # as sums (never a mean over a slice, which may be empty).
+        flat = nodes.view(-1)
+        owned = flat[(flat >= self.graph.lo) & (flat < self.graph.hi)] - self.graph.lo
+        loss = (-F.logsigmoid(pos_scores - neg_scores).sum()
+                + self.config.reg / 2 * self.weight[owned].pow(2).sum()) / size
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def mean_loss(self, loss_sum, steps):
+        dist.all_reduce(loss_sum, group=self.group)
+        return loss_sum.item() / steps
+
+    @torch.no_grad()
+    def evaluate(self, split):
+        embedding = propagate(self.graph, self.weight, self.alpha)
+        data = self.data
+        exclude = [data.train] if split == "valid" else \
+            [data.train] + ([] if data.valid is None else [data.valid])
+        return evaluate(embedding, self.graph.bounds, data.num_users,
+                        data.valid if split == "valid" else data.test, exclude=exclude,
+                        ks=tuple(self.config.topk), group=self.group)
+
+    def describe_device(self):
+        return dict(_train._describe_device(self.device), world_size=self.world_size,
+                    backend=dist.get_backend(self.group))
+
+    # ------------------------------------------------------------ checkpoints
+    def _shard_name(self, epoch):
+        return f"checkpoint.epoch{epoch}.rank{self.rank}-of-{self.world_size}.pt"
+
+    def save(self, out, fingerprint, state):
+        """Each rank's shard, then the index that names them (rank 0); the
+        shards of older epochs go only once the new index is in place, so a
+        kill at any moment leaves a complete checkpoint."""
+        epoch = state["epoch"]
+        shard = dict(format=_train._FORMAT, epoch=epoch, weight=self.weight.detach(),
+                     optimizer=self.optimizer.state_dict(),
+                     rng=_train.rng_state(self.generator))
+        _train.atomic_write(out / self._shard_name(epoch), lambda f: torch.save(shard, f))
+        dist.barrier(group=self.group)
+        if self.is_main:
+            index = dict(format=_train._FORMAT, world_size=self.world_size,
+                         bounds=self.graph.bounds, epoch=epoch, fingerprint=fingerprint,
+                         state=state, shards=[self._shard_name(epoch).replace(
+                             f"rank{self.rank}-", f"rank{r}-") for r in range(self.world_size)])
+            _train.atomic_write(out / INDEX, lambda f: f.write(json.dumps(index).encode()))
+        dist.barrier(group=self.group)
+        self._remove_shards(out, keep=self._shard_name(epoch))
+
+    def _remove_shards(self, out, keep):
+        for path in out.glob(f"checkpoint.epoch*.rank{self.rank}-of-*.pt"):
+            if path.name != keep:
+                path.unlink()
+
+    def load(self, out, fingerprint):
+        path = out / INDEX
+        if not path.exists():
+            if (out / _train.CHECKPOINT).exists():
+                raise ValueError(f"{out} holds a checkpoint of a single process: resume it "
+                                 f"without torchrun (its rows and optimizer state are not "
+                                 f"partitioned for {self.world_size} processes)")
+            raise FileNotFoundError(f"--resume: no checkpoint in {out} ({path} is missing)")
+        try:
+            index = json.loads(path.read_text())
+        except ValueError as error:
+            raise ValueError(f"{path} is not a readable checkpoint index ({error})") from error
+        if index.get("world_size") != self.world_size:
+            raise ValueError(
+                f"{path} was written by {index.get('world_size')} processes, but this run has "
+                f"{self.world_size} (WORLD_SIZE): resume it with torchrun --nproc-per-node "
+                f"{index.get('world_size')}; rows and optimizer state are partitioned per "
+                f"process")
+        _train.check_fingerprint(path, index["fingerprint"], fingerprint)
+        if index["bounds"] != self.graph.bounds:
+            raise ValueError(f"{path} partitions the nodes as {index['bounds']}, this run as "
+                             f"{self.graph.bounds}: the data changed")
+        shard_path = out / index["shards"][self.rank]
+        shard = torch.load(shard_path, map_location="cpu", weights_only=True)
+        with torch.no_grad():
+            self.weight.copy_(shard["weight"])
+        self.optimizer.load_state_dict(shard["optimizer"])
+        _train.set_rng_state(self.generator, shard["rng"])
+        self._remove_shards(out, keep=shard_path.name)
+        return index["state"]
+
+
+# ------------------------------------------------------------ evaluation
+@torch.no_grad()
+def evaluate(embedding, bounds, num_users, test, *, exclude=(), ks=(20,), group=None):
+    """metrics.evaluate of the whole embedding table, from this rank's rows
+    (`embedding`, nodes bounds[rank] .. bounds[rank+1] - 1): each rank scores
+    its own users against every item (the item rows are all-gathered) and the
+    sums over users are added up across ranks. Collective."""
+    rank, P = dist.get_rank(group), dist.get_world_size(group)
+    lo, hi = bounds[rank], bounds[rank + 1]
+    # Item rows of every rank, padded to the largest share (all_gather's sizes are equal).
+    shares = [(max(bounds[j], num_users), max(bounds[j + 1], num_users)) for j in range(P)]
+    width = max(b - a for a, b in shares)
+    mine = embedding[shares[rank][0] - lo:shares[rank][1] - lo]
+    padded = embedding.new_zeros(width, embedding.shape[1])
+    padded[:mine.shape[0]] = mine
+    gathered = [torch.empty_like(padded) for _ in range(P)]
+    dist.all_gather(gathered, padded, group=group)
+    item_emb = torch.cat([g[:b - a] for g, (a, b) in zip(gathered, shares)])
+    del gathered
+    first, last = min(lo, num_users), min(hi, num_users)  # this rank's users
+
+    def own(pairs):
+        pairs = pairs.to(embedding.device)
+        keep = (pairs[0] >= first) & (pairs[0] < last)
+        return torch.stack([pairs[0][keep] - first, pairs[1][keep]])
+
+    exclude = [exclude] if isinstance(exclude, torch.Tensor) else list(exclude)
+    sums, count, ks = metrics.metric_sums(embedding[:last - first], item_emb, own(test),
+                                          exclude=[own(e) for e in exclude], ks=ks)
+    count = torch.tensor(float(count), dtype=torch.float64, device=sums.device)
+    dist.all_reduce(sums, group=group)
+    dist.all_reduce(count, group=group)
+    if count.item() == 0:
+        raise ValueError("test is empty: nothing to evaluate")
+    return metrics.metrics_of_sums(sums, int(count.item()), ks)
+
+
+# ---------------------------------------------------------------- launch
+def run(config, data=None):
+    """train.run across the processes that torchrun started (WORLD_SIZE,
+    RANK, MASTER_ADDR, ... in the environment): gloo on CPU, NCCL on CUDA
+    (one GPU per process, cuda:LOCAL_RANK). Rank 0 shows progress and writes
+    results.json and curve.png; every rank writes its checkpoint shard."""
+    device = _train.resolve_device(config.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=config.dist_timeout))
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    try:
+        if data is None:  # rank 0 first: a named data set is downloaded once
+            if rank != 0:
+                dist.barrier()
+            data = _train.load_data(config.data, config.data_root)
+            if rank == 0:
+                dist.barrier()
+        results = _train.train_loop(config, data, _Worker(config, data, device))
+    except dist.DistError as error:
+        raise ConnectionError(
+            f"rank {rank} of {world_size}: a collective operation failed, most likely because "
+            f"another process died or stalled for more than --dist-timeout "
+            f"({config.dist_timeout:g} s); see that process's output ({error})") from error
+    if owns_group:
+        dist.destroy_process_group()
+    return results

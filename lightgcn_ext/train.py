@@ -64,6 +64,9 @@ class TrainConfig:
     # long training in resumable pieces that each fit a time slot.
     max_epochs_now: int = 0
     data_root: str = None  # where named data sets are kept (default: datasets.data_dir())
+    # Under torchrun: how long a collective waits for the other processes
+    # before it fails (a process that died or stalled), in seconds.
+    dist_timeout: float = 120.0
 
     def check(self):
         positive = ("dim", "layers", "epochs", "batch_size", "eval_every")
@@ -76,6 +79,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (self.dist_timeout > 0 and math.isfinite(self.dist_timeout)):
+            raise ValueError(f"dist_timeout must be a positive number of seconds, "
+                             f"got {self.dist_timeout!r}")
         if not (self.reg >= 0 and math.isfinite(self.reg)):
             raise ValueError(f"reg must be a non-negative number, got {self.reg!r}")
         if not self.topk or any(not isinstance(k, int) or k < 1 for k in self.topk):
