@@ -79,6 +79,19 @@ def owner_of(nodes, bounds):
 
 
 # ------------------------------------------------------------ exchange
+def _collective(op, *args, **kwargs):
+    """A torch.distributed collective whose failure says what most likely
+    happened: gloo reports a dead peer or a timeout as a bare RuntimeError
+    (NCCL as DistBackendError, a RuntimeError too)."""
+    try:
+        return op(*args, **kwargs)
+    except RuntimeError as error:
+        raise ConnectionError(
+            f"rank {dist.get_rank()} of {dist.get_world_size()}: {op.__name__} failed, most "
+            f"likely because another process died or stalled for longer than the process "
+            f"group's timeout (--dist-timeout); see that process's output. ({error})") from error
+
+
 class _Exchange(torch.autograd.Function):
     """Rows of x sent to other ranks with all_to_all_single: x[send_index],
     send_splits[j] of them to rank j; returns the rows received, recv_splits[j]
@@ -90,7 +103,8 @@ class _Exchange(torch.autograd.Function):
         ctx.save_for_backward(send_index)
         ctx.num_rows, ctx.splits, ctx.group = x.shape[0], (send_splits, recv_splits), group
         received = x.new_empty(sum(recv_splits), x.shape[1])
-        dist.all_to_all_single(received, x[send_index], recv_splits, send_splits, group=group)
+        _collective(dist.all_to_all_single, received, x[send_index], recv_splits, send_splits,
+                    group=group)
         return received
 
     @staticmethod
@@ -98,7 +112,7 @@ class _Exchange(torch.autograd.Function):
         (send_index,) = ctx.saved_tensors
         send_splits, recv_splits = ctx.splits
         returned = grad.new_empty(send_index.numel(), grad.shape[1])
-        dist.all_to_all_single(returned, grad.contiguous(), send_splits, recv_splits,
+        _collective(dist.all_to_all_single, returned, grad.contiguous(), send_splits, recv_splits,
                                group=ctx.group)
         grad_x = grad.new_zeros(ctx.num_rows, grad.shape[1]).index_add_(0, send_index, returned)
         return grad_x, None, None, None, None
@@ -157,10 +171,11 @@ class DistributedGraph:
         # Tell every owner which of its rows this rank needs: counts, then ids.
         need_counts = torch.tensor([h.numel() for h in halos], device=device)
         give_counts = torch.empty_like(need_counts)
-        dist.all_to_all_single(give_counts, need_counts, group=group)
+        _collective(dist.all_to_all_single, give_counts, need_counts, group=group)
         need_counts, give_counts = need_counts.tolist(), give_counts.tolist()
         give = src.new_empty(sum(give_counts))
-        dist.all_to_all_single(give, torch.cat(halos), give_counts, need_counts, group=group)
+        _collective(dist.all_to_all_single, give, torch.cat(halos), give_counts, need_counts,
+                    group=group)
         give_to = list(torch.split(give - self.lo, give_counts))
         owned = torch.arange(self.lo, self.hi, device=device)
         self.rounds = []
@@ -317,7 +332,7 @@ class _Worker:
         return loss.detach()
 
     def mean_loss(self, loss_sum, steps):
-        dist.all_reduce(loss_sum, group=self.group)
+        _collective(dist.all_reduce, loss_sum, group=self.group)
         return loss_sum.item() / steps
 
     @torch.no_grad()
@@ -347,14 +362,14 @@ class _Worker:
                      optimizer=self.optimizer.state_dict(),
                      rng=_train.rng_state(self.generator))
         _train.atomic_write(out / self._shard_name(epoch), lambda f: torch.save(shard, f))
-        dist.barrier(group=self.group)
+        _collective(dist.barrier, group=self.group)
         if self.is_main:
             index = dict(format=_train._FORMAT, world_size=self.world_size,
                          bounds=self.graph.bounds, epoch=epoch, fingerprint=fingerprint,
                          state=state, shards=[self._shard_name(epoch).replace(
                              f"rank{self.rank}-", f"rank{r}-") for r in range(self.world_size)])
             _train.atomic_write(out / INDEX, lambda f: f.write(json.dumps(index).encode()))
-        dist.barrier(group=self.group)
+        _collective(dist.barrier, group=self.group)
         self._remove_shards(out, keep=self._shard_name(epoch))
 
     def _remove_shards(self, out, keep):
@@ -410,7 +425,7 @@ def evaluate(embedding, bounds, num_users, test, *, exclude=(), ks=(20,), group=
     padded = embedding.new_zeros(width, embedding.shape[1])
     padded[:mine.shape[0]] = mine
     gathered = [torch.empty_like(padded) for _ in range(P)]
-    dist.all_gather(gathered, padded, group=group)
+    _collective(dist.all_gather, gathered, padded, group=group)
     item_emb = torch.cat([g[:b - a] for g, (a, b) in zip(gathered, shares)])
     del gathered
     first, last = min(lo, num_users), min(hi, num_users)  # this rank's users
@@ -424,8 +439,8 @@ def evaluate(embedding, bounds, num_users, test, *, exclude=(), ks=(20,), group=
     sums, count, ks = metrics.metric_sums(embedding[:last - first], item_emb, own(test),
                                           exclude=[own(e) for e in exclude], ks=ks)
     count = torch.tensor(float(count), dtype=torch.float64, device=sums.device)
-    dist.all_reduce(sums, group=group)
-    dist.all_reduce(count, group=group)
+    _collective(dist.all_reduce, sums, group=group)
+    _collective(dist.all_reduce, count, group=group)
     if count.item() == 0:
         raise ValueError("test is empty: nothing to evaluate")
     return metrics.metrics_of_sums(sums, int(count.item()), ks)
@@ -445,20 +460,13 @@ def run(config, data=None):
     if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=config.dist_timeout))
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    try:
-        if data is None:  # rank 0 first: a named data set is downloaded once
-            if rank != 0:
-                dist.barrier()
-            data = _train.load_data(config.data, config.data_root)
-            if rank == 0:
-                dist.barrier()
-        results = _train.train_loop(config, data, _Worker(config, data, device))
-    except dist.DistError as error:
-        raise ConnectionError(
-            f"rank {rank} of {world_size}: a collective operation failed, most likely because "
-            f"another process died or stalled for more than --dist-timeout "
-            f"({config.dist_timeout:g} s); see that process's output ({error})") from error
+    if data is None:  # rank 0 first: a named data set is downloaded once
+        if dist.get_rank() != 0:
+            _collective(dist.barrier)
+        data = _train.load_data(config.data, config.data_root)
+        if dist.get_rank() == 0:
+            _collective(dist.barrier)
+    results = _train.train_loop(config, data, _Worker(config, data, device))
     if owns_group:
         dist.destroy_process_group()
     return results
