@@ -179,8 +179,8 @@ def worker(args):
         result.update(trainee.graph.plan(), **loopback(dist))
         results = [None] * world_size
         dist.all_gather_object(results, result)
-        del trainee, batches  # before the group (kept, it crashed gloo at exit)
-        dist.destroy_process_group()
+        del trainee, batches
+        distributed.close()
     if int(os.environ.get("RANK", "0")) == 0:
         Path(args.result_file).write_text(json.dumps(results))
 

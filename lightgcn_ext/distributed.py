@@ -468,5 +468,13 @@ def run(config, data=None):
             _collective(dist.barrier)
     results = _train.train_loop(config, data, _Worker(config, data, device))
     if owns_group:
-        dist.destroy_process_group()
+        close()
     return results
+
+
+def close():
+    """Destroys the default process group once every rank is done with it: a
+    rank that tears its connections down while another still finishes its last
+    collective can abort that one (gloo)."""
+    _collective(dist.barrier)
+    dist.destroy_process_group()
