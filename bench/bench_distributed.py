@@ -154,7 +154,7 @@ def worker(args):
     data = datasets.read_dir(args.data_dir, "bench") if args.data_dir else load_interactions(args)
     config = TrainConfig(dim=args.dim, layers=args.layers, batch_size=args.batch_size, seed=0)
     if world_size > 1:
-        dist.init_process_group("gloo")
+        distributed.init_process_group("gloo")
         trainee = distributed._Worker(config, data, torch.device("cpu"))
     else:
         trainee = _Worker(config, data, torch.device("cpu"))
@@ -183,6 +183,7 @@ def worker(args):
         distributed.close()
     if int(os.environ.get("RANK", "0")) == 0:
         Path(args.result_file).write_text(json.dumps(results))
+
 
 
 def loopback(dist, rounds=20):

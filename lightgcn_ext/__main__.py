@@ -16,7 +16,8 @@ def _parser():
         description="Trains LightGCN (BPR loss, Adam, one fused full-graph propagation per "
                     "step), evaluates recall/ndcg/precision/hit@k over the full item ranking "
                     "beside a popularity baseline, and writes results.json, curve.png and "
-                    "checkpoint.pt into --out.",
+                    "checkpoint.pt into --out. Under torchrun --nproc-per-node P it trains across the "
+                    "P processes, each owning a block of the nodes (gloo on CPU, NCCL on CUDA).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.add_argument("--data", default=DEFAULTS.data,
                        help="'synthetic' (embedded, no files), a named data set ('gowalla', "

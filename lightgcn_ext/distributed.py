@@ -5,8 +5,10 @@
 Rank r owns a contiguous block of node ids, bounds[r] .. bounds[r+1] - 1
 (`partition`: balanced by edges plus one average row per node), their rows of
 the embedding table, their optimizer state, and the rows of the graph whose
-destination it owns. Nothing of size N x d or E is replicated but the
-training pairs, which every rank reads to draw the same global batches.
+destination it owns: O((N d + E) / P). Replicated on every rank: the training
+pairs and the sampler (to draw the global batches), the item rows during
+evaluation, and, once at start-up, the initial table (drawn whole, so that a
+seed initializes as in one process).
 
 One layer, Â h for the owned rows, runs in P rounds (`DistributedGraph`):
 round 0 applies the edges between owned nodes; round k receives from rank
@@ -44,7 +46,7 @@ from .model import LightGCN
 __all__ = ["partition", "DistributedGraph", "propagate", "evaluate", "run"]
 
 INDEX = _train.DIST_INDEX
-DEFAULT_TIMEOUT_S = 120
+DEFAULT_TIMEOUT_S = 120.0
 
 
 # ------------------------------------------------------------ partition
@@ -458,8 +460,7 @@ def run(config, data=None):
         torch.cuda.set_device(device)
     owns_group = not dist.is_initialized()
     if owns_group:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=config.dist_timeout))
+        init_process_group("nccl" if device.type == "cuda" else "gloo", config.dist_timeout)
     if data is None:  # rank 0 first: a named data set is downloaded once
         if dist.get_rank() != 0:
             _collective(dist.barrier)
@@ -470,6 +471,17 @@ def run(config, data=None):
     if owns_group:
         close()
     return results
+
+
+def init_process_group(backend="gloo", timeout=DEFAULT_TIMEOUT_S):
+    """dist.init_process_group from torchrun's environment, with a timeout in
+    seconds. torch._dynamo is imported first: imported later (torch.optim
+    does it), it keeps a reference to the default group, whose gloo threads
+    then outlive destroy_process_group and can abort the process at exit
+    ("terminate called without an active exception", torch 2.13)."""
+    import torch._dynamo  # noqa: F401
+
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
 
 
 def close():

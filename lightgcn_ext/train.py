@@ -15,6 +15,10 @@ learning-curve PNG, all written atomically into the run directory.
 
 On CUDA a step never synchronizes with the host: losses add up on the device
 and are read once per epoch.
+
+Launched by torchrun with several processes, the same loop (`train_loop`)
+runs a lightgcn_ext.distributed worker on each, every process owning a block
+of the nodes.
 """
 import dataclasses
 import json

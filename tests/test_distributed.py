@@ -124,7 +124,7 @@ def main(out):
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    distributed.init_process_group("gloo")
     out, report = Path(out), {}
     _check_propagation(report)
     _check_evaluation(report)
@@ -141,7 +141,7 @@ def main(out):
     dist.all_gather_object(reports, report)
     if dist.get_rank() == 0:
         (out / f"report{world_size}.json").write_text(json.dumps(reports))
-    dist.destroy_process_group()
+    distributed.close()
 
 
 def main_train(out, epochs):
