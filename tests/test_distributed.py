@@ -244,6 +244,18 @@ def test_the_cli_under_torchrun_and_a_resume_with_another_world_size(tmp_path):
         alone.stderr
 
 
+def test_a_single_process_imports_no_distributed_machinery(tmp_path):
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_train import toy_interactions; "
+            "from lightgcn_ext.train import TrainConfig, run; "
+            f"run(TrainConfig(epochs=1, dim=8, out={str(tmp_path)!r}, progress=False), "
+            "data=toy_interactions()); print('lightgcn_ext.distributed' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=DEADLINE_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == "False"
+
+
 @pytest.mark.parametrize("how", ["dies", pytest.param("stalls", marks=pytest.mark.slow)])
 def test_a_rank_that_dies_or_stalls_fails_the_others_within_the_timeout(tmp_path, how):
     timeout = 4.0
