@@ -1,5 +1,6 @@
 """The command line: `python -m lightgcn_ext train ...` (also the `lightgcn-ext` command)."""
 import argparse
+import os
 import sys
 
 from .train import TrainConfig, run
@@ -15,7 +16,8 @@ def _parser():
         description="Trains LightGCN (BPR loss, Adam, one fused full-graph propagation per "
                     "step), evaluates recall/ndcg/precision/hit@k over the full item ranking "
                     "beside a popularity baseline, and writes results.json, curve.png and "
-                    "checkpoint.pt into --out.",
+                    "checkpoint.pt into --out. Under torchrun --nproc-per-node P it trains across the "
+                    "P processes, each owning a block of the nodes (gloo on CPU, NCCL on CUDA).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.add_argument("--data", default=DEFAULTS.data,
                        help="'synthetic' (embedded, no files), a named data set ('gowalla', "
@@ -56,6 +58,9 @@ def _parser():
                             "--resume, a long run proceeds in pieces that fit a time slot")
     train.add_argument("--threads", type=int, default=None,
                        help="CPU threads (torch.set_num_threads); default: torch's")
+    train.add_argument("--dist-timeout", type=float, default=DEFAULTS.dist_timeout,
+                       help="under torchrun (several processes): seconds a collective waits "
+                            "for the others before the run fails with an error")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -71,11 +76,14 @@ def main(argv=None):
                          lr=args.lr, reg=args.reg, device=args.device, out=args.out,
                          resume=args.resume, seed=args.seed, eval_every=args.eval_every,
                          patience=args.patience, topk=tuple(args.topk),
-                         max_epochs_now=args.max_epochs_now, progress=not args.no_progress)
+                         max_epochs_now=args.max_epochs_now, progress=not args.no_progress,
+                         dist_timeout=args.dist_timeout)
     try:
         results = run(config)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ConnectionError) as error:
         sys.exit(f"lightgcn-ext train: error: {error}")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 reports
     best = results["best"]
     print(f"done: {results['epochs_done']} epochs"
           + (f", best {'recall@%d' % config.topk[0]} {best['score']:.4f} at epoch "

@@ -40,7 +40,7 @@ import operator
 import torch
 from torch import Tensor
 
-__all__ = ["evaluate", "popularity_baseline"]
+__all__ = ["evaluate", "metric_sums", "metrics_of_sums", "popularity_baseline"]
 
 # A chunk's score matrix holds about this many entries when chunk_size is None.
 _DEFAULT_CHUNK_ELEMENTS = 1 << 24
@@ -75,19 +75,34 @@ def evaluate(user_emb, item_emb, test, *, exclude=(), ks=(20,), chunk_size=None)
     Ties are broken towards the lower item id. See the module's docstring for the exact
     definitions (those of the LightGCN paper's code).
     """
+    sums, count, ks = metric_sums(user_emb, item_emb, test, exclude=exclude, ks=ks,
+                                  chunk_size=chunk_size)
+    if count == 0:
+        raise ValueError("test is empty (shape [2, 0]): nothing to evaluate")
+    return metrics_of_sums(sums, count, ks)
+
+
+def metric_sums(user_emb, item_emb, test, *, exclude=(), ks=(20,), chunk_size=None):
+    """What :func:`evaluate` averages, before the average: ``(sums, count, ks)``,
+    ``sums`` a ``[len(ks), 4]`` float64 tensor of the per-user recall, ndcg,
+    precision and hit summed over the ``count`` test users, and the checked
+    ``ks``. The sums of disjoint sets of users add up (the distributed
+    evaluation adds those of its ranks); an empty ``test`` gives zeros."""
     user_emb, item_emb = _check_embeddings(user_emb, item_emb)
     num_users, num_items = user_emb.size(0), item_emb.size(0)
     ks = _check_ks(ks, num_items)
     chunk_size = _check_chunk_size(chunk_size, num_items)
     device = user_emb.device
     test = _check_pairs(test, "test", num_users, num_items, device)
-    if test.size(1) == 0:
-        raise ValueError("test is empty (shape [2, 0]): nothing to evaluate")
     excluded = [_check_pairs(e, f"exclude[{i}]", num_users, num_items, device)
                 for i, e in enumerate(_exclude_list(exclude))]
-
     with torch.no_grad():
         sums, count = _evaluate(user_emb, item_emb, test, excluded, ks, chunk_size)
+    return sums, count, ks
+
+
+def metrics_of_sums(sums, count, ks):
+    """The metrics dict of :func:`evaluate` from :func:`metric_sums`' output."""
     sums = sums.tolist()  # the one host read of the metrics
     out = {}
     for j, k in enumerate(ks):

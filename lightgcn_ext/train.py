@@ -15,6 +15,10 @@ learning-curve PNG, all written atomically into the run directory.
 
 On CUDA a step never synchronizes with the host: losses add up on the device
 and are read once per epoch.
+
+Launched by torchrun with several processes, the same loop (`train_loop`)
+runs a lightgcn_ext.distributed worker on each, every process owning a block
+of the nodes.
 """
 import dataclasses
 import json
@@ -36,6 +40,8 @@ from .sampling import BPRSampler
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
 CURVE = "curve.png"
+# The index of a checkpoint written by several processes (lightgcn_ext.distributed).
+DIST_INDEX = "checkpoint.index.json"
 _FORMAT = 1
 
 
@@ -62,6 +68,9 @@ class TrainConfig:
     # long training in resumable pieces that each fit a time slot.
     max_epochs_now: int = 0
     data_root: str = None  # where named data sets are kept (default: datasets.data_dir())
+    # Under torchrun: how long a collective waits for the other processes
+    # before it fails (a process that died or stalled), in seconds.
+    dist_timeout: float = 120.0
 
     def check(self):
         positive = ("dim", "layers", "epochs", "batch_size", "eval_every")
@@ -74,6 +83,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (self.dist_timeout > 0 and math.isfinite(self.dist_timeout)):
+            raise ValueError(f"dist_timeout must be a positive number of seconds, "
+                             f"got {self.dist_timeout!r}")
         if not (self.reg >= 0 and math.isfinite(self.reg)):
             raise ValueError(f"reg must be a non-negative number, got {self.reg!r}")
         if not self.topk or any(not isinstance(k, int) or k < 1 for k in self.topk):
@@ -128,44 +140,106 @@ def evaluate(model, graph, data, ks, split="test"):
 
 def run(config, data=None):
     """Trains as `config` says (continuing the run in config.out with
-    config.resume) and returns the results written to results.json."""
+    config.resume) and returns the results written to results.json.
+
+    Launched by torchrun with more than one process (WORLD_SIZE > 1), it
+    trains row-partitioned across them (lightgcn_ext.distributed); a single
+    process imports none of that machinery."""
     config = config.check()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from . import distributed
+
+        return distributed.run(config, data)
     device = resolve_device(config.device)
     data = load_data(config.data, config.data_root) if data is None else data
+    return train_loop(config, data, _Worker(config, data, device))
+
+
+class _Worker:
+    """The model, optimizer, graph and sampler of a single-process run: what
+    train_loop steps, evaluates and checkpoints."""
+
+    is_main = True
+
+    def __init__(self, config, data, device):
+        self.config, self.data, self.device = config, data, device
+        torch.manual_seed(config.seed)
+        self.model = LightGCN(data.num_nodes, config.dim, config.layers).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.graph = Graph.from_edge_index(data.edge_index().to(device), data.num_nodes)
+        self.sampler, self.generator = make_sampler(config, data, device)
+        self.num_parameters = self.model.embedding.weight.numel()
+
+    def step(self, users, positives, negatives):
+        return bpr_step(self.model, self.graph, self.optimizer, self.data.num_users, users,
+                        positives, negatives, self.config.reg / 2)
+
+    def mean_loss(self, loss_sum, steps):
+        return loss_sum.item() / steps
+
+    def evaluate(self, split):
+        return evaluate(self.model, self.graph, self.data, tuple(self.config.topk), split)
+
+    def describe_device(self):
+        return _describe_device(self.device)
+
+    def save(self, out, fingerprint, state):
+        _save_checkpoint(out / CHECKPOINT, fingerprint, self.model, self.optimizer,
+                         self.generator, state)
+
+    def load(self, out, fingerprint):
+        path = out / CHECKPOINT
+        if not path.exists() and (out / DIST_INDEX).exists():
+            world_size = json.loads((out / DIST_INDEX).read_text())["world_size"]
+            raise ValueError(f"{out} holds a checkpoint of {world_size} processes: resume it "
+                             f"with torchrun --nproc-per-node {world_size} (one process "
+                             f"cannot continue it exactly)")
+        if not path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint in {out} ({path} is missing)")
+        checkpoint = _read_checkpoint(path, fingerprint)
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_state(self.generator, checkpoint["rng"])
+        return checkpoint["state"]
+
+
+def make_sampler(config, data, device):
+    """The BPR sampler and its generator: the same global batches for a seed."""
     if data.train.numel() == 0:
         raise ValueError(f"data {data.name!r} has no training interactions")
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):  # left by a run killed while writing
-        stale.unlink()
-
-    torch.manual_seed(config.seed)
-    model = LightGCN(data.num_nodes, config.dim, config.layers).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    graph = Graph.from_edge_index(data.edge_index().to(device), data.num_nodes)
     sampler = BPRSampler(data.train, data.num_users, data.num_items, config.batch_size, device)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+    return sampler, torch.Generator(device=device).manual_seed(config.seed)
+
+
+def train_loop(config, data, worker):
+    """Epochs of BPR steps with evaluation, early stopping, checkpoints and
+    results, for a single-process or a distributed worker (whose main rank
+    alone shows progress and writes the results)."""
+    out = Path(config.out)
+    if worker.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # left by a run killed while writing
+            stale.unlink()
     ks = tuple(config.topk)
     key = f"recall@{ks[0]}"
     state = dict(epoch=0, history=[], best=None, stale=0, stopped_early=False)
-
-    checkpoint_path = out / CHECKPOINT
     fingerprint = _fingerprint(data, config)
-    if config.resume and checkpoint_path.exists():
-        state = _load_checkpoint(checkpoint_path, fingerprint, model, optimizer, generator)
-    elif config.resume:
-        raise FileNotFoundError(f"--resume: no checkpoint in {out} ({checkpoint_path} is missing)")
+    if config.resume:
+        state = worker.load(out, fingerprint)
 
     results = dict(config=_jsonable(dataclasses.asdict(config)), data=_describe(data),
-                   device=_describe_device(device), versions=_versions(),
-                   git_commit=_git_commit(), num_parameters=model.embedding.weight.numel())
-    results["popularity"] = metrics.popularity_baseline(
-        data.train, data.num_users, data.num_items, data.test,
-        exclude=[] if data.valid is None else [data.valid], ks=ks)
+                   device=worker.describe_device(), versions=_versions(),
+                   git_commit=_git_commit(), num_parameters=worker.num_parameters)
+    if worker.is_main:
+        results["popularity"] = metrics.popularity_baseline(
+            data.train, data.num_users, data.num_items, data.test,
+            exclude=[] if data.valid is None else [data.valid], ks=ks)
 
     from tqdm.auto import tqdm  # a training dependency, not the ops'
 
-    disable = None if config.progress else True
+    disable = None if config.progress and worker.is_main else True
+    write = tqdm.write if worker.is_main else (lambda line: None)
+    sampler = worker.sampler
     epochs_now = 0
     epoch_bar = tqdm(total=config.epochs, initial=state["epoch"], desc="epochs", unit="epoch",
                      disable=disable)
@@ -174,36 +248,38 @@ def run(config, data=None):
             break
         epoch = state["epoch"] + 1
         started = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        steps = tqdm(sampler.epoch(generator), total=len(sampler), desc=f"epoch {epoch}",
+        loss_sum = torch.zeros((), device=worker.device)
+        steps = tqdm(sampler.epoch(worker.generator), total=len(sampler), desc=f"epoch {epoch}",
                      unit="step", leave=False, disable=disable)
         for users, positives, negatives in steps:
-            loss_sum += bpr_step(model, graph, optimizer, data.num_users, users, positives,
-                                 negatives, config.reg / 2)
-        loss = loss_sum.item() / len(sampler)  # the epoch's one host read
+            loss_sum += worker.step(users, positives, negatives)
+        loss = worker.mean_loss(loss_sum, len(sampler))  # the epoch's one host read
         record = dict(epoch=epoch, loss=loss, epoch_seconds=time.perf_counter() - started)
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             started = time.perf_counter()
             split = "valid" if data.valid is not None else "test"
-            scores = evaluate(model, graph, data, ks, split)
+            scores = worker.evaluate(split)
             if split == "valid":
                 record["valid"] = scores
-                scores_test = evaluate(model, graph, data, ks, "test")
+                scores_test = worker.evaluate("test")
             else:
                 scores_test = scores
             record.update(scores_test)
             record["eval_seconds"] = time.perf_counter() - started
             _early_stopping(state, record, scores[key], config.patience)
-            tqdm.write(_summary(record, results["popularity"], ks))
+            if worker.is_main:
+                write(_summary(record, results["popularity"], ks))
         state["history"].append(record)
         state["epoch"] = epoch
         epochs_now += 1
-        _save_checkpoint(checkpoint_path, fingerprint, model, optimizer, generator, state)
-        _write_results(out, results, state)
+        worker.save(out, fingerprint, state)
+        if worker.is_main:
+            _write_results(out, results, state)
         epoch_bar.update(1)
         epoch_bar.set_postfix(loss=f"{loss:.4f}")
     epoch_bar.close()
-    return _write_results(out, results, state)
+    return _write_results(out, results, state) if worker.is_main else \
+        _final_results(results, state)
 
 
 # ------------------------------------------------------------ bookkeeping
@@ -235,11 +311,22 @@ def _fingerprint(data, config):
 def _save_checkpoint(path, fingerprint, model, optimizer, generator, state):
     checkpoint = dict(format=_FORMAT, fingerprint=fingerprint, state=state,
                       model=model.state_dict(), optimizer=optimizer.state_dict(),
-                      rng=dict(sampler=generator.get_state(), torch=torch.get_rng_state()))
+                      rng=rng_state(generator))
     atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
-def _load_checkpoint(path, fingerprint, model, optimizer, generator):
+def rng_state(generator):
+    """The random states a run continues from: the sampler's and torch's."""
+    return dict(sampler=generator.get_state(), torch=torch.get_rng_state())
+
+
+def set_rng_state(generator, rng):
+    generator.set_state(rng["sampler"])
+    torch.set_rng_state(rng["torch"])
+
+
+def _read_checkpoint(path, fingerprint):
+    """The checkpoint in path, after checking that this run can continue it."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file
@@ -247,22 +334,25 @@ def _load_checkpoint(path, fingerprint, model, optimizer, generator):
                          f"delete it or choose another --out") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a lightgcn_ext checkpoint of format {_FORMAT}")
-    saved = checkpoint["fingerprint"]
+    check_fingerprint(path, checkpoint["fingerprint"], fingerprint)
+    return checkpoint
+
+
+def check_fingerprint(path, saved, fingerprint):
     differences = [f"{name}: checkpoint {saved.get(name)!r}, this run {value!r}"
                    for name, value in fingerprint.items() if saved.get(name) != value]
     if differences:
         raise ValueError(f"{path} was made by another run and cannot be resumed here ("
                          + "; ".join(differences) + "); choose another --out or drop --resume")
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    generator.set_state(checkpoint["rng"]["sampler"])
-    torch.set_rng_state(checkpoint["rng"]["torch"])
-    return checkpoint["state"]
+
+
+def _final_results(results, state):
+    return dict(results, history=state["history"], best=state["best"],
+                stopped_early=state["stopped_early"], epochs_done=state["epoch"])
 
 
 def _write_results(out, results, state):
-    results = dict(results, history=state["history"], best=state["best"],
-                   stopped_early=state["stopped_early"], epochs_done=state["epoch"])
+    results = _final_results(results, state)
     atomic_write(out / RESULTS, lambda f: f.write(json.dumps(results, indent=2).encode()))
     _plot(out / CURVE, results)
     return results

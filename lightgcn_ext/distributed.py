@@ -1,0 +1,492 @@
+"""LightGCN over torch.distributed: node rows partitioned across processes.
+
+    torchrun --nproc-per-node 4 -m lightgcn_ext train --data gowalla ...   # the CLI, unchanged
+
+Rank r owns a contiguous block of node ids, bounds[r] .. bounds[r+1] - 1
+(`partition`: balanced by edges plus one average row per node), their rows of
+the embedding table, their optimizer state, and the rows of the graph whose
+destination it owns: O((N d + E) / P). Replicated on every rank: the training
+pairs and the sampler (to draw the global batches), the item rows during
+evaluation, and, once at start-up, the initial table (drawn whole, so that a
+seed initializes as in one process).
+
+One layer, Â h for the owned rows, runs in P rounds (`DistributedGraph`):
+round 0 applies the edges between owned nodes; round k receives from rank
+r - k only the rows of its block that the owned rows touch (the halo, planned
+once per graph) and applies the edges from them. Each round is the fused
+`lightgcn_ext::propagate` op (alpha = [0, 1]) on a local square operator over
+owned + halo nodes (halo rows empty, dinv from the global degrees), whose
+registered autograd gives the gradient for owned and halo rows; `_Exchange`,
+an autograd.Function around `all_to_all_single`, sends the halo part of it
+back to the owners. Receiving one source rank's halo at a time keeps the
+working memory at O((N / P) d) per rank, where a single exchange of the whole
+halo would need O(N d) on a graph without locality.
+
+The BPR step splits each global batch (the one a single process draws with
+the same seed) evenly over the ranks; a rank fetches the propagated rows of
+its slice's nodes from their owners, and the L2 term of each node is counted
+by its owner. Gradients return through the same exchanges, and each rank
+steps Adam on its own rows. Every rank builds the same autograd graph, so the
+collectives of the backward pass run in the same order everywhere.
+"""
+import datetime
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from . import _ops, metrics
+from . import train as _train
+from .graph import _inverse_sqrt_degree
+from .model import LightGCN
+
+__all__ = ["partition", "DistributedGraph", "propagate", "evaluate", "run"]
+
+INDEX = _train.DIST_INDEX
+DEFAULT_TIMEOUT_S = 120.0
+
+
+# ------------------------------------------------------------ partition
+def partition(degree, world_size):
+    """bounds [world_size + 1]: rank r owns the nodes bounds[r] .. bounds[r+1] - 1.
+
+    Each block has about the same cost, a node costing its in-degree (its
+    rows' edges: the work of a sweep) plus the average degree (its rows of
+    the N x d tensors: the memory), so that neither is more than about twice
+    its even share. Every block holds at least one node."""
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    num_nodes = degree.numel()
+    if world_size > num_nodes:
+        raise ValueError(f"world_size ({world_size} processes) must be at most the number of "
+                         f"nodes ({num_nodes}): every rank owns a non-empty block of nodes")
+    cost = degree.double().cpu()
+    cost = cost + cost.sum() / num_nodes
+    cumulative = cost.cumsum(0)
+    targets = cumulative[-1] * torch.arange(1, world_size, dtype=torch.float64) / world_size
+    cuts = torch.searchsorted(cumulative, targets, right=True).tolist()
+    bounds = [0]
+    for r, cut in enumerate(cuts, start=1):
+        bounds.append(min(max(cut, bounds[-1] + 1), num_nodes - (world_size - r)))
+    return bounds + [num_nodes]
+
+
+def owner_of(nodes, bounds):
+    """The rank that owns each node id."""
+    inner = torch.tensor(bounds[1:-1], dtype=nodes.dtype, device=nodes.device)
+    return torch.searchsorted(inner, nodes, right=True)
+
+
+# ------------------------------------------------------------ exchange
+def _collective(op, *args, **kwargs):
+    """A torch.distributed collective whose failure says what most likely
+    happened: gloo reports a dead peer or a timeout as a bare RuntimeError
+    (NCCL as DistBackendError, a RuntimeError too)."""
+    try:
+        return op(*args, **kwargs)
+    except RuntimeError as error:
+        raise ConnectionError(
+            f"rank {dist.get_rank()} of {dist.get_world_size()}: {op.__name__} failed, most "
+            f"likely because another process died or stalled for longer than the process "
+            f"group's timeout (--dist-timeout); see that process's output. ({error})") from error
+
+
+class _Exchange(torch.autograd.Function):
+    """Rows of x sent to other ranks with all_to_all_single: x[send_index],
+    send_splits[j] of them to rank j; returns the rows received, recv_splits[j]
+    from rank j, in rank order. The backward sends the gradients of the
+    received rows back and adds them to the rows they came from."""
+
+    @staticmethod
+    def forward(ctx, x, send_index, send_splits, recv_splits, group):
+        ctx.save_for_backward(send_index)
+        ctx.num_rows, ctx.splits, ctx.group = x.shape[0], (send_splits, recv_splits), group
+        received = x.new_empty(sum(recv_splits), x.shape[1])
+        _collective(dist.all_to_all_single, received, x[send_index], recv_splits, send_splits,
+                    group=group)
+        return received
+
+    @staticmethod
+    def backward(ctx, grad):
+        (send_index,) = ctx.saved_tensors
+        send_splits, recv_splits = ctx.splits
+        returned = grad.new_empty(send_index.numel(), grad.shape[1])
+        _collective(dist.all_to_all_single, returned, grad.contiguous(), send_splits, recv_splits,
+                               group=ctx.group)
+        grad_x = grad.new_zeros(ctx.num_rows, grad.shape[1]).index_add_(0, send_index, returned)
+        return grad_x, None, None, None, None
+
+
+class _Round:
+    """One round of a sweep: the local operator, and what to send and receive."""
+
+    def __init__(self, rowptr, col, rowptr_t, col_t, dinv, send_index, send_splits,
+                 recv_splits):
+        self.graph = (rowptr, col, rowptr_t, col_t)
+        self.dinv = dinv  # float64; cast per feature dtype
+        self.send_index, self.send_splits, self.recv_splits = send_index, send_splits, recv_splits
+        self._operators = {}
+
+    def operator(self, dtype):
+        acc = _ops.accumulation_dtype(dtype)
+        if acc not in self._operators:
+            rowptr, col, rowptr_t, col_t = self.graph
+            self._operators[acc] = _ops.CsrOperator(rowptr, col, None, self.dinv.to(acc),
+                                                    rowptr_t, col_t, None)
+        return self._operators[acc]
+
+
+class DistributedGraph:
+    """This rank's share of a graph partitioned by destination rows.
+
+    Build it with `from_edge_index` (every rank holds the whole graph) or from
+    the edges whose destination this rank owns, `DistributedGraph(edge_index,
+    degree, bounds)`: edge_index [2, e] (source, destination) in global node
+    ids, every destination in bounds[rank] .. bounds[rank+1] - 1; degree [N]
+    the global in-degrees (every rank the same). Building it is collective.
+    The graph is unweighted and normalized as LGConv's default
+    (Â = D^-1/2 Aᵀ D^-1/2, D the in-degree); it may be directed."""
+
+    def __init__(self, edge_index, degree, bounds, group=None):
+        self.group = group
+        self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
+        if len(bounds) != self.world_size + 1:
+            raise ValueError(f"bounds must have world_size + 1 = {self.world_size + 1} entries, "
+                             f"got {len(bounds)}")
+        self.bounds, self.num_nodes = list(bounds), degree.numel()
+        self.lo, self.hi = bounds[self.rank], bounds[self.rank + 1]
+        self.num_owned = self.hi - self.lo
+        device = edge_index.device
+        src, dst = edge_index[0].long(), edge_index[1].long()
+        if dst.numel() and not bool(((dst >= self.lo) & (dst < self.hi)).all()):
+            raise ValueError(f"edge_index of rank {self.rank} must hold only edges whose "
+                             f"destination it owns, [{self.lo}, {self.hi})")
+        self.num_local_edges = src.numel()
+        dinv = _inverse_sqrt_degree(degree.to(device, torch.float64), True)
+        owner = owner_of(src, bounds)
+        P, rank = self.world_size, self.rank
+        halos = [torch.unique(src[owner == s]) if s != rank else src.new_empty(0)
+                 for s in range(P)]
+        # Tell every owner which of its rows this rank needs: counts, then ids.
+        need_counts = torch.tensor([h.numel() for h in halos], device=device)
+        give_counts = torch.empty_like(need_counts)
+        _collective(dist.all_to_all_single, give_counts, need_counts, group=group)
+        need_counts, give_counts = need_counts.tolist(), give_counts.tolist()
+        give = src.new_empty(sum(give_counts))
+        _collective(dist.all_to_all_single, give, torch.cat(halos), give_counts, need_counts,
+                    group=group)
+        give_to = list(torch.split(give - self.lo, give_counts))
+        owned = torch.arange(self.lo, self.hi, device=device)
+        self.rounds = []
+        for k in range(P):
+            source, target = (rank - k) % P, (rank + k) % P
+            mine = owner == source
+            nodes = torch.cat([owned, halos[source]])
+            if k == 0:
+                local_src = src[mine] - self.lo
+            else:
+                local_src = self.num_owned + torch.searchsorted(halos[source], src[mine])
+            local = torch.stack([local_src, dst[mine] - self.lo])
+            rowptr, col, _, rowptr_t, col_t, _ = torch.ops.lightgcn_ext.prepare_csr(
+                local, nodes.numel())
+            if torch.equal(rowptr, rowptr_t) and torch.equal(col, col_t):
+                rowptr_t = col_t = None  # symmetric: the backward reuses the forward's CSR
+            send_splits, recv_splits = [0] * P, [0] * P
+            if k > 0:
+                send_splits[target], recv_splits[source] = give_counts[target], need_counts[source]
+            send_index = give_to[target] if k > 0 else owned.new_empty(0)
+            self.rounds.append(_Round(rowptr, col, rowptr_t, col_t, dinv[nodes], send_index,
+                                      send_splits, recv_splits))
+
+    @classmethod
+    def from_edge_index(cls, edge_index, num_nodes, group=None):
+        """Every rank passes the same [2, E] (source, destination) edge_index."""
+        degree = torch.bincount(edge_index[1].long(), minlength=num_nodes)
+        bounds = partition(degree, dist.get_world_size(group))
+        rank = dist.get_rank(group)
+        mine = (edge_index[1] >= bounds[rank]) & (edge_index[1] < bounds[rank + 1])
+        return cls(edge_index[:, mine], degree, bounds, group)
+
+    # ---------------------------------------------------------------- sweeps
+    def layer(self, h):
+        """Â h for the owned rows, h [num_owned, d] this rank's rows of the input."""
+        if h.shape[0] != self.num_owned:
+            raise ValueError(f"h must have one row per owned node ({self.num_owned}), "
+                             f"got {h.shape[0]}")
+        one_hop = torch.tensor([0.0, 1.0], dtype=h.dtype, device=h.device)
+        out = None
+        for k, round_ in enumerate(self.rounds):
+            local = h if k == 0 else torch.cat([h, _Exchange.apply(
+                h, round_.send_index, round_.send_splits, round_.recv_splits, self.group)])
+            y = _ops.propagate(round_.operator(h.dtype), local, one_hop)[:self.num_owned]
+            out = y if out is None else out + y
+        return out
+
+    # ------------------------------------------------------------ the plan
+    def plan(self):
+        """What one layer costs this rank: rows sent and received, edges applied."""
+        return dict(rank=self.rank, num_owned=self.num_owned, num_edges=self.num_local_edges,
+                    rows_sent=sum(r.send_index.numel() for r in self.rounds),
+                    rows_received=sum(sum(r.recv_splits) for r in self.rounds),
+                    collectives=self.world_size - 1)
+
+
+def propagate(graph, x, alpha):
+    """sum_l alpha_l Â^l x for the owned rows: x [num_owned, d] this rank's
+    rows; differentiable in x (and alpha). Collective."""
+    alpha = torch.as_tensor(alpha, device=x.device)
+    out, h = x * alpha[0].to(x.dtype), x
+    for layer in range(1, alpha.numel()):
+        h = graph.layer(h)
+        out = out + h * alpha[layer].to(x.dtype)
+    return out
+
+
+# ---------------------------------------------------------- BPR training
+def fetch_rows(embedding, nodes, bounds, group=None):
+    """The rows of this rank's slice of a global batch of node ids.
+
+    nodes [..., B] is the same on every rank; rank r's slice is the columns
+    B * r // P .. B * (r + 1) // P - 1. Each owner sends the distinct nodes of
+    every slice that it owns (it knows them all: no request is sent), and the
+    gradients of the rows go back to it. Returns [..., b, d]. Collective."""
+    rank, P = dist.get_rank(group), dist.get_world_size(group)
+    size = nodes.shape[-1]
+    cuts = [size * j // P for j in range(P + 1)]
+    requests = [torch.unique(nodes[..., cuts[j]:cuts[j + 1]], return_inverse=j == rank)
+                for j in range(P)]
+    requests[rank], inverse = requests[rank]
+    bounds_t = torch.tensor(bounds, device=nodes.device)
+    at = torch.stack([torch.searchsorted(request, bounds_t) for request in requests]).tolist()
+    lo = bounds[rank]
+    send_index = torch.cat([requests[j][at[j][rank]:at[j][rank + 1]] for j in range(P)]) - lo
+    send_splits = [at[j][rank + 1] - at[j][rank] for j in range(P)]
+    recv_splits = [at[rank][s + 1] - at[rank][s] for s in range(P)]
+    rows = _Exchange.apply(embedding, send_index, send_splits, recv_splits, group)
+    return rows[inverse]
+
+
+def owned_edges(train, num_users, lo, hi):
+    """The edges of LightGCN's user-item graph (datasets.bipartite_edge_index)
+    whose destination lies in lo .. hi - 1, as [2, e] (source, destination),
+    without building the whole graph."""
+    users, items = train[0], train[1] + num_users
+    to_users = (users >= lo) & (users < hi)
+    to_items = (items >= lo) & (items < hi)
+    return torch.stack([torch.cat([items[to_users], users[to_items]]),
+                        torch.cat([users[to_users], items[to_items]])])
+
+
+def interaction_degree(data):
+    """The in-degrees of LightGCN's user-item graph of data.train."""
+    return torch.cat([torch.bincount(data.train[0], minlength=data.num_users),
+                      torch.bincount(data.train[1], minlength=data.num_items)])
+
+
+class _Worker:
+    """This rank's rows of the model and of Adam, its share of the graph, and
+    the sampler every rank runs alike: what train.train_loop steps, evaluates
+    and checkpoints."""
+
+    def __init__(self, config, data, device, group=None):
+        self.config, self.data, self.device, self.group = config, data, device, group
+        self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
+        self.is_main = self.rank == 0
+        bounds = partition(interaction_degree(data), self.world_size)
+        lo, hi = bounds[self.rank], bounds[self.rank + 1]
+        self.graph = DistributedGraph(owned_edges(data.train.to(device), data.num_users, lo, hi),
+                                      interaction_degree(data).to(device), bounds, group)
+        # The single process's initial table, drawn whole from the same seed
+        # (once, at start-up) so that every rank keeps the same rows.
+        torch.manual_seed(config.seed)
+        model = LightGCN(data.num_nodes, config.dim, config.layers)
+        self.weight = torch.nn.Parameter(model.embedding.weight.detach()[lo:hi].to(device,
+                                                                                   copy=True))
+        self.alpha = model.alpha.to(device)
+        del model
+        self.optimizer = torch.optim.Adam([self.weight], lr=config.lr)
+        self.sampler, self.generator = _train.make_sampler(config, data, device)
+        self.num_parameters = data.num_nodes * config.dim
+
+    def step(self, users, positives, negatives):
+        """One Adam step on the global batch, as train.bpr_step: the BPR loss
+        of this rank's slice and the L2 term of the nodes it owns, each
+        divided by the global batch size, so that the ranks' losses and
+        gradients add up to the single process's. Returns this rank's part."""
+        size, num_users = users.numel(), self.data.num_users
+        nodes = torch.stack([users, positives + num_users, negatives + num_users])
+        embedding = propagate(self.graph, self.weight, self.alpha)
+        user_emb, pos_emb, neg_emb = fetch_rows(embedding, nodes, self.graph.bounds, self.group)
+        pos_scores = (user_emb * pos_emb).sum(dim=-1)
+        neg_scores = (user_emb * neg_emb).sum(dim=-1)
+        # model.BPRLoss with lambda_reg = reg / 2 over all 3 * size batch nodes,
+        # as sums (never a mean over a slice, which may be empty).
+        flat = nodes.view(-1)
+        owned = flat[(flat >= self.graph.lo) & (flat < self.graph.hi)] - self.graph.lo
+        loss = (-F.logsigmoid(pos_scores - neg_scores).sum()
+                + self.config.reg / 2 * self.weight[owned].pow(2).sum()) / size
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def mean_loss(self, loss_sum, steps):
+        _collective(dist.all_reduce, loss_sum, group=self.group)
+        return loss_sum.item() / steps
+
+    @torch.no_grad()
+    def evaluate(self, split):
+        embedding = propagate(self.graph, self.weight, self.alpha)
+        data = self.data
+        exclude = [data.train] if split == "valid" else \
+            [data.train] + ([] if data.valid is None else [data.valid])
+        return evaluate(embedding, self.graph.bounds, data.num_users,
+                        data.valid if split == "valid" else data.test, exclude=exclude,
+                        ks=tuple(self.config.topk), group=self.group)
+
+    def describe_device(self):
+        return dict(_train._describe_device(self.device), world_size=self.world_size,
+                    backend=dist.get_backend(self.group))
+
+    # ------------------------------------------------------------ checkpoints
+    def _shard_name(self, epoch):
+        return f"checkpoint.epoch{epoch}.rank{self.rank}-of-{self.world_size}.pt"
+
+    def save(self, out, fingerprint, state):
+        """Each rank's shard, then the index that names them (rank 0); the
+        shards of older epochs go only once the new index is in place, so a
+        kill at any moment leaves a complete checkpoint."""
+        epoch = state["epoch"]
+        shard = dict(format=_train._FORMAT, epoch=epoch, weight=self.weight.detach(),
+                     optimizer=self.optimizer.state_dict(),
+                     rng=_train.rng_state(self.generator))
+        _train.atomic_write(out / self._shard_name(epoch), lambda f: torch.save(shard, f))
+        _collective(dist.barrier, group=self.group)
+        if self.is_main:
+            index = dict(format=_train._FORMAT, world_size=self.world_size,
+                         bounds=self.graph.bounds, epoch=epoch, fingerprint=fingerprint,
+                         state=state, shards=[self._shard_name(epoch).replace(
+                             f"rank{self.rank}-", f"rank{r}-") for r in range(self.world_size)])
+            _train.atomic_write(out / INDEX, lambda f: f.write(json.dumps(index).encode()))
+        _collective(dist.barrier, group=self.group)
+        self._remove_shards(out, keep=self._shard_name(epoch))
+
+    def _remove_shards(self, out, keep):
+        for path in out.glob(f"checkpoint.epoch*.rank{self.rank}-of-*.pt"):
+            if path.name != keep:
+                path.unlink()
+
+    def load(self, out, fingerprint):
+        path = out / INDEX
+        if not path.exists():
+            if (out / _train.CHECKPOINT).exists():
+                raise ValueError(f"{out} holds a checkpoint of a single process: resume it "
+                                 f"without torchrun (its rows and optimizer state are not "
+                                 f"partitioned for {self.world_size} processes)")
+            raise FileNotFoundError(f"--resume: no checkpoint in {out} ({path} is missing)")
+        try:
+            index = json.loads(path.read_text())
+        except ValueError as error:
+            raise ValueError(f"{path} is not a readable checkpoint index ({error})") from error
+        if index.get("world_size") != self.world_size:
+            raise ValueError(
+                f"{path} was written by {index.get('world_size')} processes, but this run has "
+                f"{self.world_size} (WORLD_SIZE): resume it with torchrun --nproc-per-node "
+                f"{index.get('world_size')}; rows and optimizer state are partitioned per "
+                f"process")
+        _train.check_fingerprint(path, index["fingerprint"], fingerprint)
+        if index["bounds"] != self.graph.bounds:
+            raise ValueError(f"{path} partitions the nodes as {index['bounds']}, this run as "
+                             f"{self.graph.bounds}: the data changed")
+        shard_path = out / index["shards"][self.rank]
+        shard = torch.load(shard_path, map_location="cpu", weights_only=True)
+        with torch.no_grad():
+            self.weight.copy_(shard["weight"])
+        self.optimizer.load_state_dict(shard["optimizer"])
+        _train.set_rng_state(self.generator, shard["rng"])
+        self._remove_shards(out, keep=shard_path.name)
+        return index["state"]
+
+
+# ------------------------------------------------------------ evaluation
+@torch.no_grad()
+def evaluate(embedding, bounds, num_users, test, *, exclude=(), ks=(20,), group=None):
+    """metrics.evaluate of the whole embedding table, from this rank's rows
+    (`embedding`, nodes bounds[rank] .. bounds[rank+1] - 1): each rank scores
+    its own users against every item (the item rows are all-gathered) and the
+    sums over users are added up across ranks. Collective."""
+    rank, P = dist.get_rank(group), dist.get_world_size(group)
+    lo, hi = bounds[rank], bounds[rank + 1]
+    # Item rows of every rank, padded to the largest share (all_gather's sizes are equal).
+    shares = [(max(bounds[j], num_users), max(bounds[j + 1], num_users)) for j in range(P)]
+    width = max(b - a for a, b in shares)
+    mine = embedding[shares[rank][0] - lo:shares[rank][1] - lo]
+    padded = embedding.new_zeros(width, embedding.shape[1])
+    padded[:mine.shape[0]] = mine
+    gathered = [torch.empty_like(padded) for _ in range(P)]
+    _collective(dist.all_gather, gathered, padded, group=group)
+    item_emb = torch.cat([g[:b - a] for g, (a, b) in zip(gathered, shares)])
+    del gathered
+    first, last = min(lo, num_users), min(hi, num_users)  # this rank's users
+
+    def own(pairs):
+        pairs = pairs.to(embedding.device)
+        keep = (pairs[0] >= first) & (pairs[0] < last)
+        return torch.stack([pairs[0][keep] - first, pairs[1][keep]])
+
+    exclude = [exclude] if isinstance(exclude, torch.Tensor) else list(exclude)
+    sums, count, ks = metrics.metric_sums(embedding[:last - first], item_emb, own(test),
+                                          exclude=[own(e) for e in exclude], ks=ks)
+    count = torch.tensor(float(count), dtype=torch.float64, device=sums.device)
+    _collective(dist.all_reduce, sums, group=group)
+    _collective(dist.all_reduce, count, group=group)
+    if count.item() == 0:
+        raise ValueError("test is empty: nothing to evaluate")
+    return metrics.metrics_of_sums(sums, int(count.item()), ks)
+
+
+# ---------------------------------------------------------------- launch
+def run(config, data=None):
+    """train.run across the processes that torchrun started (WORLD_SIZE,
+    RANK, MASTER_ADDR, ... in the environment): gloo on CPU, NCCL on CUDA
+    (one GPU per process, cuda:LOCAL_RANK). Rank 0 shows progress and writes
+    results.json and curve.png; every rank writes its checkpoint shard."""
+    device = _train.resolve_device(config.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        init_process_group("nccl" if device.type == "cuda" else "gloo", config.dist_timeout)
+    if data is None:  # rank 0 first: a named data set is downloaded once
+        if dist.get_rank() != 0:
+            _collective(dist.barrier)
+        data = _train.load_data(config.data, config.data_root)
+        if dist.get_rank() == 0:
+            _collective(dist.barrier)
+    results = _train.train_loop(config, data, _Worker(config, data, device))
+    if owns_group:
+        close()
+    return results
+
+
+def init_process_group(backend="gloo", timeout=DEFAULT_TIMEOUT_S):
+    """dist.init_process_group from torchrun's environment, with a timeout in
+    seconds. torch._dynamo is imported first: imported later (torch.optim
+    does it), it keeps a reference to the default group, whose gloo threads
+    then outlive destroy_process_group and can abort the process at exit
+    ("terminate called without an active exception", torch 2.13)."""
+    import torch._dynamo  # noqa: F401
+
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+
+
+def close():
+    """Destroys the default process group once every rank is done with it: a
+    rank that tears its connections down while another still finishes its last
+    collective can abort that one (gloo)."""
+    _collective(dist.barrier)
+    dist.destroy_process_group()
