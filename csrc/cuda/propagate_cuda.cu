@@ -139,22 +139,41 @@ struct Sweep {
   acc_t* __restrict__ partial0;
 };
 
-// The lanes' view of one pass over the columns: lane `lane` of a group of G
-// holds columns [first, first + V) when first < d.
+// A thread's place in a sweep: its group of G lanes takes the work items
+// first_item, first_item + item_stride, ...; in each pass over the columns,
+// lane `lane` holds columns [first, first + V) when first < d.
 struct Lanes {
-  int log2_group;
   int group;
   int lane;
   unsigned mask;  // the group's lanes within the warp, for the shuffles
-  int64_t groups_per_block;
+  int64_t first_item, item_stride, num_items;
+  int64_t pass_width;  // columns per pass: G * V
 };
 
-__device__ __forceinline__ Lanes lanes(int log2_group) {
+template <int V, typename S>
+__device__ __forceinline__ Lanes lanes(int log2_group, const S& s) {
   const int group = 1 << log2_group;
   const int lane = threadIdx.x & (group - 1);
   const unsigned mask =
       group == 32 ? 0xffffffffu : ((1u << group) - 1u) << ((threadIdx.x & 31) & ~(group - 1));
-  return {log2_group, group, lane, mask, kThreads >> log2_group};
+  const int64_t groups_per_block = kThreads >> log2_group;
+  return {group,
+          lane,
+          mask,
+          blockIdx.x * groups_per_block + (threadIdx.x >> log2_group),
+          static_cast<int64_t>(gridDim.x) * groups_per_block,
+          merge_path::num_items(s.num_rows, s.num_edges, s.item_size),
+          static_cast<int64_t>(group) * V};
+}
+
+// layer_dots: the block's sums of <h_l, grad> (and of <x, grad> in the first
+// sweep) to partial slot `slot`. Every thread of the block must call it.
+template <Epilogue kEpilogue, typename S, typename acc_t>
+__device__ __forceinline__ void write_block_dots(const S& s, acc_t dot, acc_t dot0, int64_t slot) {
+  if constexpr (kEpilogue == Epilogue::kDots) {
+    block_sum(dot, s.partial + slot);
+    if (s.dot0_x != nullptr) block_sum(dot0, s.partial0 + slot);
+  }
 }
 
 // Row r is complete: its sum is acc (its columns [first, first + V)). Writes
@@ -215,18 +234,15 @@ template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue, bool k
 __global__ void __launch_bounds__(kThreads)
     sweep_kernel(const Sweep<scalar_t, index_t> s, int log2_group) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Lanes g = lanes(log2_group);
+  const Lanes g = lanes<V>(log2_group, s);
   const int64_t d = s.d;
-  const int64_t pass_width = static_cast<int64_t>(g.group) * V;
-  const int64_t num_items = mp::num_items(s.num_rows, s.num_edges, s.item_size);
   acc_t dot = 0, dot0 = 0;
 
-  for (int64_t item = blockIdx.x * g.groups_per_block + (threadIdx.x >> log2_group);
-       item < num_items; item += static_cast<int64_t>(gridDim.x) * g.groups_per_block) {
+  for (int64_t item = g.first_item; item < g.num_items; item += g.item_stride) {
     const mp::Item span = mp::item_span(s.rowptr, s.num_rows, s.num_edges, s.item_size, item);
     if (g.lane == 0) s.pending[item] = span.first_row_pending ? span.begin.row : -1;
 
-    for (int64_t j0 = 0; j0 < d; j0 += pass_width) {
+    for (int64_t j0 = 0; j0 < d; j0 += g.pass_width) {
       const int64_t first = j0 + static_cast<int64_t>(g.lane) * V;
       const bool active = first < d;
       acc_t acc[V];
@@ -281,10 +297,7 @@ __global__ void __launch_bounds__(kThreads)
       if (span.end.row < s.num_rows && active) store_acc(s.carry + item * d + first, acc);
     }
   }
-  if constexpr (kEpilogue == Epilogue::kDots) {
-    block_sum(dot, s.partial + blockIdx.x);
-    if (s.dot0_x != nullptr) block_sum(dot0, s.partial0 + blockIdx.x);
-  }
+  write_block_dots<kEpilogue>(s, dot, dot0, blockIdx.x);
 }
 
 // The rows that the sweep left pending: each one's pieces added in item
@@ -293,17 +306,14 @@ template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue>
 __global__ void __launch_bounds__(kThreads)
     fixup_kernel(const Sweep<scalar_t, index_t> s, int log2_group) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Lanes g = lanes(log2_group);
+  const Lanes g = lanes<V>(log2_group, s);
   const int64_t d = s.d;
-  const int64_t pass_width = static_cast<int64_t>(g.group) * V;
-  const int64_t num_items = mp::num_items(s.num_rows, s.num_edges, s.item_size);
   acc_t dot = 0, dot0 = 0;
-  for (int64_t item = blockIdx.x * g.groups_per_block + (threadIdx.x >> log2_group);
-       item < num_items; item += static_cast<int64_t>(gridDim.x) * g.groups_per_block) {
+  for (int64_t item = g.first_item; item < g.num_items; item += g.item_stride) {
     const int64_t row = s.pending[item];
     if (row < 0) continue;
     const int64_t first_item = mp::first_item_of_row(s.rowptr, row, s.item_size);
-    for (int64_t j0 = 0; j0 < d; j0 += pass_width) {
+    for (int64_t j0 = 0; j0 < d; j0 += g.pass_width) {
       const int64_t first = j0 + static_cast<int64_t>(g.lane) * V;
       if (first >= d) continue;
       acc_t acc[V];
@@ -317,10 +327,7 @@ __global__ void __launch_bounds__(kThreads)
       finish_row<kEpilogue, V>(s, row, first, acc, dot, dot0);
     }
   }
-  if constexpr (kEpilogue == Epilogue::kDots) {
-    block_sum(dot, s.partial + gridDim.x + blockIdx.x);
-    if (s.dot0_x != nullptr) block_sum(dot0, s.partial0 + gridDim.x + blockIdx.x);
-  }
+  write_block_dots<kEpilogue>(s, dot, dot0, gridDim.x + blockIdx.x);
 }
 
 // dots[l] = sum of partial[l, 0 : num_partials], in a fixed order; one block per l.
