@@ -14,11 +14,11 @@ One layer, Â h for the owned rows, runs in P rounds (`DistributedGraph`):
 round 0 applies the edges between owned nodes; round k receives from rank
 r - k only the rows of its block that the owned rows touch (the halo, planned
 once per graph) and applies the edges from them. Each round is the fused
-`lightgcn_ext::propagate` op (alpha = [0, 1]) on a local square operator over
-owned + halo nodes (halo rows empty, dinv from the global degrees), whose
-registered autograd gives the gradient for owned and halo rows; `_Exchange`,
-an autograd.Function around `all_to_all_single`, sends the halo part of it
-back to the owners. Receiving one source rank's halo at a time keeps the
+`lightgcn_ext::propagate` op (alpha = [0, 1]) on the block of Â from the
+round's source rows to the owned rows, dinv folded into per-edge weights, so
+that it runs on max(owned, halo) rows (`_Round`); its registered autograd
+gives the gradient of the source rows, and `_Exchange`, an autograd.Function
+around `all_to_all_single`, sends the halo's back to the owners. Receiving one source rank's halo at a time keeps the
 working memory at O((N / P) d) per rank, where a single exchange of the whole
 halo would need O(N d) on a graph without locality.
 
@@ -121,21 +121,32 @@ class _Exchange(torch.autograd.Function):
 
 
 class _Round:
-    """One round of a sweep: the local operator, and what to send and receive."""
+    """One round of a sweep: the local operator, and what to send and receive.
 
-    def __init__(self, rowptr, col, rowptr_t, col_t, dinv, send_index, send_splits,
-                 recv_splits):
-        self.graph = (rowptr, col, rowptr_t, col_t)
-        self.dinv = dinv  # float64; cast per feature dtype
+    The operator is the rectangular block of Â from this round's source rows
+    (the owned rows in round 0, the halo received in a later one) to the owned
+    rows, with the normalization folded into per-edge weights
+    dinv[dst] * dinv[src] (and dinv = 1), so that both sides can use local
+    ids from 0: the fused op, which takes a square operator, runs it on
+    max(owned, halo) rows instead of owned + halo."""
+
+    def __init__(self, rowptr, col, perm, rowptr_t, col_t, perm_t, weight, size, send_index,
+                 send_splits, recv_splits):
+        symmetric = torch.equal(rowptr, rowptr_t) and torch.equal(col, col_t)
+        # weight: float64, in edge order; cast per feature dtype.
+        self.graph = (rowptr, col, weight[perm]) + \
+            ((None,) * 3 if symmetric else (rowptr_t, col_t, weight[perm_t]))
+        self.size = size  # rows of the op's input and output
         self.send_index, self.send_splits, self.recv_splits = send_index, send_splits, recv_splits
         self._operators = {}
 
     def operator(self, dtype):
         acc = _ops.accumulation_dtype(dtype)
         if acc not in self._operators:
-            rowptr, col, rowptr_t, col_t = self.graph
-            self._operators[acc] = _ops.CsrOperator(rowptr, col, None, self.dinv.to(acc),
-                                                    rowptr_t, col_t, None)
+            rowptr, col, weight, rowptr_t, col_t, weight_t = self.graph
+            self._operators[acc] = _ops.CsrOperator(
+                rowptr, col, weight.to(acc), weight.new_ones(self.size, dtype=acc), rowptr_t,
+                col_t, None if weight_t is None else weight_t.to(acc))
         return self._operators[acc]
 
 
@@ -179,27 +190,26 @@ class DistributedGraph:
         _collective(dist.all_to_all_single, give, torch.cat(halos), give_counts, need_counts,
                     group=group)
         give_to = list(torch.split(give - self.lo, give_counts))
-        owned = torch.arange(self.lo, self.hi, device=device)
         self.rounds = []
         for k in range(P):
             source, target = (rank - k) % P, (rank + k) % P
             mine = owner == source
-            nodes = torch.cat([owned, halos[source]])
             if k == 0:
-                local_src = src[mine] - self.lo
+                local_src, num_sources = src[mine] - self.lo, self.num_owned
             else:
-                local_src = self.num_owned + torch.searchsorted(halos[source], src[mine])
-            local = torch.stack([local_src, dst[mine] - self.lo])
-            rowptr, col, _, rowptr_t, col_t, _ = torch.ops.lightgcn_ext.prepare_csr(
-                local, nodes.numel())
-            if torch.equal(rowptr, rowptr_t) and torch.equal(col, col_t):
-                rowptr_t = col_t = None  # symmetric: the backward reuses the forward's CSR
+                local_src = torch.searchsorted(halos[source], src[mine])
+                num_sources = halos[source].numel()
+            local_dst = dst[mine] - self.lo
+            size = max(self.num_owned, num_sources)
+            rowptr, col, perm, rowptr_t, col_t, perm_t = torch.ops.lightgcn_ext.prepare_csr(
+                torch.stack([local_src, local_dst]), size)
+            weight = dinv[dst[mine]] * dinv[src[mine]]
             send_splits, recv_splits = [0] * P, [0] * P
             if k > 0:
                 send_splits[target], recv_splits[source] = give_counts[target], need_counts[source]
-            send_index = give_to[target] if k > 0 else owned.new_empty(0)
-            self.rounds.append(_Round(rowptr, col, rowptr_t, col_t, dinv[nodes], send_index,
-                                      send_splits, recv_splits))
+            send_index = give_to[target] if k > 0 else src.new_empty(0)
+            self.rounds.append(_Round(rowptr, col, perm, rowptr_t, col_t, perm_t, weight, size,
+                                      send_index, send_splits, recv_splits))
 
     @classmethod
     def from_edge_index(cls, edge_index, num_nodes, group=None):
@@ -219,10 +229,14 @@ class DistributedGraph:
         one_hop = torch.tensor([0.0, 1.0], dtype=h.dtype, device=h.device)
         out = None
         for k, round_ in enumerate(self.rounds):
-            local = h if k == 0 else torch.cat([h, _Exchange.apply(
-                h, round_.send_index, round_.send_splits, round_.recv_splits, self.group)])
-            y = _ops.propagate(round_.operator(h.dtype), local, one_hop)[:self.num_owned]
-            out = y if out is None else out + y
+            rows = h if k == 0 else _Exchange.apply(
+                h, round_.send_index, round_.send_splits, round_.recv_splits, self.group)
+            if rows.shape[0] < round_.size:  # the op's input has as many rows as its output
+                rows = F.pad(rows, (0, 0, 0, round_.size - rows.shape[0]))
+            y = _ops.propagate(round_.operator(h.dtype), rows, one_hop)[:self.num_owned]
+            del rows  # not saved by autograd: free it before the next round's exchange
+            # In place: no autograd node saves these sums.
+            out = y if out is None else out.add_(y)
         return out
 
     # ------------------------------------------------------------ the plan
@@ -241,7 +255,7 @@ def propagate(graph, x, alpha):
     out, h = x * alpha[0].to(x.dtype), x
     for layer in range(1, alpha.numel()):
         h = graph.layer(h)
-        out = out + h * alpha[layer].to(x.dtype)
+        out.add_(h * alpha[layer].to(x.dtype))  # in place: no autograd node saves the sum
     return out
 
 
