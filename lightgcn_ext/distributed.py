@@ -32,7 +32,6 @@ collectives of the backward pass run in the same order everywhere.
 import datetime
 import json
 import os
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
