@@ -787,6 +787,8 @@ def main(argv=None):
 
     if "ours" not in rows:  # --only a reference: a row of ours without numbers, no ratios
         rows = {"ours": {}, **rows}
+    if device.type == "cpu":  # a busy machine shows here: compare with the start's
+        header.append(f"- load average at the end: {os.getloadavg()[0]:.2f}")
     report = format_report(rows, prep, floors, header, args.layers, device)
     print()
     print(report)

@@ -302,6 +302,11 @@ def plot(records, impls, args, stem):
         stopped = next((res for _, res in points if res.status != OK), None)
         return [(e, v) for e, v in ok if v is not None], stopped
 
+    # Red is ours alone: the others take the rest of matplotlib's palette.
+    others = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown",
+                   "tab:olive", "tab:cyan", "tab:pink"])
+    colors = {impl.name: "crimson" if impl.name in bp.OURS else next(others) for impl in impls}
+
     def draw(ax, key):
         for impl in impls:
             points, stopped = series(impl.name, key)
@@ -310,7 +315,7 @@ def plot(records, impls, args, stem):
             ours = impl.name == "ours"
             label = impl.label + (f" ({stopped.status})" if stopped else "")
             ax.plot(*zip(*points), marker="o", markersize=4 if ours else 3,
-                    linewidth=3 if ours else 1.2, color="crimson" if ours else None,
+                    linewidth=3 if ours else 1.2, color=colors[impl.name],
                     linestyle="--" if impl.other_isa else "-", zorder=3 if ours else 2,
                     label=label)
             if stopped:
@@ -531,6 +536,7 @@ def main(argv=None):
     header = describe(args, device, memory_limit, command)
     print("\n".join(header), flush=True)
     cases = build_grid(args)
+    load_at_start = os.getloadavg()[0]
     history, records = {}, []
     start = time.perf_counter()
     bar = tqdm(cases, unit="case", file=sys.stderr, dynamic_ncols=True)
@@ -544,7 +550,9 @@ def main(argv=None):
                         "num_nodes": num_nodes})
     bar.close()
     duration = time.perf_counter() - start
-    header.append(f"- duration: {duration / 60:.1f} min for {len(cases)} cases")
+    header.append(f"- duration: {duration / 60:.1f} min for {len(cases)} cases"
+                  + (f"; load average {load_at_start:.2f} at the start, "
+                     f"{os.getloadavg()[0]:.2f} at the end" if device.type == "cpu" else ""))
     report = format_report(records, impls, header, args)
     print()
     print(report)
