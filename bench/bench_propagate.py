@@ -321,14 +321,16 @@ def _proc_status_kb(field):
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure_memory_here(impl, args, device):
+def measure_memory_here(impl, args, device, p=None):
     """Bytes one forward+backward adds to what its inputs hold (run in a fresh
-    process on CPU, where the measure is the peak RSS)."""
+    process on CPU, where the measure is the peak RSS), on problem p (default:
+    build_problem's)."""
     # Load the code and threads that the first call touches, on a tiny graph.
     tiny = tiny_problem(args, device)
     fwd_bwd(impl, impl.prepare(tiny), tiny.x.clone().requires_grad_(), tiny.alpha, tiny.grad)
     del tiny
-    p = build_problem(args, device)
+    if p is None:
+        p = build_problem(args, device)
     state = impl.prepare(p)
     x = p.x.clone().requires_grad_()
     gc.collect()

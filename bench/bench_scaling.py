@@ -2,7 +2,7 @@
 torch_geometric and torch.sparse on seeded synthetic power-law graphs, with the
 floor beside them.
 
-    python -m bench.bench_scaling                   # CPU, 2 threads: ~10 minutes
+    python -m bench.bench_scaling                   # CPU, 2 threads: ~15 minutes
     python -m bench.bench_scaling --device cuda     # adds bfloat16 and 3e7, 1e8 edges
     python -m bench.bench_scaling --quick           # the smoke test: under 2 minutes
 
@@ -146,11 +146,11 @@ def case_args(case, args):
     return bp.parse_args(argv)
 
 
-def measure_memory(impl, cargs, device, memory_limit):
+def measure_memory(impl, cargs, device, memory_limit, p):
     """Peak added bytes of one forward+backward, or raises bp.OutOfMemory."""
     if device.type == "cuda":
         try:
-            return bp.measure_memory_here(impl, cargs, device)
+            return bp.measure_memory_here(impl, cargs, device, p)
         except torch.cuda.OutOfMemoryError as error:
             raise bp.OutOfMemory(str(error).splitlines()[0]) from error
         finally:
@@ -159,9 +159,10 @@ def measure_memory(impl, cargs, device, memory_limit):
 
 
 def run_case(case, impls, history, args, device, memory_limit, log):
-    """{name: Result} of every implementation on one case, and the floors."""
+    """({name: Result} of every implementation on one case, the floors, N)."""
     cargs = case_args(case, args)
     results, live = {}, []
+
     def stopped(name, status, note):
         last = last_ok_edges(earlier_results(name, case, history, args))
         return Result(status, note, last_ok_edges=last)
@@ -172,11 +173,12 @@ def run_case(case, impls, history, args, device, memory_limit, log):
             live.append(impl)
         else:
             results[impl.name] = stopped(impl.name, status, note)
+    p = bp.build_problem(cargs, device)
     probed = [impl for impl in live if not impl.other_isa]  # the other copy: ours' memory
     # Threads only wait on the probes' processes; on CUDA the probes run here, one at a time.
     jobs = args.probe_jobs if device.type == "cpu" else 1
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        probes = [pool.submit(measure_memory, impl, cargs, device, memory_limit // jobs)
+        probes = [pool.submit(measure_memory, impl, cargs, device, memory_limit // jobs, p)
                   for impl in probed]
     for impl, probe in zip(probed, probes):
         try:
@@ -186,8 +188,7 @@ def run_case(case, impls, history, args, device, memory_limit, log):
             results[impl.name] = stopped(impl.name, OUT_OF_MEMORY, "its memory probe failed: "
                                          + str(error).strip().splitlines()[-1][:200])
     if bp.IMPLS["ours"] not in live:
-        return results, {}, None
-    p = bp.build_problem(cargs, device)
+        return results, {}, p.num_nodes
     rows, _, floors, skipped = bp.measure_case(p, live, device, cargs, args.min_run_time, log)
     for name, why in skipped.items():
         results[name] = stopped(name, OUT_OF_MEMORY if bp.is_out_of_memory(why) else "failed",
@@ -238,7 +239,9 @@ def sweep_tables(records, sweep, impls, dtype, args):
         unit = "peak added memory, MB" if what == "memory" else f"{MODE_LABELS[what]}, ms"
         floor_col = "" if what == "memory" else " | floor |"
         lines += ["", f"**{unit}**" + ("" if what == "memory" else
-                                       " (ours: time / floor in parentheses)"), "",
+                                       " (ours: time / floor in parentheses, each copy of the sweep against "
+                                       "the bare gather on the same copy; the floor column: the "
+                                       "chosen copy's)"), "",
                   f"| {key_name} | N | " + " | ".join(labels) + (floor_col or " |"),
                   "|---:|---:|" + "---:|" * len(labels) + ("---:|" if floor_col else "")]
         for r in rows:
@@ -420,16 +423,17 @@ def parse_args(argv=None):
                         help="L of the L sweep, at --sweep-size edges")
     parser.add_argument("--sweep-size", type=int_list, default=None,
                         help="edges of the d and L sweeps, one of --sizes (default 1e6)")
-    parser.add_argument("--time-limit", type=bp.positive(float), default=5.0,
-                        help="seconds a single call may take (default 5)")
+    parser.add_argument("--time-limit", type=bp.positive(float), default=10.0,
+                        help="seconds a single call may take (default 10)")
     parser.add_argument("--memory-limit-gb", type=bp.positive(float), default=None,
                         help="memory a call may add (default: 3/4 of the machine's "
                         "or the GPU's memory)")
     parser.add_argument("--min-run-time", type=bp.positive(float), default=None,
-                        help="seconds of runs per implementation and mode (default 0.5, "
-                        "0.02 with --quick); at least 3 runs each")
-    parser.add_argument("--rounds", type=bp.positive(int), default=1,
-                        help="interleaved timing rounds per case (default 1)")
+                        help="seconds of runs per implementation and mode, over all rounds "
+                        "(default 0.6, 0.02 with --quick); at least 3 runs each")
+    parser.add_argument("--rounds", type=bp.positive(int), default=None,
+                        help="interleaved timing rounds per case (default 2, 1 with --quick): "
+                        "a busy spell of a shared machine then hits all implementations")
     parser.add_argument("--skip-references", default="",
                         help=f"comma-separated, of: {','.join(bp.SKIPPABLE)}")
     parser.add_argument("--probe-jobs", type=bp.positive(int), default=None,
@@ -459,6 +463,8 @@ def parse_args(argv=None):
         args.dims, args.layer_counts = [32, 64], [1, 3]
         args.min_run_time = args.min_run_time or 0.02
         args.probe_jobs = args.probe_jobs or 2
+        args.rounds = args.rounds or 1
+    args.rounds = args.rounds or 2
     args.probe_jobs = args.probe_jobs or 1
     args.sizes = sorted(set(args.sizes or SIZES[args.device]))
     if args.sizes[0] < bp.MIN_POWERLAW_EDGES:
@@ -470,7 +476,7 @@ def parse_args(argv=None):
     args.sweep_size = args.sweep_size[0]
     if args.sweep_size not in args.sizes:
         parser.error(f"--sweep-size {args.sweep_size} must be one of --sizes {args.sizes}")
-    args.min_run_time = args.min_run_time or 0.5
+    args.min_run_time = args.min_run_time or 0.6
     skipped = {s for s in args.skip_references.split(",") if s}
     if skipped - set(bp.SKIPPABLE):
         parser.error(f"--skip-references: unknown {sorted(skipped - set(bp.SKIPPABLE))}; "
@@ -504,8 +510,8 @@ def describe(args, device, memory_limit, command):
         f"- grid: sizes {', '.join(fmt_edges(e) for e in args.sizes)} at d={args.dim}, "
         f"L={args.layers}; d in {args.dims} and L in {args.layer_counts} at "
         f"E={fmt_edges(args.sweep_size)}; {', '.join(args.dtypes)}",
-        f"- times: medians, {args.rounds} interleaved round(s) of at least "
-        f"{args.min_run_time:g} s or 3 runs per implementation and mode ("
+        f"- times: medians of the runs of {args.rounds} interleaved round(s), "
+        f"{args.min_run_time:g} s or 3 runs per implementation and mode in all ("
         + ("CUDA events" if device.type == "cuda" else "blocked_autorange")
         + "); BPR step: forward, 2048 triples' scores, BPR loss, backward (no optimizer)",
         "- memory: peak added by one forward+backward ("
