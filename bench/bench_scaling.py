@@ -2,7 +2,7 @@
 torch_geometric and torch.sparse on seeded synthetic power-law graphs, with the
 floor beside them.
 
-    python -m bench.bench_scaling                   # CPU, 2 threads: ~15 minutes
+    python -m bench.bench_scaling                   # CPU, 2 threads: ~15-20 minutes
     python -m bench.bench_scaling --device cuda     # adds bfloat16 and 3e7, 1e8 edges
     python -m bench.bench_scaling --quick           # the smoke test: under 2 minutes
 
@@ -566,6 +566,11 @@ def main(argv=None):
     write_atomic(stem.with_suffix(".md"), report + "\n")
     write_atomic(stem.with_suffix(".json"), json.dumps(
         to_json(records, impls, header, args, duration, command), indent=1) + "\n")
+    try:  # not a dependency of torch_geometric: a GPU machine may lack it
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"\nwritten: {stem}.md, .json (matplotlib is not installed: no plots)")
+        return
     plot(records, impls, args, stem)
     print(f"\nwritten: {stem}.md, .json, -time.png, -memory.png")
 
