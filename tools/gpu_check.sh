@@ -16,6 +16,7 @@
 #              CUDA graph, its host syncs); markdown and JSON into $OUT
 #   sanitizer  compute-sanitizer memcheck on the small cases of tests/test_cuda.py
 #   bench      bench/bench_propagate.py --device cuda, when it exists
+#   scaling    bench/bench_scaling.py --device cuda on a short grid (results in bench/results)
 # Every stage has a time limit and the whole run a deadline (GPU_CHECK_BUDGET_S,
 # default 360 s), so that it ends inside 6 minutes. summary.txt lists each
 # stage's exit code (124: timed out; "skipped"); the script exits 1 if any
@@ -120,8 +121,9 @@ if stage build 200 build; then
   else
     skip bench "no bench/bench_propagate.py"
   fi
+  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" stage scaling 120 "$PY" -m bench.bench_scaling --device cuda --sizes 1e5,1e6,1e7 --dims 64 --layer-counts 3 --min-run-time 0.05 --results-dir "$OUT/scaling"
 else
-  for s in tests bench_cuda sanitizer bench; do skip "$s" "no build"; done
+  for s in tests bench_cuda sanitizer bench scaling; do skip "$s" "no build"; done
 fi
 
 echo "== summary (total $(( $(date +%s) - START_S ))s, logs in $OUT)"

@@ -6,6 +6,7 @@
 // dinv[r] * sum_k w_k s[col_k], and the next s is written by the epilogue.
 // Working memory: two [N, d] buffers in the accumulation type, whatever L and E.
 #include "../checks.h"
+#include "sweep.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -14,164 +15,15 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <vector>
 
 namespace lightgcn_ext {
 namespace {
 
-// Rows are cut into contiguous chunks of about this many edges (each row
-// counts as one extra unit), so that a power-law degree distribution does not
-// leave one thread with the hubs, and threads take chunks as they finish
-// (`for_each_chunk`), so that a core shared with another process does not
-// hold the others up. The chunking does not depend on the thread count,
-// which keeps reductions deterministic.
-constexpr int64_t kWorkPerChunk = 8192;
-
-std::vector<int64_t> balanced_row_chunks(const int64_t* rowptr, int64_t num_rows) {
-  const int64_t total = rowptr[num_rows] + num_rows;
-  const int64_t num_chunks = std::max<int64_t>(1, std::min(num_rows, total / kWorkPerChunk));
-  std::vector<int64_t> bounds(num_chunks + 1, num_rows);
-  bounds[0] = 0;
-  for (int64_t c = 1; c < num_chunks; ++c) {
-    // First row whose cumulative work (edges + rows before it) reaches c/num_chunks.
-    const int64_t target = total * c / num_chunks;
-    int64_t lo = bounds[c - 1], hi = num_rows;
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (rowptr[mid] + mid < target) lo = mid + 1; else hi = mid;
-    }
-    bounds[c] = lo;
-  }
-  return bounds;
-}
-
-// Calls f(c) for c in [0, num_chunks) on torch's intra-op threads, each
-// thread taking the next chunk when it is done with one.
-template <typename F>
-void for_each_chunk(int64_t num_chunks, const F& f) {
-  std::atomic<int64_t> next{0};
-  const int64_t num_workers = std::min<int64_t>(at::get_num_threads(), num_chunks);
-  at::parallel_for(0, num_workers, 1, [&](int64_t, int64_t) {
-    for (int64_t c = next.fetch_add(1); c < num_chunks; c = next.fetch_add(1)) f(c);
-  });
-}
-
-template <typename acc_t, typename index_t>
-struct Csr {
-  const int64_t* rowptr;
-  const index_t* col;
-  const acc_t* weight;  // null: every edge has weight 1
-  const acc_t* dinv;
-  int64_t num_rows;
-};
-
-// Features are processed in tiles of kTile values so that the accumulators
-// stay in registers; kTile is a compile-time constant, which makes the
-// feature loop contiguous vector loads and FMAs. (A loop whose trip count the
-// compiler cannot see was vectorized across edges with gathers instead, which
-// ran 10x slower on AMD.)
-template <typename acc_t>
-constexpr int kTile = 64 / sizeof(acc_t) * 4;  // 64 floats or 32 doubles
-
-// The gathered rows are scattered over a table larger than the caches, and
-// the hardware prefetcher cannot guess them: requesting the tile of the edge
-// kPrefetchDistance ahead overlaps the memory latency (about 3x per sweep on
-// Gowalla, d = 64, measured here).
-constexpr int64_t kPrefetchDistance = 4;
-
-#if defined(__GNUC__) || defined(__clang__)
-#define LIGHTGCN_EXT_ALWAYS_INLINE __attribute__((always_inline))
-#else
-#define LIGHTGCN_EXT_ALWAYS_INLINE
-#endif
-constexpr int kCacheLine = 64;
-
-template <int T, typename acc_t>
-inline void prefetch_tile(const acc_t* p) {
-#if defined(__GNUC__) || defined(__clang__)
-  for (int offset = 0; offset < T * static_cast<int>(sizeof(acc_t)); offset += kCacheLine) {
-    __builtin_prefetch(reinterpret_cast<const char*>(p) + offset);
-  }
-#endif
-}
-
-// The rows [r0, r1) of chunk c: for every row r and feature tile
-// [j0, j0 + width), computes acc = sum_k w_k * in[col_k, j0 : j0 + width] and
-// calls epilogue(c, r, j0, width, acc). Always inlined, so that each caller
-// below compiles it for its own instruction set.
-template <bool kWeighted, typename acc_t, typename index_t, typename Epilogue>
-LIGHTGCN_EXT_ALWAYS_INLINE inline void sweep_chunk(const Csr<acc_t, index_t>& g, const acc_t* in,
-                                                  int64_t d, int64_t c, int64_t r0, int64_t r1,
-                                                  const Epilogue& epilogue) {
-  constexpr int T = kTile<acc_t>;
-  alignas(64) acc_t acc[T];
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t begin = g.rowptr[r], end = g.rowptr[r + 1];
-    for (int64_t j0 = 0; j0 < d; j0 += T) {
-      const int64_t width = std::min<int64_t>(T, d - j0);
-      for (int t = 0; t < T; ++t) acc[t] = acc_t(0);
-      if (width == T) {
-        for (int64_t k = begin; k < end; ++k) {
-          if (k + kPrefetchDistance < end) {
-            prefetch_tile<T>(in + static_cast<int64_t>(g.col[k + kPrefetchDistance]) * d + j0);
-          }
-          const acc_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
-          const acc_t w = kWeighted ? g.weight[k] : acc_t(1);
-          for (int t = 0; t < T; ++t) acc[t] += kWeighted ? w * src[t] : src[t];
-        }
-      } else {
-        for (int64_t k = begin; k < end; ++k) {
-          const acc_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
-          const acc_t w = kWeighted ? g.weight[k] : acc_t(1);
-          for (int64_t t = 0; t < width; ++t) acc[t] += kWeighted ? w * src[t] : src[t];
-        }
-      }
-      epilogue(c, r, j0, width, acc);
-    }
-  }
-}
-
-// The build targets baseline x86-64 (SSE2) so that the wheel runs anywhere;
-// where the CPU has AVX2 and FMA, the sweep runs a copy compiled for them
-// (wider vectors: fewer instructions per gathered row).
-#if defined(__GNUC__) && defined(__x86_64__)
-template <bool kWeighted, typename acc_t, typename index_t, typename Epilogue>
-__attribute__((target("avx2,fma"))) void sweep_chunk_avx2(
-    const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d, int64_t c, int64_t r0, int64_t r1,
-    const Epilogue& epilogue) {
-  sweep_chunk<kWeighted>(g, in, d, c, r0, r1, epilogue);
-}
-
-bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-#endif
-
-template <bool kWeighted, typename acc_t, typename index_t, typename Epilogue>
-void sweep_rows(const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d,
-                const std::vector<int64_t>& chunks, const Epilogue& epilogue) {
-  for_each_chunk(static_cast<int64_t>(chunks.size()) - 1, [&](int64_t c) {
-#if defined(__GNUC__) && defined(__x86_64__)
-    if (cpu_has_avx2_fma()) {
-      sweep_chunk_avx2<kWeighted>(g, in, d, c, chunks[c], chunks[c + 1], epilogue);
-      return;
-    }
-#endif
-    sweep_chunk<kWeighted>(g, in, d, c, chunks[c], chunks[c + 1], epilogue);
-  });
-}
-
-template <typename acc_t, typename index_t, typename Epilogue>
-void sweep(const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d,
-           const std::vector<int64_t>& chunks, const Epilogue& epilogue) {
-  if (g.weight != nullptr) {
-    sweep_rows<true>(g, in, d, chunks, epilogue);
-  } else {
-    sweep_rows<false>(g, in, d, chunks, epilogue);
-  }
-}
+using cpu::balanced_row_chunks;
+using cpu::Csr;
+using cpu::for_each_chunk;
+using cpu::sweep;
 
 // Applies f(r, j) to every element of an [n, d] array, in parallel.
 template <typename F>
