@@ -6,8 +6,9 @@
     thousands);
   * bfloat16 and float16 against our float32;
   * the merge-path item size (LIGHTGCN_EXT_CUDA_ITEM_SIZE), swept;
-  * each sweep's achieved bandwidth: the bytes a sweep must move (column
-    indices, the gathered rows, one read of x and one write) over its time;
+  * each sweep's achieved bandwidth: the bytes a sweep must move
+    (bench_propagate.sweep_bytes) over its time, and on CUDA its time against
+    those bytes at the measured DRAM and L2 bandwidths (gpu_floors);
   * a BPR step (batch 2048, Adam): eager, and captured in a CUDA graph
     (lightgcn_ext.cuda_graph.CapturedBPRStep), with the host synchronizations
     of the eager step counted (torch.cuda.set_sync_debug_mode("warn")).
@@ -31,6 +32,7 @@ from pathlib import Path
 import torch
 
 import lightgcn_ext
+from bench.bench_propagate import gowalla_root, gpu_floors, sweep_bytes
 from bench.timing import sync, time_interleaved
 from lightgcn_ext import datasets
 from lightgcn_ext.reference import normalized_adjacency, sparse_propagate
@@ -38,7 +40,6 @@ from lightgcn_ext.sampling import BPRSampler
 from lightgcn_ext.train import atomic_write, bpr_step
 
 REPO = Path(__file__).resolve().parents[1]
-GOWALLA_DIR = REPO.parent / "shared" / "data" / "gowalla"
 ITEM_SIZE_ENV = "LIGHTGCN_EXT_CUDA_ITEM_SIZE"
 ITEM_SIZES = (32, 64, 128, 256, 512, 1024)
 warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
@@ -52,8 +53,7 @@ def graphs(args):
                 "long rows (quick)": datasets.synthetic(0, num_users=600, num_items=400,
                                                         num_interactions=20000, communities=1,
                                                         exponent=1.0)}
-    found = datasets.find("gowalla") or (GOWALLA_DIR if (GOWALLA_DIR / "train.txt").is_file()
-                                         else None)
+    found = gowalla_root()
     gowalla = (datasets.read_dir(found, "gowalla") if found is not None
                else datasets.synthetic(0, **datasets.GOWALLA_SIZES))
     name = "Gowalla train" if found is not None else "synthetic Gowalla-sized"
@@ -63,17 +63,10 @@ def graphs(args):
     return {name: gowalla, "long rows (10k nodes, 1.3M edges)": long_rows}
 
 
-def sweep_bytes(num_nodes, num_edges, dim, dtype, index_bytes=4):
-    """What one sweep must move: the column indices, the gathered rows (one
-    per edge), one read of x and one write of the output."""
-    element = torch.finfo(dtype).bits // 8
-    return num_edges * index_bytes + num_edges * dim * element + 2 * num_nodes * dim * element
-
-
 def time_propagation(label, data, args, device, rows):
     """Forward and forward + backward of ours (each dtype) and of torch.sparse.mm."""
     edge_index = data.edge_index().to(device)
-    n, num_edges = data.num_nodes, edge_index.shape[1]
+    n = data.num_nodes
     graph = lightgcn_ext.Graph.from_edge_index(edge_index, n)
     alpha = [1.0 / (args.layers + 1)] * (args.layers + 1)
     gen = torch.Generator().manual_seed(0)
@@ -104,8 +97,10 @@ def time_propagation(label, data, args, device, rows):
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         fwd = times[f"ours {_short(dtype)} forward"]
         per_sweep_s = fwd / args.layers / 1e3
-        moved = sweep_bytes(n, num_edges, args.dim, dtype)
-        got_low = lightgcn_ext.propagate(graph, x32.to(dtype), alpha).double()
+        x_low = x32.to(dtype)
+        moved = sweep_bytes(graph, x_low)
+        floors = gpu_floors(graph, x_low) if device.type == "cuda" else {}
+        got_low = lightgcn_ext.propagate(graph, x_low, alpha).double()
         rows.append(dict(
             graph=_graph_name(label, data, args), implementation=f"lightgcn_ext {_short(dtype)}",
             forward_ms=fwd, fwd_bwd_ms=times[f"ours {_short(dtype)} fwd+bwd"],
@@ -114,6 +109,7 @@ def time_propagation(label, data, args, device, rows):
             times[f"ours {_short(dtype)} fwd+bwd"],
             vs_our_float32=times["ours f32 forward"] / fwd,
             sweep_GBps=moved / per_sweep_s / 1e9,
+            **{f"sweep_vs_{level}_floor": per_sweep_s * 1e3 / ms for level, ms in floors.items()},
             max_rel_error_vs_float64=((got_low - want).abs().max() / want.abs().max()).item()))
     rows.append(dict(graph=_graph_name(label, data, args), implementation="torch.sparse.mm CSR f32",
                      forward_ms=times["torch.sparse.mm CSR f32 forward"],
@@ -203,13 +199,15 @@ def report(results):
     lines = [f"# lightgcn_ext on {results['device']} ({results['date']}, "
              f"commit {results['commit']})", "",
              "| graph | implementation | forward ms | fwd+bwd ms | forward vs torch.sparse | "
-             "fwd+bwd vs torch.sparse | vs our f32 | GB/s per sweep | max rel. error vs f64 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "fwd+bwd vs torch.sparse | vs our f32 | GB/s per sweep | sweep / DRAM floor | "
+             "sweep / L2 floor | max rel. error vs f64 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results["propagation"]:
         cells = [row["graph"], row["implementation"], f"{row['forward_ms']:.3f}",
                  f"{row['fwd_bwd_ms']:.3f}"]
         for key, fmt in (("forward_vs_cusparse", "{:.2f}x"), ("fwd_bwd_vs_cusparse", "{:.2f}x"),
                          ("vs_our_float32", "{:.2f}x"), ("sweep_GBps", "{:.1f}"),
+                         ("sweep_vs_DRAM_floor", "{:.2f}x"), ("sweep_vs_L2_floor", "{:.2f}x"),
                          ("max_rel_error_vs_float64", "{:.1e}")):
             cells.append(fmt.format(row[key]) if key in row else "")
         lines.append("| " + " | ".join(cells) + " |")

@@ -287,12 +287,7 @@ def _check_ks(ks, num_items):
         raise ValueError("ks is empty: give at least one k")
     out = []
     for k in ks:
-        if isinstance(k, bool):
-            raise TypeError(f"each k of ks must be an int, got {k!r}")
-        try:
-            k = operator.index(k)
-        except TypeError:
-            raise TypeError(f"each k of ks must be an int, got {k!r}") from None
+        k = _as_int(k, "each k of ks")
         if not 1 <= k <= num_items:
             raise ValueError(f"k={k} is out of range: each k of ks must satisfy "
                              f"1 <= k <= num_items={num_items}")
@@ -311,13 +306,18 @@ def _check_chunk_size(chunk_size, num_items):
     return chunk_size
 
 
-def _check_size(value, name):
+def _as_int(value, name):
+    """value as an int (ints, numpy ints, 0-d integer tensors; not bools)."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {value!r}")
     try:
-        value = operator.index(value)
+        return operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+        raise TypeError(f"{name} must be an int, got {value!r}") from None
+
+
+def _check_size(value, name):
+    value = _as_int(value, name)
     if value < 1:
         raise ValueError(f"{name} must be positive, got {value}")
     return value
