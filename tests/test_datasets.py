@@ -29,6 +29,9 @@ def write(directory, **files):
 
 
 # -------------------------------------------------------------------- reader
+BLOCK_SIZES = [1, 4, datasets._BLOCK_BYTES]  # the reader's blocks: cut everywhere, or none
+
+
 def test_read_lists(tmp_path):
     path = write(tmp_path, train="0 0 1 2\n1 2\n\n2 1\n3\n") / "train.txt"
     pairs, num_users = datasets.read_lists(path)
@@ -43,9 +46,29 @@ def test_read_lists(tmp_path):
     "5 7 8 \n\n6\n\n7\n\n",    # a trailing space, empty lines
     "05 007 8\n6\n7\n",        # leading zeros
 ])
-def test_read_lists_accepts(tmp_path, text):
-    pairs, num_users = datasets.read_lists(write(tmp_path, train=text) / "train.txt")
+@pytest.mark.parametrize("block_bytes", BLOCK_SIZES)
+def test_read_lists_accepts(tmp_path, text, block_bytes):
+    pairs, num_users = datasets.read_lists(write(tmp_path, train=text) / "train.txt",
+                                           block_bytes=block_bytes)
     assert pairs.tolist() == [[5, 5], [7, 8]] and num_users == 8
+
+
+@pytest.mark.parametrize("block_bytes", [1, 2, 5, 64, 1000])
+def test_read_lists_in_blocks_reads_what_one_block_reads(tmp_path, block_bytes):
+    """Blocks cut anywhere (inside ids, inside a \r\n, across empty lines, in
+    lines longer than a block) give the pairs and user count of one block."""
+    rng = np.random.default_rng(block_bytes)
+    lines = [" ".join(map(str, rng.integers(0, 10**rng.integers(1, 9), rng.integers(1, 40))))
+             + (" " if rng.random() < 0.1 else "") if rng.random() > 0.1 else ""
+             for _ in range(300)]
+    text = "\r\n".join(lines)  # no final newline
+    path = write(tmp_path, train=text) / "train.txt"
+    whole, whole_users = datasets.read_lists(path, block_bytes=len(text) + 1)
+    pairs, num_users = datasets.read_lists(path, block_bytes=block_bytes)
+    assert torch.equal(pairs, whole) and num_users == whole_users
+    expected = [(int(line.split()[0]), int(item)) for line in lines if line
+                for item in line.split()[1:]]
+    assert whole.t().tolist() == [list(pair) for pair in expected]
 
 
 def test_read_lists_of_an_empty_file(tmp_path):
@@ -69,10 +92,12 @@ def test_read_lists_of_an_empty_file(tmp_path):
     ("0 1\n1 2\n2 3 4 5 6 7 8 9 a\n", 3, "not an integer id: 'a'"),
     ("0 1\n1 \xe9\n", 2, "not an integer id"),
 ])
-def test_read_lists_names_file_and_line_of_a_malformed_line(tmp_path, text, line, match):
+@pytest.mark.parametrize("block_bytes", BLOCK_SIZES)
+def test_read_lists_names_file_and_line_of_a_malformed_line(tmp_path, text, line, match,
+                                                            block_bytes):
     path = write(tmp_path, train=text) / "train.txt"
     with pytest.raises(FormatError, match=match) as error:
-        datasets.read_lists(path)
+        datasets.read_lists(path, block_bytes=block_bytes)
     assert error.value.line == line and error.value.path == path
     assert str(error.value).startswith(f"{path}:{line}: ")
     assert isinstance(error.value, ValueError)
