@@ -43,7 +43,7 @@ import torch
 
 from bench.bench_model import load_average, load_interactions
 from lightgcn_ext import datasets, distributed
-from lightgcn_ext.train import TrainConfig, _Worker, atomic_write
+from lightgcn_ext.train import TrainConfig, _Worker, atomic_write, return_freed_memory_at_once
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -151,6 +151,7 @@ def worker(args):
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     torch.set_num_threads(args.threads)
+    return_freed_memory_at_once()  # as train.run, before the data is read
     data = datasets.read_dir(args.data_dir, "bench") if args.data_dir else load_interactions(args)
     config = TrainConfig(dim=args.dim, layers=args.layers, batch_size=args.batch_size, seed=0)
     if world_size > 1:

@@ -6,21 +6,24 @@ Rank r owns a contiguous block of node ids, bounds[r] .. bounds[r+1] - 1
 (`partition`: balanced by edges plus one average row per node), their rows of
 the embedding table, their optimizer state, and the rows of the graph whose
 destination it owns: O((N d + E) / P). Replicated on every rank: the training
-pairs and the sampler (to draw the global batches), the item rows during
-evaluation, and, once at start-up, the initial table (drawn whole, so that a
-seed initializes as in one process).
+pairs and the sampler (to draw the global batches) and the item rows during
+evaluation. A rank draws the initial table block by block up to its last row,
+so that a seed initializes as in one process.
 
-One layer, Â h for the owned rows, runs in P rounds (`DistributedGraph`):
-round 0 applies the edges between owned nodes; round k receives from rank
-r - k only the rows of its block that the owned rows touch (the halo, planned
-once per graph) and applies the edges from them. Each round is the fused
-`lightgcn_ext::propagate` op (alpha = [0, 1]) on the block of Â from the
-round's source rows to the owned rows, dinv folded into per-edge weights, so
-that it runs on max(owned, halo) rows (`_Round`); its registered autograd
-gives the gradient of the source rows, and `_Exchange`, an autograd.Function
-around `all_to_all_single`, sends the halo's back to the owners. Receiving one source rank's halo at a time keeps the
-working memory at O((N / P) d) per rank, where a single exchange of the whole
-halo would need O(N d) on a graph without locality.
+One layer, Â h for the owned rows, runs in P rounds
+(`DistributedGraph.add_layer`): round 0 applies the edges between owned
+nodes; round k receives from rank r - k only the rows of its block that the
+owned rows touch (the halo, planned once per graph) and applies the edges
+from them. Each round is the fused `lightgcn_ext::propagate` op
+(alpha = [0, 1]) on the block of Â from the round's source rows to the owned
+rows, dinv folded into per-edge weights, so that it runs on max(owned, halo)
+rows (`_Round`). The transposed layer, for the gradient, runs the rounds' Âᵀ
+and sends the halo's gradients back to their owners. Receiving one source
+rank's halo at a time keeps the working memory at O((N / P) d) per rank,
+where a single exchange of the whole halo would need O(N d) on a graph
+without locality. `propagate` sums the layers by Horner's rule in an
+autograd.Function that saves nothing, forward and backward: at most three
+[N / P, d] tensors and one round's buffers are alive at once.
 
 The BPR step splits each global batch (the one a single process draws with
 the same seed) evenly over the ranks; a rank fetches the propagated rows of
@@ -31,13 +34,16 @@ collectives of the backward pass run in the same order everywhere.
 """
 import datetime
 import json
+import math
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-from . import _ops, metrics
+from . import metrics
 from . import train as _train
 from .graph import _inverse_sqrt_degree
 from .model import LightGCN
@@ -80,73 +86,101 @@ def owner_of(nodes, bounds):
 
 
 # ------------------------------------------------------------ exchange
-def _collective(op, *args, **kwargs):
+def _collective(collective, *args, **kwargs):
     """A torch.distributed collective whose failure says what most likely
     happened: gloo reports a dead peer or a timeout as a bare RuntimeError
     (NCCL as DistBackendError, a RuntimeError too)."""
     try:
-        return op(*args, **kwargs)
+        return collective(*args, **kwargs)
     except RuntimeError as error:
         raise ConnectionError(
-            f"rank {dist.get_rank()} of {dist.get_world_size()}: {op.__name__} failed, most "
+            f"rank {dist.get_rank()} of {dist.get_world_size()}: {collective.__name__} failed, most "
             f"likely because another process died or stalled for longer than the process "
             f"group's timeout (--dist-timeout); see that process's output. ({error})") from error
 
 
+def _exchange(rows, send_splits, recv_splits, group, out=None):
+    """all_to_all_single of rows: send_splits[j] of them to rank j; returns
+    the rows received (into `out` when given), recv_splits[j] from rank j, in
+    rank order."""
+    if out is None:
+        out = rows.new_empty(sum(recv_splits), rows.shape[1])
+    _collective(dist.all_to_all_single, out, rows, recv_splits, send_splits, group=group)
+    return out
+
+
 class _Exchange(torch.autograd.Function):
-    """Rows of x sent to other ranks with all_to_all_single: x[send_index],
-    send_splits[j] of them to rank j; returns the rows received, recv_splits[j]
-    from rank j, in rank order. The backward sends the gradients of the
-    received rows back and adds them to the rows they came from."""
+    """Rows of x sent to other ranks: x[send_index], send_splits[j] of them to
+    rank j; returns the rows received, recv_splits[j] from rank j, in rank
+    order. The backward sends the gradients of the received rows back: x's
+    gradient is a sparse COO tensor of those rows (a batch's rows are few,
+    and a dense [num_rows, d] one would stay alive through the propagation's
+    backward)."""
 
     @staticmethod
     def forward(ctx, x, send_index, send_splits, recv_splits, group):
         ctx.save_for_backward(send_index)
         ctx.num_rows, ctx.splits, ctx.group = x.shape[0], (send_splits, recv_splits), group
-        received = x.new_empty(sum(recv_splits), x.shape[1])
-        _collective(dist.all_to_all_single, received, x[send_index], recv_splits, send_splits,
-                    group=group)
-        return received
+        return _exchange(x[send_index], send_splits, recv_splits, group)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         (send_index,) = ctx.saved_tensors
         send_splits, recv_splits = ctx.splits
-        returned = grad.new_empty(send_index.numel(), grad.shape[1])
-        _collective(dist.all_to_all_single, returned, grad.contiguous(), send_splits, recv_splits,
-                               group=ctx.group)
-        grad_x = grad.new_zeros(ctx.num_rows, grad.shape[1]).index_add_(0, send_index, returned)
+        returned = _exchange(grad.contiguous(), recv_splits, send_splits, ctx.group)
+        grad_x = torch.sparse_coo_tensor(send_index.unsqueeze(0), returned,
+                                         (ctx.num_rows, grad.shape[1]))
         return grad_x, None, None, None, None
 
 
-class _Round:
-    """One round of a sweep: the local operator, and what to send and receive.
+class _Block:
+    """The edges of one sub-round: from `width` source rows (local ids from 0:
+    the owned rows in round 0, a piece of the halo received in a later one)
+    to the num_owned owned rows, the normalization folded into per-edge
+    weights dinv[dst] * dinv[src]. Applied as torch.sparse CSR products,
+    rectangular and in place (out.addmm_(B, h)), forward and transposed."""
 
-    The operator is the rectangular block of Â from this round's source rows
-    (the owned rows in round 0, the halo received in a later one) to the owned
-    rows, with the normalization folded into per-edge weights
-    dinv[dst] * dinv[src] (and dinv = 1), so that both sides can use local
-    ids from 0: the fused op, which takes a square operator, runs it on
-    max(owned, halo) rows instead of owned + halo."""
+    def __init__(self, src, dst, weight, width, num_owned):
+        self.shape = (num_owned, width)
+        # The CSR of B (rows dst) and of Bᵀ (rows src); weights in float64,
+        # cast once per feature dtype.
+        self.structure = (_csr_structure(dst, src, weight, num_owned),
+                          _csr_structure(src, dst, weight, width))
+        self._matrices = {}
 
-    def __init__(self, rowptr, col, perm, rowptr_t, col_t, perm_t, weight, size, send_index,
-                 send_splits, recv_splits):
-        symmetric = torch.equal(rowptr, rowptr_t) and torch.equal(col, col_t)
-        # weight: float64, in edge order; cast per feature dtype.
-        self.graph = (rowptr, col, weight[perm]) + \
-            ((None,) * 3 if symmetric else (rowptr_t, col_t, weight[perm_t]))
-        self.size = size  # rows of the op's input and output
-        self.send_index, self.send_splits, self.recv_splits = send_index, send_splits, recv_splits
-        self._operators = {}
+    def matrices(self, dtype):
+        """(B, Bᵀ) as sparse CSR tensors of dtype."""
+        if dtype not in self._matrices:
+            with warnings.catch_warnings():  # "sparse CSR tensor support is in beta state"
+                warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
+                self._matrices[dtype] = tuple(
+                    torch.sparse_csr_tensor(crow, col, values.to(dtype), shape,
+                                            check_invariants=False)
+                    for (crow, col, values), shape in zip(self.structure,
+                                                          (self.shape, self.shape[::-1])))
+        return self._matrices[dtype]
 
-    def operator(self, dtype):
-        acc = _ops.accumulation_dtype(dtype)
-        if acc not in self._operators:
-            rowptr, col, weight, rowptr_t, col_t, weight_t = self.graph
-            self._operators[acc] = _ops.CsrOperator(
-                rowptr, col, weight.to(acc), weight.new_ones(self.size, dtype=acc), rowptr_t,
-                col_t, None if weight_t is None else weight_t.to(acc))
-        return self._operators[acc]
+
+def _csr_structure(rows, cols, values, num_rows):
+    """(crow, col, values) of the CSR with an entry per (rows, cols) pair,
+    each row's entries in edge order; int32 indices where they fit (half the
+    memory, and what MKL takes without a copy)."""
+    order = torch.sort(rows, stable=True).indices
+    crow = torch.zeros(num_rows + 1, dtype=torch.long, device=rows.device)
+    torch.cumsum(torch.bincount(rows, minlength=num_rows), 0, out=crow[1:])
+    fits = max(num_rows, int(cols.max()) + 1 if cols.numel() else 0, rows.numel()) < 2**31
+    index = torch.int32 if fits else torch.long
+    return crow.to(index), cols[order].to(index), values[order]
+
+
+class _SubRound:
+    """A block and the exchange that feeds it: send_index, the owned rows
+    this rank sends (send_splits) and recv_splits, the rows it receives."""
+
+    def __init__(self, block, send_index, send_splits, recv_splits):
+        self.block, self.send_index = block, send_index
+        self.send_splits, self.recv_splits = send_splits, recv_splits
 
 
 class DistributedGraph:
@@ -158,14 +192,20 @@ class DistributedGraph:
     ids, every destination in bounds[rank] .. bounds[rank+1] - 1; degree [N]
     the global in-degrees (every rank the same). Building it is collective.
     The graph is unweighted and normalized as LGConv's default
-    (Â = D^-1/2 Aᵀ D^-1/2, D the in-degree); it may be directed."""
+    (Â = D^-1/2 Aᵀ D^-1/2, D the in-degree); it may be directed.
 
-    def __init__(self, edge_index, degree, bounds, group=None):
+    A round's halo is exchanged in sub-rounds of at most chunk_rows rows, as
+    many in every rank (agreed once), so that a rank never holds more than
+    chunk_rows received (or returned) rows at once."""
+
+    def __init__(self, edge_index, degree, bounds, group=None, chunk_rows=1 << 16):
         self.group = group
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
         if len(bounds) != self.world_size + 1:
             raise ValueError(f"bounds must have world_size + 1 = {self.world_size + 1} entries, "
                              f"got {len(bounds)}")
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
         self.bounds, self.num_nodes = list(bounds), degree.numel()
         self.lo, self.hi = bounds[self.rank], bounds[self.rank + 1]
         self.num_owned = self.hi - self.lo
@@ -184,78 +224,140 @@ class DistributedGraph:
         need_counts = torch.tensor([h.numel() for h in halos], device=device)
         give_counts = torch.empty_like(need_counts)
         _collective(dist.all_to_all_single, give_counts, need_counts, group=group)
-        need_counts, give_counts = need_counts.tolist(), give_counts.tolist()
+        # Round k's sub-rounds: enough for the largest halo any rank receives in it.
+        pieces = torch.stack([-(-need_counts[(rank - k) % P] // chunk_rows) for k in range(P)])
+        _collective(dist.all_reduce, pieces, op=dist.ReduceOp.MAX, group=group)
+        need_counts, give_counts, pieces = need_counts.tolist(), give_counts.tolist(), \
+            pieces.tolist()
         give = src.new_empty(sum(give_counts))
         _collective(dist.all_to_all_single, give, torch.cat(halos), give_counts, need_counts,
                     group=group)
         give_to = list(torch.split(give - self.lo, give_counts))
-        self.rounds = []
-        for k in range(P):
+        local_dst = dst - self.lo
+        weight = dinv[dst] * dinv[src]
+        mine = owner == rank
+        self.rounds = [[_SubRound(_Block(src[mine] - self.lo, local_dst[mine], weight[mine],
+                                         self.num_owned, self.num_owned), None, None, None)]]
+        for k in range(1, P):
             source, target = (rank - k) % P, (rank + k) % P
             mine = owner == source
-            if k == 0:
-                local_src, num_sources = src[mine] - self.lo, self.num_owned
-            else:
-                local_src = torch.searchsorted(halos[source], src[mine])
-                num_sources = halos[source].numel()
-            local_dst = dst[mine] - self.lo
-            size = max(self.num_owned, num_sources)
-            rowptr, col, perm, rowptr_t, col_t, perm_t = torch.ops.lightgcn_ext.prepare_csr(
-                torch.stack([local_src, local_dst]), size)
-            weight = dinv[dst[mine]] * dinv[src[mine]]
-            send_splits, recv_splits = [0] * P, [0] * P
-            if k > 0:
-                send_splits[target], recv_splits[source] = give_counts[target], need_counts[source]
-            send_index = give_to[target] if k > 0 else src.new_empty(0)
-            self.rounds.append(_Round(rowptr, col, perm, rowptr_t, col_t, perm_t, weight, size,
-                                      send_index, send_splits, recv_splits))
+            local_src = torch.searchsorted(halos[source], src[mine])
+            round_dst, round_weight = local_dst[mine], weight[mine]
+            self.rounds.append([])
+            for piece in range(pieces[k]):
+                first = piece * chunk_rows
+                received = max(0, min(chunk_rows, need_counts[source] - first))
+                sent = max(0, min(chunk_rows, give_counts[target] - first))
+                inside = (local_src >= first) & (local_src < first + received)
+                send_splits, recv_splits = [0] * P, [0] * P
+                send_splits[target], recv_splits[source] = sent, received
+                self.rounds[-1].append(_SubRound(
+                    _Block(local_src[inside] - first, round_dst[inside], round_weight[inside],
+                           received, self.num_owned),
+                    give_to[target][first:first + sent], send_splits, recv_splits))
 
     @classmethod
-    def from_edge_index(cls, edge_index, num_nodes, group=None):
+    def from_edge_index(cls, edge_index, num_nodes, group=None, **kwargs):
         """Every rank passes the same [2, E] (source, destination) edge_index."""
         degree = torch.bincount(edge_index[1].long(), minlength=num_nodes)
         bounds = partition(degree, dist.get_world_size(group))
         rank = dist.get_rank(group)
         mine = (edge_index[1] >= bounds[rank]) & (edge_index[1] < bounds[rank + 1])
-        return cls(edge_index[:, mine], degree, bounds, group)
+        return cls(edge_index[:, mine], degree, bounds, group, **kwargs)
 
     # ---------------------------------------------------------------- sweeps
-    def layer(self, h):
-        """Â h for the owned rows, h [num_owned, d] this rank's rows of the input."""
-        if h.shape[0] != self.num_owned:
-            raise ValueError(f"h must have one row per owned node ({self.num_owned}), "
-                             f"got {h.shape[0]}")
-        one_hop = torch.tensor([0.0, 1.0], dtype=h.dtype, device=h.device)
-        out = None
+    @torch.no_grad()
+    def add_layer(self, h, out, transposed=False):
+        """out += Â h (Âᵀ h when transposed) for the owned rows, in place,
+        h and out [num_owned, d] this rank's rows, float32 or float64; not
+        differentiable (see `propagate`). Collective.
+
+        Forward, a sub-round receives a piece of the halo from rank - k and
+        adds its block's product; transposed, it multiplies by the block's
+        transpose, which gives the gradients of the rows that rank - k sent,
+        and sends them back to be added to their own rows."""
+        if h.shape[0] != self.num_owned or out.shape != h.shape:
+            raise ValueError(f"h and out must both have one row per owned node "
+                             f"({self.num_owned}), got {list(h.shape)} and {list(out.shape)}")
+        if h.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"h must be float32 or float64 (torch.sparse's products), "
+                            f"got {h.dtype}")
         for k, round_ in enumerate(self.rounds):
-            rows = h if k == 0 else _Exchange.apply(
-                h, round_.send_index, round_.send_splits, round_.recv_splits, self.group)
-            if rows.shape[0] < round_.size:  # the op's input has as many rows as its output
-                rows = F.pad(rows, (0, 0, 0, round_.size - rows.shape[0]))
-            y = _ops.propagate(round_.operator(h.dtype), rows, one_hop)[:self.num_owned]
-            del rows  # not saved by autograd: free it before the next round's exchange
-            # In place: no autograd node saves these sums.
-            out = y if out is None else out.add_(y)
+            for part in round_:
+                block, block_t = part.block.matrices(h.dtype)
+                if k == 0:
+                    out.addmm_(block_t if transposed else block, h)
+                elif not transposed:
+                    halo = _exchange(h[part.send_index], part.send_splits, part.recv_splits,
+                                     self.group)
+                    out.addmm_(block, halo)
+                else:
+                    returned = _exchange(block_t @ h, part.recv_splits, part.send_splits,
+                                         self.group)
+                    out.index_add_(0, part.send_index, returned)
         return out
 
     # ------------------------------------------------------------ the plan
     def plan(self):
         """What one layer costs this rank: rows sent and received, edges applied."""
         return dict(rank=self.rank, num_owned=self.num_owned, num_edges=self.num_local_edges,
-                    rows_sent=sum(r.send_index.numel() for r in self.rounds),
-                    rows_received=sum(sum(r.recv_splits) for r in self.rounds),
-                    collectives=self.world_size - 1)
+                    rows_sent=sum(part.send_index.numel() for round_ in self.rounds[1:]
+                                  for part in round_),
+                    rows_received=sum(sum(part.recv_splits) for round_ in self.rounds[1:]
+                                      for part in round_),
+                    collectives=sum(len(round_) for round_ in self.rounds[1:]))
+
+
+class _Propagate(torch.autograd.Function):
+    """sum_l alpha_l Â^l x by Horner's rule, alpha_0 x + Â(alpha_1 x + Â(...
+    + Â alpha_L x)), and its gradient, the same sum on Âᵀ. Nothing is saved:
+    at most three [num_owned, d] tensors (x, the running sum, the next one)
+    and one round's buffers are alive at once, forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, graph):
+        ctx.graph = graph
+        ctx.save_for_backward(alpha)
+        return _horner(graph, x, alpha, transposed=False)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (alpha,) = ctx.saved_tensors
+        grad = grad if grad.is_sparse else grad.contiguous()
+        return _horner(ctx.graph, grad, alpha, transposed=True), None, None
+
+
+def _horner(graph, x, alpha, transposed):
+    """x dense, or sparse (the gradient of a batch's rows: kept sparse)."""
+    alpha = alpha.to(x.dtype).unbind()
+
+    def scaled(a):
+        return (x * a).to_dense() if x.is_sparse else x * a
+
+    out = scaled(alpha[-1])
+    for a in reversed(alpha[:-1]):
+        inner, out = out, scaled(a)
+        graph.add_layer(inner, out, transposed)
+        del inner
+    return out
 
 
 def propagate(graph, x, alpha):
     """sum_l alpha_l Â^l x for the owned rows: x [num_owned, d] this rank's
-    rows; differentiable in x (and alpha). Collective."""
+    rows; differentiable in x (alpha is a constant, as LightGCN's buffer).
+    Collective."""
     alpha = torch.as_tensor(alpha, device=x.device)
-    out, h = x * alpha[0].to(x.dtype), x
-    for layer in range(1, alpha.numel()):
-        h = graph.layer(h)
-        out.add_(h * alpha[layer].to(x.dtype))  # in place: no autograd node saves the sum
-    return out
+    if alpha.requires_grad and torch.is_grad_enabled():
+        raise ValueError("alpha must not require grad: distributed.propagate is "
+                         "differentiable in x only")
+    if alpha.dim() != 1 or alpha.numel() < 1:
+        raise ValueError(f"alpha must be 1-D with num_layers + 1 >= 1 entries, "
+                         f"got shape {list(alpha.shape)}")
+    if x.shape[0] != graph.num_owned:
+        raise ValueError(f"x must have one row per owned node ({graph.num_owned}), "
+                         f"got {x.shape[0]}")
+    return _Propagate.apply(x.contiguous(), alpha, graph)
 
 
 # ---------------------------------------------------------- BPR training
@@ -293,6 +395,39 @@ def owned_edges(train, num_users, lo, hi):
                         torch.cat([users[to_users], items[to_items]])])
 
 
+def initial_rows(num_nodes, dim, lo, hi, seed, block=1 << 20):
+    """Rows lo .. hi - 1 of the table of LightGCN(num_nodes, dim, ...) built
+    after torch.manual_seed(seed), drawn `block` numbers at a time, so that
+    no rank holds the whole table. The module's constructor draws the table
+    twice from the CPU generator: torch.nn.Embedding's normal_, which
+    xavier_uniform_ (gain 1) then overwrites. normal_ of n >= 16 float32s
+    takes n numbers (n + 16 when 16 does not divide n), uniform_ one per
+    entry, in order; so blocks that are multiples of 16, the last of at
+    least 16, take what the whole draw takes (a test checks the rows)."""
+    torch.manual_seed(seed)
+    total = num_nodes * dim
+    block = max(16, block - block % 16)
+    for size in _blocks(total, block):
+        torch.empty(size).normal_()  # only to advance the generator as the module does
+    bound = math.sqrt(3.0) * math.sqrt(2.0 / float(dim + num_nodes))  # xavier_uniform_'s
+    rows = torch.empty((hi - lo) * dim)
+    start = 0
+    for size in _blocks(hi * dim, block):  # uniform_ needs no whole-table alignment
+        drawn = torch.empty(size).uniform_(-bound, bound)
+        first = max(start, lo * dim)
+        if start + size > first:
+            rows[first - lo * dim:start + size - lo * dim] = drawn[first - start:]
+        start += size
+    return rows.view(hi - lo, dim)
+
+
+def _blocks(total, block):
+    """Sizes that add up to total: block each, the last at least 16 (or total)."""
+    full = max(0, (total - 16) // block)
+    last = total - full * block
+    return [block] * full + ([last] if last else [])
+
+
 def interaction_degree(data):
     """The in-degrees of LightGCN's user-item graph of data.train."""
     return torch.cat([torch.bincount(data.train[0], minlength=data.num_users),
@@ -305,6 +440,7 @@ class _Worker:
     and checkpoints."""
 
     def __init__(self, config, data, device, group=None):
+        _train.return_freed_memory_at_once()
         self.config, self.data, self.device, self.group = config, data, device, group
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
         self.is_main = self.rank == 0
@@ -312,14 +448,9 @@ class _Worker:
         lo, hi = bounds[self.rank], bounds[self.rank + 1]
         self.graph = DistributedGraph(owned_edges(data.train.to(device), data.num_users, lo, hi),
                                       interaction_degree(data).to(device), bounds, group)
-        # The single process's initial table, drawn whole from the same seed
-        # (once, at start-up) so that every rank keeps the same rows.
-        torch.manual_seed(config.seed)
-        model = LightGCN(data.num_nodes, config.dim, config.layers)
-        self.weight = torch.nn.Parameter(model.embedding.weight.detach()[lo:hi].to(device,
-                                                                                   copy=True))
-        self.alpha = model.alpha.to(device)
-        del model
+        self.weight = torch.nn.Parameter(
+            initial_rows(data.num_nodes, config.dim, lo, hi, config.seed).to(device))
+        self.alpha = LightGCN(1, 1, config.layers).alpha.to(device)
         self.optimizer = torch.optim.Adam([self.weight], lr=config.lr)
         self.sampler, self.generator = _train.make_sampler(config, data, device)
         self.num_parameters = data.num_nodes * config.dim
@@ -331,17 +462,20 @@ class _Worker:
         gradients add up to the single process's. Returns this rank's part."""
         size, num_users = users.numel(), self.data.num_users
         nodes = torch.stack([users, positives + num_users, negatives + num_users])
+        self.optimizer.zero_grad(set_to_none=True)  # first, as train.bpr_step
         embedding = propagate(self.graph, self.weight, self.alpha)
         user_emb, pos_emb, neg_emb = fetch_rows(embedding, nodes, self.graph.bounds, self.group)
+        del embedding  # the rows are copies: [num_owned, d] less through the backward
         pos_scores = (user_emb * pos_emb).sum(dim=-1)
         neg_scores = (user_emb * neg_emb).sum(dim=-1)
         # model.BPRLoss with lambda_reg = reg / 2 over all 3 * size batch nodes,
         # as sums (never a mean over a slice, which may be empty).
         flat = nodes.view(-1)
         owned = flat[(flat >= self.graph.lo) & (flat < self.graph.hi)] - self.graph.lo
+        # A sparse gradient: a dense one would stay alive through the backward.
+        owned_rows = F.embedding(owned, self.weight, sparse=True)
         loss = (-F.logsigmoid(pos_scores - neg_scores).sum()
-                + self.config.reg / 2 * self.weight[owned].pow(2).sum()) / size
-        self.optimizer.zero_grad(set_to_none=True)
+                + self.config.reg / 2 * owned_rows.pow(2).sum()) / size
         loss.backward()
         self.optimizer.step()
         return loss.detach()

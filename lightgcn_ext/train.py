@@ -20,6 +20,7 @@ Launched by torchrun with several processes, the same loop (`train_loop`)
 runs a lightgcn_ext.distributed worker on each, every process owning a block
 of the nodes.
 """
+import ctypes
 import dataclasses
 import json
 import math
@@ -112,15 +113,17 @@ def load_data(spec, root=None):
 def bpr_step(model, graph, optimizer, num_users, users, positives, negatives, lambda_reg):
     """One optimizer step on a batch (item ids 0-based, items are nodes
     num_users + item); returns the loss, still on the device."""
+    # First, so that the last step's gradient is not kept through this one.
+    optimizer.zero_grad(set_to_none=True)
     embedding = model.get_embedding(graph)  # one fused propagation of the whole graph
     pos_nodes, neg_nodes = positives + num_users, negatives + num_users
-    user_emb = embedding[users]
-    pos_scores = (user_emb * embedding[pos_nodes]).sum(dim=-1)
-    neg_scores = (user_emb * embedding[neg_nodes]).sum(dim=-1)
+    user_emb, pos_emb, neg_emb = embedding[users], embedding[pos_nodes], embedding[neg_nodes]
+    del embedding  # the rows are copies: [N, d] less through the backward
+    pos_scores = (user_emb * pos_emb).sum(dim=-1)
+    neg_scores = (user_emb * neg_emb).sum(dim=-1)
     loss = model.recommendation_loss(pos_scores, neg_scores,
                                      node_id=torch.cat([users, pos_nodes, neg_nodes]),
                                      lambda_reg=lambda_reg)
-    optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach()
@@ -146,6 +149,7 @@ def run(config, data=None):
     trains row-partitioned across them (lightgcn_ext.distributed); a single
     process imports none of that machinery."""
     config = config.check()
+    return_freed_memory_at_once()  # before the data is read
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from . import distributed
 
@@ -162,6 +166,7 @@ class _Worker:
     is_main = True
 
     def __init__(self, config, data, device):
+        return_freed_memory_at_once()
         self.config, self.data, self.device = config, data, device
         torch.manual_seed(config.seed)
         self.model = LightGCN(data.num_nodes, config.dim, config.layers).to(device)
@@ -201,6 +206,24 @@ class _Worker:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         set_rng_state(self.generator, checkpoint["rng"])
         return checkpoint["state"]
+
+
+def return_freed_memory_at_once():
+    """Asks glibc's malloc to map every block of 1 MiB or more on its own, so
+    that a freed block goes back to the system at once. By default the
+    threshold for that rises up to 32 MiB as large blocks are freed, and
+    freed blocks below it (a halo's piece, a CSR's row pointers) stay in the
+    heap: resident memory that no tensor uses. Blocks this large are rare
+    per step, so the system calls cost nothing measurable. A no-op where
+    malloc is not glibc's."""
+    if platform.system() != "Linux":
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    M_MMAP_THRESHOLD = -3
+    mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(1 << 20))
 
 
 def make_sampler(config, data, device):

@@ -23,6 +23,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from helpers import REPO  # noqa: E402
 from lightgcn_ext import distributed, metrics  # noqa: E402
+from lightgcn_ext.model import LightGCN  # noqa: E402
 from lightgcn_ext.train import TrainConfig, run  # noqa: E402
 from test_train import toy_interactions  # noqa: E402
 
@@ -84,19 +85,29 @@ def _check_propagation(report):
     import lightgcn_ext
 
     alpha = torch.tensor([0.4, 0.3, 0.2, 0.1])
-    for dtype in (torch.float64, torch.float32):
+    # chunk_rows 2: a halo comes in many sub-rounds, and some ranks have none in some
+    for dtype, chunk_rows in [(torch.float64, 1 << 16), (torch.float32, 1 << 16),
+                              (torch.float64, 2)]:
         edge_index, num_nodes, x, grad = _random_graph(dtype)
         x_ref = x.clone().requires_grad_()
         ref = lightgcn_ext.propagate(edge_index, x_ref, alpha)
         ref.backward(grad)
-        graph = distributed.DistributedGraph.from_edge_index(edge_index, num_nodes)
+        graph = distributed.DistributedGraph.from_edge_index(edge_index, num_nodes,
+                                                             chunk_rows=chunk_rows)
         lo, hi = graph.lo, graph.hi
         x_own = x[lo:hi].clone().requires_grad_()
         out = distributed.propagate(graph, x_own, alpha)
         out.backward(grad[lo:hi])
         scale = ref.abs().max().item(), x_ref.grad.abs().max().item()
-        report[f"propagate {dtype}"] = (out - ref[lo:hi]).abs().max().item() / scale[0]
-        report[f"gradient {dtype}"] = (x_own.grad - x_ref.grad[lo:hi]).abs().max().item() / scale[1]
+        key = f"{dtype} in sub-rounds of {chunk_rows} rows"
+        report[f"propagate {key}"] = (out - ref[lo:hi]).abs().max().item() / scale[0]
+        report[f"gradient {key}"] = (x_own.grad - x_ref.grad[lo:hi]).abs().max().item() / scale[1]
+        report[f"sub-rounds {key}"] = graph.plan()["collectives"]
+    for bad_x, bad_alpha in [(x_own.detach().bfloat16(), alpha), (x_own, alpha.clone().requires_grad_())]:
+        try:
+            distributed.propagate(graph, bad_x, bad_alpha)
+        except (TypeError, ValueError) as error:
+            report.setdefault("bad input", []).append(f"{type(error).__name__}: {error}")
 
 
 def _check_evaluation(report):
@@ -185,6 +196,13 @@ def _compare(report, single, tmp_path, world_size):
         assert ours.keys() == ref.keys()
         assert all(abs(ours[k] - ref[k]) <= 1e-12 for k in ref), (ours, ref)
     assert 0 < report[0]["users per rank"][1] < report[0]["users per rank"][-1]  # users split
+    # Every rank runs the same number of exchanges, here many per round.
+    pieces = {r["sub-rounds torch.float64 in sub-rounds of 2 rows"] for r in report}
+    assert len(pieces) == 1 and pieces.pop() > 3 * (world_size - 1)
+    assert report[0]["bad input"] == [
+        "TypeError: h must be float32 or float64 (torch.sparse's products), got torch.bfloat16",
+        "ValueError: alpha must not require grad: distributed.propagate is differentiable in "
+        "x only"]
     whole, pieces = report[0]["whole"], report[0]["pieces"]
     strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in h]  # noqa: E731
     assert strip(pieces["history"]) == strip(whole["history"])  # resumed exactly
@@ -202,6 +220,17 @@ def _compare(report, single, tmp_path, world_size):
     assert torch.allclose(rows, reference, rtol=1e-4, atol=1e-6), (rows - reference).abs().max()
     assert "checkpoint of a single process: resume it without torchrun" in \
         report[0]["other world size"]
+
+
+@pytest.mark.parametrize("num_nodes, dim, lo, hi, block", [
+    (2, 3, 0, 2, 16), (17, 5, 0, 17, 16), (17, 5, 3, 9, 32), (1001, 3, 0, 1001, 16),
+    (1000, 7, 100, 800, 48), (5003, 64, 4000, 5003, 1 << 20), (5003, 64, 2000, 4100, 1 << 12)])
+def test_a_rank_draws_its_rows_of_the_single_process_table(num_nodes, dim, lo, hi, block):
+    """Drawn block by block (never the whole table), the rows are bitwise the
+    module's, whose constructor draws normal_ and then xavier_uniform_."""
+    torch.manual_seed(11)
+    reference = LightGCN(num_nodes, dim, 3).embedding.weight.detach()[lo:hi]
+    assert torch.equal(distributed.initial_rows(num_nodes, dim, lo, hi, 11, block), reference)
 
 
 @pytest.mark.parametrize("world_size", [2, pytest.param(4, marks=pytest.mark.slow)])
