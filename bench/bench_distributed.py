@@ -23,9 +23,10 @@ The same formula is printed beside the exact plan of the graphs built here.
 
 The time model: compute is the single process's 1-thread step scaled by the
 largest rank's share of the partition cost, slowed by P / cores when the
-processes outnumber the cores; communication is 2 L (P - 1) + 2 collectives
-per step at the measured loopback latency plus the bytes at the measured
-all_to_all bandwidth.
+processes outnumber the cores; communication is 2 L S + 2 collectives per
+step (S the exchanges of a layer: P - 1 rounds, each cut into sub-rounds of at
+most 64Ki rows) at the measured loopback latency plus the bytes at the
+measured all_to_all bandwidth.
 """
 import argparse
 import json
@@ -267,9 +268,10 @@ def timing(args, plan, cores):
             latency = statistics.median(r["latency_ms"] for r in ranks)
             bandwidth = statistics.median(r["bandwidth_gbs"] for r in ranks)
             sent = max(r["bytes_sent_per_step"] for r in ranks_plan)
-            collectives = 2 * args.layers * (P - 1) + 2
+            collectives = 2 * args.layers * ranks[0]["collectives"] + 2
             comm = collectives * latency + sent / (bandwidth * 1e9) * 1e3
             row.update(predicted_step_ms=compute + comm, predicted_compute_ms=compute,
+                       collectives_per_step=collectives,
                        predicted_comm_ms=comm, latency_ms=latency, bandwidth_gbs=bandwidth,
                        plan_matches=all(r["rows_sent"] == ranks_plan[r["rank"]][
                            "rows_sent_per_layer"] for r in ranks))
@@ -361,7 +363,8 @@ def format_report(results, args):
                      f"{row['loss_max_rel_diff']:.1e} |")
     loop = [r for r in timing_["rows"] if "latency_ms" in r]
     lines += ["", f"1 process, 1 thread: {timing_['single_one_thread_step_ms']:.1f} ms per step; "
-              + "; ".join(f"P={r['world_size']}: loopback latency {r['latency_ms']:.3f} ms, "
+              + "; ".join(f"P={r['world_size']}: {r['collectives_per_step']} collectives per "
+                          f"step, loopback latency {r['latency_ms']:.3f} ms, "
                           f"bandwidth {r['bandwidth_gbs']:.2f} GB/s" for r in loop)]
     memory_ = results.get("memory")
     if memory_:
@@ -369,7 +372,7 @@ def format_report(results, args):
         verdict = "PASS" if memory_["ratio"] <= memory_["target"] else "FAIL"
         lines += ["", f"## Peak memory, {g['num_nodes']:,} nodes ({g['num_users']:,} users, "
                   f"{g['num_train']:,} training pairs)", "",
-                  "| run | peak RSS MB per process |", "|---|---:|",
+                  "| run | peak RSS MiB per process |", "|---|---:|",
                   f"| 1 process | {memory_['single_peak_rss_mb']:,.0f} |",
                   f"| 4 processes | {', '.join(f'{m:,.0f}' for m in memory_['rank_peak_rss_mb'])} |",
                   "", f"- {verdict}: the largest rank's peak is {memory_['ratio']:.3f}x the "

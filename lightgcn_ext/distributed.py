@@ -99,12 +99,10 @@ def _collective(collective, *args, **kwargs):
             f"group's timeout (--dist-timeout); see that process's output. ({error})") from error
 
 
-def _exchange(rows, send_splits, recv_splits, group, out=None):
+def _exchange(rows, send_splits, recv_splits, group):
     """all_to_all_single of rows: send_splits[j] of them to rank j; returns
-    the rows received (into `out` when given), recv_splits[j] from rank j, in
-    rank order."""
-    if out is None:
-        out = rows.new_empty(sum(recv_splits), rows.shape[1])
+    the rows received, recv_splits[j] from rank j, in rank order."""
+    out = rows.new_empty(sum(recv_splits), rows.shape[1])
     _collective(dist.all_to_all_single, out, rows, recv_splits, send_splits, group=group)
     return out
 
@@ -251,10 +249,11 @@ class DistributedGraph:
                 inside = (local_src >= first) & (local_src < first + received)
                 send_splits, recv_splits = [0] * P, [0] * P
                 send_splits[target], recv_splits[source] = sent, received
-                self.rounds[-1].append(_SubRound(
-                    _Block(local_src[inside] - first, round_dst[inside], round_weight[inside],
-                           received, self.num_owned),
-                    give_to[target][first:first + sent], send_splits, recv_splits))
+                block = _Block(local_src[inside] - first, round_dst[inside],
+                               round_weight[inside], received, self.num_owned) \
+                    if received else None  # a block's row pointers cost num_owned ints
+                self.rounds[-1].append(_SubRound(block, give_to[target][first:first + sent],
+                                                 send_splits, recv_splits))
 
     @classmethod
     def from_edge_index(cls, edge_index, num_nodes, group=None, **kwargs):
@@ -284,16 +283,19 @@ class DistributedGraph:
                             f"got {h.dtype}")
         for k, round_ in enumerate(self.rounds):
             for part in round_:
-                block, block_t = part.block.matrices(h.dtype)
+                # None: nothing received in this sub-round (it still sends).
+                block, block_t = (None, None) if part.block is None else \
+                    part.block.matrices(h.dtype)
                 if k == 0:
                     out.addmm_(block_t if transposed else block, h)
                 elif not transposed:
                     halo = _exchange(h[part.send_index], part.send_splits, part.recv_splits,
                                      self.group)
-                    out.addmm_(block, halo)
+                    if block is not None:
+                        out.addmm_(block, halo)
                 else:
-                    returned = _exchange(block_t @ h, part.recv_splits, part.send_splits,
-                                         self.group)
+                    grads = h.new_empty(0, h.shape[1]) if block_t is None else block_t @ h
+                    returned = _exchange(grads, part.recv_splits, part.send_splits, self.group)
                     out.index_add_(0, part.send_index, returned)
         return out
 
@@ -451,7 +453,7 @@ class _Worker:
         self.weight = torch.nn.Parameter(
             initial_rows(data.num_nodes, config.dim, lo, hi, config.seed).to(device))
         self.alpha = LightGCN(1, 1, config.layers).alpha.to(device)
-        self.optimizer = torch.optim.Adam([self.weight], lr=config.lr)
+        self.optimizer = _train.make_optimizer([self.weight], config)
         self.sampler, self.generator = _train.make_sampler(config, data, device)
         self.num_parameters = data.num_nodes * config.dim
 

@@ -203,3 +203,25 @@ def test_bad_arguments_are_named(module, argv, message, capsys):
         module.parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_distributed_quick_writes_whole_consistent_results(tmp_path):
+    """--quick (P = 1, 2, 4 on a small graph): the losses agree (else it
+    reports nothing), every run's plan is the measured one, and the memory
+    verdict is the ratio it prints (no threshold: the graph is tiny)."""
+    out = tmp_path / "distributed"
+    stdout = run_module("bench.bench_distributed", "--quick", "--out", str(out), timeout=300)
+    report = out.with_suffix(".md").read_text()
+    assert report.strip() in stdout
+    data = json.loads(out.with_suffix(".json").read_text())
+    rows = data["timing"]["rows"]
+    assert [row["world_size"] for row in rows] == [1, 2, 4]
+    for row in rows[1:]:
+        assert row["plan_matches"] and row["loss_max_rel_diff"] <= 1e-5
+        # a layer's exchanges: P - 1 rounds, one sub-round each on a small graph
+        assert row["collectives_per_step"] == 2 * 3 * (row["world_size"] - 1) + 2
+    memory = data["memory"]
+    assert len(memory["rank_peak_rss_mb"]) == 4
+    assert memory["ratio"] == max(memory["rank_peak_rss_mb"]) / memory["single_peak_rss_mb"]
+    assert f"{memory['ratio']:.3f}x" in report
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
