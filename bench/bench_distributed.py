@@ -1,6 +1,7 @@
 """Row-partitioned training on one machine: what each rank sends against what
-it computes (the partition plan), the time per BPR step for P = 1, 2, 4
-processes beside a model's prediction, and the peak memory of each process.
+it computes (the partition plan), one round's product both ways (our fused
+op, torch.sparse's addmm_), the time per BPR step for P = 1, 2, 4 processes
+beside a model's prediction, and the peak memory of each process.
 
     python -m bench.bench_distributed                  # Gowalla when found; writes
                                                        # bench/results/distributed.{json,md}
@@ -43,7 +44,8 @@ from pathlib import Path
 import torch
 
 from bench.bench_model import load_average, load_interactions
-from lightgcn_ext import datasets, distributed
+from bench.timing import time_interleaved
+from lightgcn_ext import _ops, datasets, distributed
 from lightgcn_ext.train import TrainConfig, _Worker, atomic_write, return_freed_memory_at_once
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,8 +176,10 @@ def worker(args):
             dist.all_reduce(loss)
         losses.append(loss.item())
     result = dict(world_size=world_size, threads=args.threads, step_ms=times[args.warmup:],
-                  losses=losses, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                  / 1024)
+                  losses=losses, peak_rss_mb=peak_rss_mib())
+    if args.evaluate:  # then one evaluation (test split), whose peak may be higher
+        result["metrics"] = trainee.evaluate("test")
+        result["peak_rss_with_evaluation_mb"] = peak_rss_mib()
     results = [result]
     if world_size > 1:
         result.update(trainee.graph.plan(), **loopback(dist))
@@ -186,6 +190,10 @@ def worker(args):
     if int(os.environ.get("RANK", "0")) == 0:
         Path(args.result_file).write_text(json.dumps(results))
 
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def loopback(dist, rounds=20):
@@ -207,7 +215,7 @@ def loopback(dist, rounds=20):
     return dict(latency_ms=latency * 1e3, bandwidth_gbs=sent / max(seconds - latency, 1e-9) / 1e9)
 
 
-def launch(world_size, threads, args, data_dir=None, steps=None):
+def launch(world_size, threads, args, data_dir=None, steps=None, evaluate=False):
     """Runs `worker` in world_size fresh processes; returns each rank's result."""
     with tempfile.TemporaryDirectory() as tmp:
         result_file = Path(tmp) / "result.json"
@@ -215,7 +223,8 @@ def launch(world_size, threads, args, data_dir=None, steps=None):
                    "--dim", str(args.dim), "--layers", str(args.layers), "--batch-size",
                    str(args.batch_size), "--steps", str(steps or args.steps), "--warmup",
                    str(args.warmup), "--data", args.data] + (["--quick"] if args.quick else []) \
-            + (["--data-dir", str(data_dir)] if data_dir else [])
+            + (["--data-dir", str(data_dir)] if data_dir else []) \
+            + (["--evaluate"] if evaluate else [])
         if world_size == 1:
             command = [sys.executable, "-m", "bench.bench_distributed", *options]
         else:
@@ -299,15 +308,62 @@ def memory(args, cores):
         description = dict(num_users=data.num_users, num_items=data.num_items,
                            num_train=int(data.train.shape[1]), num_nodes=data.num_nodes)
         del data
-        single = launch(1, cores, args, data_dir=tmp, steps=args.memory_steps)
-        four = launch(4, max(1, cores // 4), args, data_dir=tmp, steps=args.memory_steps)
+        single = launch(1, cores, args, data_dir=tmp, steps=args.memory_steps, evaluate=True)
+        four = launch(4, max(1, cores // 4), args, data_dir=tmp, steps=args.memory_steps,
+                      evaluate=True)
     check_losses([single, four])
+    # Float32 rounding may flip a tie in a ranking: a hit of one user at most.
+    if max(abs(four[0]["metrics"][k] - v) for k, v in single[0]["metrics"].items()) > 1e-4:
+        sys.exit(f"error: 4 processes evaluate to {four[0]['metrics']}, 1 process to "
+                 f"{single[0]['metrics']}: nothing is reported")
     peak = max(r["peak_rss_mb"] for r in four)
     return dict(graph=description, single_peak_rss_mb=single[0]["peak_rss_mb"],
                 rank_peak_rss_mb=[r["peak_rss_mb"] for r in four],
+                single_peak_with_evaluation_mb=single[0]["peak_rss_with_evaluation_mb"],
+                rank_peak_with_evaluation_mb=[r["peak_rss_with_evaluation_mb"] for r in four],
                 ratio=peak / single[0]["peak_rss_mb"], target=MEMORY_TARGET,
                 step_ms_single=statistics.median(single[0]["step_ms"]),
                 step_ms_four=statistics.median(four[0]["step_ms"]))
+
+
+def round_choice(args):
+    """One round as the memory graph's largest rank runs one (its owned rows,
+    a halo of 300,000 rows, 10^6 edges of random wiring), applied both ways
+    the design allows, interleaved, 1 thread (a rank's): our fused op on the
+    square operator of max(owned, halo) rows (alpha = [0, 1], its output
+    sliced and added to the layer's rows), and torch.sparse's in-place
+    addmm_ on the rectangular block, which DistributedGraph runs."""
+    owned, halo, edges = (3_000, 1_000, 10_000) if args.quick else (583_271, 300_000, 10**6)
+    gen = torch.Generator().manual_seed(0)
+    dst = torch.randint(0, owned, (edges,), generator=gen)
+    src = torch.randint(0, halo, (edges,), generator=gen)
+    weight = torch.rand(edges, generator=gen, dtype=torch.float64)
+    size = max(owned, halo)
+    rowptr, col, perm, rowptr_t, col_t, perm_t = torch.ops.lightgcn_ext.prepare_csr(
+        torch.stack([src, dst]), size)
+    square = _ops.CsrOperator(rowptr, col, weight[perm].float(), torch.ones(size), rowptr_t,
+                              col_t, weight[perm_t].float())
+    block = distributed._Block(src, dst, weight, halo, owned).matrices(torch.float32)[0]
+    rows = torch.randn(size, args.dim, generator=gen)
+    received = rows[:halo].contiguous()
+    one_hop = torch.tensor([0.0, 1.0])
+    layer = torch.zeros(owned, args.dim)
+    fused = _ops.propagate(square, rows, one_hop)[:owned]
+    difference = (fused - layer.addmm_(block, received)).abs().max().item()
+    if difference > 1e-4 * fused.abs().max().item():
+        sys.exit(f"error: the round's two products differ by {difference:.2e}: nothing is timed")
+    del fused
+    workloads = {"fused": lambda: layer.add_(_ops.propagate(square, rows, one_hop)[:owned]),
+                 "addmm": lambda: layer.addmm_(block, received)}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = time_interleaved(workloads, torch.device("cpu"), 3, 0.05 if args.quick else 1.0,
+                                 1, min_runs=3)
+    finally:
+        torch.set_num_threads(previous)
+    return dict(owned=owned, halo=halo, edges=edges, fused_op_ms=times["fused"],
+                addmm_ms=times["addmm"])
 
 
 def write_lists(path, pairs, num_users):
@@ -350,6 +406,14 @@ def format_report(results, args):
                     f"{row['rows_sent_per_layer']:,.0f} | {mb(row['bytes_sent_per_layer'])} | "
                     f"{mb(row['bytes_sent_per_step'])} | {row['bytes_per_madd']:.4f} | "
                     f"{halo if row['rank'] == 0 else ''} |")
+    one = results["round"]
+    lines += ["", f"## One round: {one['owned']:,} owned rows, {one['halo']:,} halo rows, "
+              f"{one['edges']:,} edges, 1 thread", "",
+              "| product | ms |", "|---|---:|",
+              f"| our fused op, square over max(owned, halo) rows, output sliced and added | "
+              f"{one['fused_op_ms']:.1f} |",
+              f"| torch.sparse CSR addmm_, rectangular, in place (DistributedGraph's) | "
+              f"{one['addmm_ms']:.1f} |"]
     timing_ = results["timing"]
     lines += ["", f"## Time per BPR step ({results['timing_graph']})", "",
               "| P | threads per process | measured ms | predicted ms (compute + communication) "
@@ -375,8 +439,14 @@ def format_report(results, args):
                   "| run | peak RSS MiB per process |", "|---|---:|",
                   f"| 1 process | {memory_['single_peak_rss_mb']:,.0f} |",
                   f"| 4 processes | {', '.join(f'{m:,.0f}' for m in memory_['rank_peak_rss_mb'])} |",
+                  f"| 1 process, then one evaluation | "
+                  f"{memory_['single_peak_with_evaluation_mb']:,.0f} |",
+                  f"| 4 processes, then one evaluation | "
+                  f"{', '.join(f'{m:,.0f}' for m in memory_['rank_peak_with_evaluation_mb'])} |",
                   "", f"- {verdict}: the largest rank's peak is {memory_['ratio']:.3f}x the "
-                  f"single process's (target <= {memory_['target']})"]
+                  f"single process's (target <= {memory_['target']})",
+                  f"- with one evaluation after the steps: "
+                  f"{max(memory_['rank_peak_with_evaluation_mb']) / memory_['single_peak_with_evaluation_mb']:.3f}x"]
     return "\n".join(lines)
 
 
@@ -400,6 +470,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--evaluate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.memory_nodes, args.memory_steps = 3, 1, 4000, 2
@@ -424,6 +495,7 @@ def main(argv=None):
                                          capture_output=True, text=True).stdout.strip(),
                    plans=plans, timing_graph=f"{data.name}, N {data.num_nodes:,}",
                    args=vars(args))
+    results["round"] = round_choice(args)
     results["timing"] = timing(args, plans[0], cores)
     if not args.no_memory:
         results["memory"] = memory(args, cores)

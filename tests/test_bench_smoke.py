@@ -214,6 +214,7 @@ def test_bench_distributed_quick_writes_whole_consistent_results(tmp_path):
     report = out.with_suffix(".md").read_text()
     assert report.strip() in stdout
     data = json.loads(out.with_suffix(".json").read_text())
+    assert data["round"]["fused_op_ms"] > 0 and data["round"]["addmm_ms"] > 0
     rows = data["timing"]["rows"]
     assert [row["world_size"] for row in rows] == [1, 2, 4]
     for row in rows[1:]:
