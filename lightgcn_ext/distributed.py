@@ -565,20 +565,21 @@ class _Worker:
 def evaluate(embedding, bounds, num_users, test, *, exclude=(), ks=(20,), group=None):
     """metrics.evaluate of the whole embedding table, from this rank's rows
     (`embedding`, nodes bounds[rank] .. bounds[rank+1] - 1): each rank scores
-    its own users against every item (the item rows are all-gathered) and the
-    sums over users are added up across ranks. Collective."""
+    its own users against every item (each owner broadcasts its item rows into
+    one table: an all_gather would need equal, padded pieces and a copy) and
+    the sums over users are added up across ranks. Collective."""
     rank, P = dist.get_rank(group), dist.get_world_size(group)
     lo, hi = bounds[rank], bounds[rank + 1]
-    # Item rows of every rank, padded to the largest share (all_gather's sizes are equal).
-    shares = [(max(bounds[j], num_users), max(bounds[j + 1], num_users)) for j in range(P)]
-    width = max(b - a for a, b in shares)
-    mine = embedding[shares[rank][0] - lo:shares[rank][1] - lo]
-    padded = embedding.new_zeros(width, embedding.shape[1])
-    padded[:mine.shape[0]] = mine
-    gathered = [torch.empty_like(padded) for _ in range(P)]
-    _collective(dist.all_gather, gathered, padded, group=group)
-    item_emb = torch.cat([g[:b - a] for g, (a, b) in zip(gathered, shares)])
-    del gathered
+    num_items = bounds[-1] - num_users
+    item_emb = embedding.new_empty(num_items, embedding.shape[1])
+    for j in range(P):
+        a, b = max(bounds[j], num_users), max(bounds[j + 1], num_users)  # rank j's items
+        if a == b:
+            continue
+        rows = item_emb[a - num_users:b - num_users]
+        if j == rank:
+            rows.copy_(embedding[a - lo:b - lo])
+        _collective(dist.broadcast, rows, group=group, group_src=j)
     first, last = min(lo, num_users), min(hi, num_users)  # this rank's users
 
     def own(pairs):
