@@ -14,22 +14,25 @@ One layer, Â h for the owned rows, runs in P rounds
 (`DistributedGraph.add_layer`): round 0 applies the edges between owned
 nodes; round k receives from rank r - k only the rows of its block that the
 owned rows touch (the halo, planned once per graph) and applies the edges
-from them. Each round is the fused `lightgcn_ext::propagate` op
-(alpha = [0, 1]) on the block of Â from the round's source rows to the owned
-rows, dinv folded into per-edge weights, so that it runs on max(owned, halo)
-rows (`_Round`). The transposed layer, for the gradient, runs the rounds' Âᵀ
-and sends the halo's gradients back to their owners. Receiving one source
-rank's halo at a time keeps the working memory at O((N / P) d) per rank,
-where a single exchange of the whole halo would need O(N d) on a graph
-without locality. `propagate` sums the layers by Horner's rule in an
-autograd.Function that saves nothing, forward and backward: at most three
-[N / P, d] tensors and one round's buffers are alive at once.
+from them. A round's edges are a rectangular block of Â from its source rows
+to the owned rows, dinv folded into per-edge weights, applied in place as a
+torch.sparse CSR product (`_Block`: out.addmm_(B, halo)); the fused op, which
+is square and allocates its output and a working buffer, was heavier and
+slower on such a block (bench_distributed times one round both ways). The
+transposed layer, for the gradient, multiplies by the blocks' transposes and
+sends the halo's gradients back to their owners. A halo travels in
+sub-rounds of at most chunk_rows rows, as many on every rank, so that the
+working memory is O((N / P) d) per rank, where a single exchange of the
+whole halo would need O(N d) on a graph without locality. `propagate` sums
+the layers by Horner's rule in an autograd.Function that saves nothing,
+forward and backward: at most three [N / P, d] tensors and one sub-round's
+buffers are alive at once.
 
 The BPR step splits each global batch (the one a single process draws with
 the same seed) evenly over the ranks; a rank fetches the propagated rows of
 its slice's nodes from their owners, and the L2 term of each node is counted
-by its owner. Gradients return through the same exchanges, and each rank
-steps Adam on its own rows. Every rank builds the same autograd graph, so the
+by its owner. Gradients return through the same exchanges (the batch rows'
+as sparse tensors), and each rank steps Adam on its own rows. Every rank builds the same autograd graph, so the
 collectives of the backward pass run in the same order everywhere.
 """
 import datetime
@@ -488,6 +491,7 @@ class _Worker:
 
     @torch.no_grad()
     def evaluate(self, split):
+        self.optimizer.zero_grad(set_to_none=True)  # the last step's: not kept through this
         embedding = propagate(self.graph, self.weight, self.alpha)
         data = self.data
         exclude = [data.train] if split == "valid" else \

@@ -183,6 +183,7 @@ class _Worker:
         return loss_sum.item() / steps
 
     def evaluate(self, split):
+        self.optimizer.zero_grad(set_to_none=True)  # the last step's: not kept through this
         return evaluate(self.model, self.graph, self.data, tuple(self.config.topk), split)
 
     def describe_device(self):
