@@ -47,7 +47,7 @@ import torch
 from bench.bench_model import load_average, load_interactions
 from bench.timing import time_interleaved
 from lightgcn_ext import _ops, datasets, distributed
-from lightgcn_ext.train import TrainConfig, _Worker, atomic_write, return_freed_memory_at_once
+from lightgcn_ext.train import TrainConfig, _Worker, atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -158,7 +158,8 @@ def worker(args):
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     torch.set_num_threads(args.threads)
-    return_freed_memory_at_once()  # as train.run, before the data is read
+    if world_size > 1:
+        distributed.return_freed_memory_at_once()  # as distributed.run, before the data
     data = datasets.read_dir(args.data_dir, "bench") if args.data_dir else load_interactions(args)
     if args.evaluate:  # every 1000th user's test items: the memory of a full evaluation,
         # whose time is in the number of users (all of them: minutes here)

@@ -20,7 +20,6 @@ Launched by torchrun with several processes, the same loop (`train_loop`)
 runs a lightgcn_ext.distributed worker on each, every process owning a block
 of the nodes.
 """
-import ctypes
 import dataclasses
 import json
 import math
@@ -149,7 +148,6 @@ def run(config, data=None):
     trains row-partitioned across them (lightgcn_ext.distributed); a single
     process imports none of that machinery."""
     config = config.check()
-    return_freed_memory_at_once()  # before the data is read
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from . import distributed
 
@@ -166,7 +164,6 @@ class _Worker:
     is_main = True
 
     def __init__(self, config, data, device):
-        return_freed_memory_at_once()
         self.config, self.data, self.device = config, data, device
         torch.manual_seed(config.seed)
         self.model = LightGCN(data.num_nodes, config.dim, config.layers).to(device)
@@ -207,24 +204,6 @@ class _Worker:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         set_rng_state(self.generator, checkpoint["rng"])
         return checkpoint["state"]
-
-
-def return_freed_memory_at_once():
-    """Asks glibc's malloc to map every block of 1 MiB or more on its own, so
-    that a freed block goes back to the system at once. By default the
-    threshold for that rises up to 32 MiB as large blocks are freed, and
-    freed blocks below it (a halo's piece, a CSR's row pointers) stay in the
-    heap: resident memory that no tensor uses. Blocks this large are rare
-    per step, so the system calls cost nothing measurable. A no-op where
-    malloc is not glibc's."""
-    if platform.system() != "Linux":
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    M_MMAP_THRESHOLD = -3
-    mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(1 << 20))
 
 
 def make_optimizer(params, config):

@@ -311,3 +311,37 @@ def test_a_rank_that_dies_or_stalls_fails_the_others_within_the_timeout(tmp_path
 
 if __name__ == "__main__":
     {"main": main, "main_train": main_train}[sys.argv[1]](*sys.argv[2:])
+
+
+_HEAP_PROBE = """
+import sys, torch
+from lightgcn_ext import distributed
+def rss_mib():
+    return next(int(line.split()[1]) for line in open("/proc/self/status")
+                if line.startswith("VmRSS")) / 1024
+if sys.argv[1] == "mapped":
+    distributed.return_freed_memory_at_once()
+big = torch.ones(1 << 22)
+del big  # 16 MiB freed (mapped): glibc raises its mapping threshold to that
+blocks, pins = [], []
+for _ in range(50):  # 4 MiB blocks, each followed by a smaller one that stays
+    blocks.append(torch.ones(1 << 20))
+    pins.append(torch.ones(1 << 16))  # 256 KiB: from the top of the heap
+before = rss_mib()
+del blocks
+print(before - rss_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or
+                    os.confstr("CS_GNU_LIBC_VERSION") is None, reason="glibc's malloc")
+def test_freed_blocks_go_back_to_the_system_in_a_distributed_worker():
+    """200 MiB of 4 MiB blocks freed between live smaller ones: glibc keeps them
+    in its heap, unless return_freed_memory_at_once maps them on their own."""
+    released = {}
+    for mode in ("heap", "mapped"):
+        done = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], cwd=REPO,
+                              capture_output=True, text=True, timeout=DEADLINE_S)
+        assert done.returncode == 0, done.stderr[-3000:]
+        released[mode] = float(done.stdout.split()[-1])
+    assert released["mapped"] > 150 and released["heap"] < 50, released
