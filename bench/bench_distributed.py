@@ -159,7 +159,7 @@ def worker(args):
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     torch.set_num_threads(args.threads)
     if world_size > 1:
-        distributed.return_freed_memory_at_once()  # as distributed.run, before the data
+        distributed.map_sub_round_buffers(args.dim)  # as distributed.run, before the data
     data = datasets.read_dir(args.data_dir, "bench") if args.data_dir else load_interactions(args)
     if args.evaluate:  # every 1000th user's test items: the memory of a full evaluation,
         # whose time is in the number of users (all of them: minutes here)

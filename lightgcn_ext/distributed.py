@@ -57,6 +57,7 @@ __all__ = ["partition", "DistributedGraph", "propagate", "evaluate", "run"]
 
 INDEX = _train.DIST_INDEX
 DEFAULT_TIMEOUT_S = 120.0
+CHUNK_ROWS = 1 << 16  # the rows of a halo's piece that a sub-round exchanges, at most
 
 
 # ------------------------------------------------------------ partition
@@ -201,12 +202,13 @@ class DistributedGraph:
     many in every rank (agreed once), so that a rank never holds more than
     chunk_rows received (or returned) rows at once."""
 
-    def __init__(self, edge_index, degree, bounds, group=None, chunk_rows=1 << 16):
+    def __init__(self, edge_index, degree, bounds, group=None, chunk_rows=None):
         self.group = group
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
         if len(bounds) != self.world_size + 1:
             raise ValueError(f"bounds must have world_size + 1 = {self.world_size + 1} entries, "
                              f"got {len(bounds)}")
+        chunk_rows = CHUNK_ROWS if chunk_rows is None else chunk_rows
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
         self.bounds, self.num_nodes = list(bounds), degree.numel()
@@ -447,7 +449,7 @@ class _Worker:
     and checkpoints."""
 
     def __init__(self, config, data, device, group=None):
-        return_freed_memory_at_once()
+        map_sub_round_buffers(config.dim)
         self.config, self.data, self.device, self.group = config, data, device, group
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
         self.is_main = self.rank == 0
@@ -605,24 +607,28 @@ def evaluate(embedding, bounds, num_users, test, *, exclude=(), ks=(20,), group=
 
 
 # ---------------------------------------------------------------- launch
-def return_freed_memory_at_once():
-    """Asks glibc's malloc to map every block of 1 MiB or more on its own, so
-    that a freed block goes back to the system at once. By default the
-    threshold for that rises up to 32 MiB as large blocks are freed, and the
-    sub-rounds' buffers and row pointers, freed and allocated again many
-    times a step, stay in the heap: about 300 MiB of resident memory that no
-    tensor uses, per rank of the 2,000,000-node benchmark. The price is a page
-    fault per page of every such block, which a single process (whose large
-    buffers are mapped anyway and reused from the heap otherwise) does not
-    pay: it does not call this. A no-op where malloc is not glibc's."""
+def map_sub_round_buffers(dim, itemsize=4):
+    """Asks glibc's malloc to give every block of at least one sub-round's
+    buffer (CHUNK_ROWS rows of dim floats: 16 MiB at d = 64) its own mapping,
+    so that a freed one goes back to the system at once, and to trim its heap
+    above twice that (the ratio glibc's own, moving, thresholds keep). By
+    default the mapping threshold rises to 32 MiB as large blocks are freed,
+    and the sub-rounds' buffers, freed and allocated again many times a step,
+    stay in the heap: about 300 MiB of resident memory that no tensor holds,
+    per rank of bench_distributed's 2,000,000-node graph. A lower threshold
+    (1 MiB) saves no more there and costs a page fault per page of every
+    smaller buffer: it doubled the Gowalla step of 2 processes. A single
+    process does not call this. A no-op where malloc is not glibc's."""
     if platform.system() != "Linux":
         return
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return
-    M_MMAP_THRESHOLD = -3
-    mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(1 << 20))
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    size = min(CHUNK_ROWS * dim * itemsize, 32 << 20)  # glibc's largest mapping threshold
+    mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(size))
+    mallopt(ctypes.c_int(M_TRIM_THRESHOLD), ctypes.c_int(2 * size))
 
 
 def run(config, data=None):
@@ -634,7 +640,7 @@ def run(config, data=None):
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    return_freed_memory_at_once()  # before the data is read
+    map_sub_round_buffers(config.dim)  # before the data is read
     owns_group = not dist.is_initialized()
     if owns_group:
         init_process_group("nccl" if device.type == "cuda" else "gloo", config.dist_timeout)

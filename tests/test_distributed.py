@@ -320,9 +320,9 @@ def rss_mib():
     return next(int(line.split()[1]) for line in open("/proc/self/status")
                 if line.startswith("VmRSS")) / 1024
 if sys.argv[1] == "mapped":
-    distributed.return_freed_memory_at_once()
+    distributed.map_sub_round_buffers(dim=16)  # blocks of 4 MiB and more
 big = torch.ones(1 << 22)
-del big  # 16 MiB freed (mapped): glibc raises its mapping threshold to that
+del big  # 16 MiB freed (mapped): glibc's default raises its mapping threshold to that
 blocks, pins = [], []
 for _ in range(50):  # 4 MiB blocks, each followed by a smaller one that stays
     blocks.append(torch.ones(1 << 20))
@@ -337,7 +337,7 @@ print(before - rss_mib())
                     os.confstr("CS_GNU_LIBC_VERSION") is None, reason="glibc's malloc")
 def test_freed_blocks_go_back_to_the_system_in_a_distributed_worker():
     """200 MiB of 4 MiB blocks freed between live smaller ones: glibc keeps them
-    in its heap, unless return_freed_memory_at_once maps them on their own."""
+    in its heap, unless map_sub_round_buffers maps them on their own."""
     released = {}
     for mode in ("heap", "mapped"):
         done = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], cwd=REPO,
