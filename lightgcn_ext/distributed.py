@@ -615,10 +615,11 @@ def map_sub_round_buffers(dim, itemsize=4):
     default the mapping threshold rises to 32 MiB as large blocks are freed,
     and the sub-rounds' buffers, freed and allocated again many times a step,
     stay in the heap: about 300 MiB of resident memory that no tensor holds,
-    per rank of bench_distributed's 2,000,000-node graph. A lower threshold
-    (1 MiB) saves no more there and costs a page fault per page of every
-    smaller buffer: it doubled the Gowalla step of 2 processes. A single
-    process does not call this. A no-op where malloc is not glibc's."""
+    per rank of bench_distributed's 2,000,000-node graph. A 1 MiB threshold
+    saved about 100 MiB more there, but it costs a page fault per page of
+    every smaller buffer, and it made the Gowalla steps of 2 and 4 processes
+    1.6-1.9x slower. A single process does not call this: its large buffers
+    are mapped anyway. A no-op where malloc is not glibc's."""
     if platform.system() != "Linux":
         return
     try:
