@@ -52,6 +52,7 @@ from . import metrics
 from . import train as _train
 from .graph import _inverse_sqrt_degree
 from .model import LightGCN
+from .propagation import _check_alpha
 
 __all__ = ["partition", "DistributedGraph", "propagate", "evaluate", "run"]
 
@@ -68,8 +69,7 @@ def partition(degree, world_size):
     rows' edges: the work of a sweep) plus the average degree (its rows of
     the N x d tensors: the memory), so that neither is more than about twice
     its even share. Every block holds at least one node."""
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    _check_positive_int(world_size, "world_size")
     num_nodes = degree.numel()
     if world_size > num_nodes:
         raise ValueError(f"world_size ({world_size} processes) must be at most the number of "
@@ -83,6 +83,11 @@ def partition(degree, world_size):
     for r, cut in enumerate(cuts, start=1):
         bounds.append(min(max(cut, bounds[-1] + 1), num_nodes - (world_size - r)))
     return bounds + [num_nodes]
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def owner_of(nodes, bounds):
@@ -209,8 +214,7 @@ class DistributedGraph:
             raise ValueError(f"bounds must have world_size + 1 = {self.world_size + 1} entries, "
                              f"got {len(bounds)}")
         chunk_rows = CHUNK_ROWS if chunk_rows is None else chunk_rows
-        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+        _check_positive_int(chunk_rows, "chunk_rows")
         self.bounds, self.num_nodes = list(bounds), degree.numel()
         self.lo, self.hi = bounds[self.rank], bounds[self.rank + 1]
         self.num_owned = self.hi - self.lo
@@ -356,13 +360,10 @@ def propagate(graph, x, alpha):
     """sum_l alpha_l Â^l x for the owned rows: x [num_owned, d] this rank's
     rows; differentiable in x (alpha is a constant, as LightGCN's buffer).
     Collective."""
-    alpha = torch.as_tensor(alpha, device=x.device)
+    alpha = _check_alpha(alpha, x)
     if alpha.requires_grad and torch.is_grad_enabled():
         raise ValueError("alpha must not require grad: distributed.propagate is "
                          "differentiable in x only")
-    if alpha.dim() != 1 or alpha.numel() < 1:
-        raise ValueError(f"alpha must be 1-D with num_layers + 1 >= 1 entries, "
-                         f"got shape {list(alpha.shape)}")
     if x.shape[0] != graph.num_owned:
         raise ValueError(f"x must have one row per owned node ({graph.num_owned}), "
                          f"got {x.shape[0]}")
@@ -449,7 +450,6 @@ class _Worker:
     and checkpoints."""
 
     def __init__(self, config, data, device, group=None):
-        map_sub_round_buffers(config.dim)
         self.config, self.data, self.device, self.group = config, data, device, group
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
         self.is_main = self.rank == 0
@@ -615,7 +615,8 @@ def map_sub_round_buffers(dim, itemsize=4):
     default the mapping threshold rises to 32 MiB as large blocks are freed,
     and the sub-rounds' buffers, freed and allocated again many times a step,
     stay in the heap: about 300 MiB of resident memory that no tensor holds,
-    per rank of bench_distributed's 2,000,000-node graph. A 1 MiB threshold
+    per rank of bench_distributed's 2,000,000-node graph (VmRSS sampled
+    through the steps, with and without this call). A 1 MiB threshold
     saved about 100 MiB more there, but it costs a page fault per page of
     every smaller buffer, and it made the Gowalla steps of 2 and 4 processes
     1.6-1.9x slower. A single process does not call this: its large buffers
