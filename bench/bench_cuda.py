@@ -10,7 +10,7 @@
     (bench_propagate.sweep_bytes) over its time, and on CUDA its time against
     those bytes at the measured DRAM and L2 bandwidths (gpu_floors);
   * a BPR step (batch 2048, Adam): eager, and captured in a CUDA graph
-    (lightgcn_ext.cuda_graph.CapturedBPRStep), with the host synchronizations
+    (lightgcn_ext.training.cuda_graph.CapturedBPRStep), with the host synchronizations
     of the eager step counted (torch.cuda.set_sync_debug_mode("warn")).
 
     python -m bench.bench_cuda                    # CUDA, Gowalla when found
@@ -34,10 +34,10 @@ import torch
 import lightgcn_ext
 from bench.bench_propagate import gowalla_root, gpu_floors, sweep_bytes
 from bench.timing import sync, time_interleaved
-from lightgcn_ext import datasets
-from lightgcn_ext.reference import normalized_adjacency, sparse_propagate
-from lightgcn_ext.sampling import BPRSampler
-from lightgcn_ext.train import atomic_write, bpr_step
+from bench.reference import GOWALLA_SIZES, normalized_adjacency, sparse_propagate
+from lightgcn_ext.data import BPRSampler, find, read_dir, synthetic
+from lightgcn_ext.training import bpr_step
+from lightgcn_ext.training.run_dir import atomic_write, git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 ITEM_SIZE_ENV = "LIGHTGCN_EXT_CUDA_ITEM_SIZE"
@@ -48,17 +48,17 @@ warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
 def graphs(args):
     """{name: Interactions}: Gowalla (or its synthetic stand-in) and the long-row graph."""
     if args.quick:
-        return {"synthetic (quick)": datasets.synthetic(0, num_users=1000, num_items=1500,
+        return {"synthetic (quick)": synthetic(0, num_users=1000, num_items=1500,
                                                          num_interactions=20000),
-                "long rows (quick)": datasets.synthetic(0, num_users=600, num_items=400,
+                "long rows (quick)": synthetic(0, num_users=600, num_items=400,
                                                         num_interactions=20000, communities=1,
                                                         exponent=1.0)}
     found = gowalla_root()
-    gowalla = (datasets.read_dir(found, "gowalla") if found is not None
-               else datasets.synthetic(0, **datasets.GOWALLA_SIZES))
+    gowalla = (read_dir(found, "gowalla") if found is not None
+               else synthetic(0, **GOWALLA_SIZES))
     name = "Gowalla train" if found is not None else "synthetic Gowalla-sized"
     # Movie-ratings-like: few nodes, many edges, Zipf item popularity.
-    long_rows = datasets.synthetic(0, num_users=6000, num_items=4000, num_interactions=650_000,
+    long_rows = synthetic(0, num_users=6000, num_items=4000, num_interactions=650_000,
                                    communities=1, exponent=1.0)
     return {name: gowalla, "long rows (10k nodes, 1.3M edges)": long_rows}
 
@@ -164,7 +164,7 @@ def time_bpr_step(data, args, device):
                                            *next_batch(), 1e-4)}
     result = {}
     if device.type == "cuda":
-        from lightgcn_ext.cuda_graph import CapturedBPRStep
+        from lightgcn_ext.training.cuda_graph import CapturedBPRStep
         captured_optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
         captured = CapturedBPRStep(model, graph, captured_optimizer, data.num_users,
                                    args.batch_size, 1e-4)
@@ -265,19 +265,13 @@ def main(argv=None):
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{'cuda' if device.type == 'cuda' else 'cpu'}-{results['date']}"
-    atomic_write(out / f"{stem}.md", lambda f: f.write(text.encode()))
-    atomic_write(out / f"{stem}.json",
-                 lambda f: f.write(json.dumps(results, indent=1).encode()))
+    atomic_write(out / f"{stem}.md", text)
+    atomic_write(out / f"{stem}.json", json.dumps(results, indent=1))
     return results
 
 
 def _commit():
-    import subprocess
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
-                              capture_output=True, timeout=10).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
+    return git_commit(short=True) or "unknown"
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ beside a model's prediction, and the peak memory of each process.
                                                        # bench/results/distributed.{json,md}
     python -m bench.bench_distributed --quick          # small graphs: the smoke test
 
-The steps are the trainer's: train._Worker.step for one process (all the
-machine's threads), distributed._Worker.step for P processes launched by
+The steps are the trainer's: lightgcn_ext.training.LocalWorker.step for one process (all the
+machine's threads), lightgcn_ext.distributed.DistributedWorker.step for P processes launched by
 torchrun (gloo over loopback, threads split between them). Every run starts
 from the same seed, so the first losses must agree before anything is timed.
 
@@ -46,8 +46,11 @@ import torch
 
 from bench.bench_model import load_average, load_interactions
 from bench.timing import time_interleaved
-from lightgcn_ext import _ops, datasets, distributed
-from lightgcn_ext.train import TrainConfig, _Worker, atomic_write
+from lightgcn_ext import Graph, distributed, propagate
+from lightgcn_ext.data import read_dir, synthetic
+from lightgcn_ext.distributed.graph import Block
+from lightgcn_ext.training import LocalWorker, TrainConfig
+from lightgcn_ext.training.run_dir import atomic_write, git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -114,7 +117,7 @@ def interaction_degrees(data):
 
 
 def big_degrees(num_users, num_items, num_interactions, exponent=0.8, seed=0):
-    """Zipf-like degree sequences (datasets.synthetic's law) summing to about
+    """Zipf-like degree sequences (synthetic's law) summing to about
     num_interactions on each side, at least 1, in random order."""
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -159,17 +162,17 @@ def worker(args):
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     torch.set_num_threads(args.threads)
     if world_size > 1:
-        distributed.map_sub_round_buffers(args.dim)  # as distributed.run, before the data
-    data = datasets.read_dir(args.data_dir, "bench") if args.data_dir else load_interactions(args)
+        distributed.map_sub_round_buffers(args.dim)  # as distributed.train_distributed, before the data
+    data = read_dir(args.data_dir, "bench") if args.data_dir else load_interactions(args)
     if args.evaluate:  # every 1000th user's test items: the memory of a full evaluation,
         # whose time is in the number of users (all of them: minutes here)
         data = dataclasses.replace(data, test=data.test[:, data.test[0] % EVALUATED_EVERY == 0])
     config = TrainConfig(dim=args.dim, layers=args.layers, batch_size=args.batch_size, seed=0)
     if world_size > 1:
         distributed.init_process_group("gloo")
-        trainee = distributed._Worker(config, data, torch.device("cpu"))
+        trainee = distributed.DistributedWorker(config, data, torch.device("cpu"))
     else:
-        trainee = _Worker(config, data, torch.device("cpu"))
+        trainee = LocalWorker(config, data, torch.device("cpu"))
     barrier = dist.barrier if world_size > 1 else (lambda: None)
     batches = trainee.sampler.epoch(trainee.generator)
     times, losses = [], []
@@ -308,7 +311,7 @@ def memory(args, cores):
     """Peak RSS of every process for a few steps on a synthetic graph of
     args.memory_nodes nodes, written once to disk and read by each process."""
     users = int(args.memory_nodes * 0.7)
-    data = datasets.synthetic(0, num_users=users, num_items=args.memory_nodes - users,
+    data = synthetic(0, num_users=users, num_items=args.memory_nodes - users,
                               num_interactions=3 * users)
     with tempfile.TemporaryDirectory() as tmp:
         for split in ("train", "test"):
@@ -347,21 +350,20 @@ def round_choice(args):
     src = torch.randint(0, halo, (edges,), generator=gen)
     weight = torch.rand(edges, generator=gen, dtype=torch.float64)
     size = max(owned, halo)
-    rowptr, col, perm, rowptr_t, col_t, perm_t = torch.ops.lightgcn_ext.prepare_csr(
-        torch.stack([src, dst]), size)
-    square = _ops.CsrOperator(rowptr, col, weight[perm].float(), torch.ones(size), rowptr_t,
-                              col_t, weight[perm_t].float())
-    block = distributed._Block(src, dst, weight, halo, owned).matrices(torch.float32)[0]
+    # Unnormalized: the block's weights as they are, as the CsrOperator of a
+    # weighted graph without normalization applies them.
+    square = Graph.from_edge_index(torch.stack([src, dst]), size, weight, normalize=False)
+    block = Block(src, dst, weight, halo, owned).matrices(torch.float32)[0]
     rows = torch.randn(size, args.dim, generator=gen)
     received = rows[:halo].contiguous()
     one_hop = torch.tensor([0.0, 1.0])
     layer = torch.zeros(owned, args.dim)
-    fused = _ops.propagate(square, rows, one_hop)[:owned]
+    fused = propagate(square, rows, one_hop)[:owned]
     difference = (fused - layer.addmm_(block, received)).abs().max().item()
     if difference > 1e-4 * fused.abs().max().item():
         sys.exit(f"error: the round's two products differ by {difference:.2e}: nothing is timed")
     del fused
-    workloads = {"fused": lambda: layer.add_(_ops.propagate(square, rows, one_hop)[:owned]),
+    workloads = {"fused": lambda: layer.add_(propagate(square, rows, one_hop)[:owned]),
                  "addmm": lambda: layer.addmm_(block, received)}
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -375,7 +377,7 @@ def round_choice(args):
 
 
 def write_lists(path, pairs, num_users):
-    """pairs in the LightGCN text format (one line per user), for datasets.read_dir."""
+    """pairs in the LightGCN text format (one line per user), for read_dir."""
     order = torch.argsort(pairs[0], stable=True)
     users, items = pairs[0][order], pairs[1][order]
     counts = torch.bincount(users, minlength=num_users).tolist()
@@ -499,8 +501,7 @@ def main(argv=None):
     results = dict(when=time.strftime("%Y-%m-%d %H:%M:%S"), cores=cores, load=load_average(),
                    machine=next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                                  if line.startswith("model name")), "cpu"),
-                   commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                                         capture_output=True, text=True).stdout.strip(),
+                   commit=git_commit(short=True),
                    plans=plans, timing_graph=f"{data.name}, N {data.num_nodes:,}",
                    args=vars(args))
     results["round"] = round_choice(args)
@@ -511,8 +512,8 @@ def main(argv=None):
     print(report)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out.with_suffix(".json"), lambda f: f.write(json.dumps(results, indent=2).encode()))
-    atomic_write(out.with_suffix(".md"), lambda f: f.write((report + "\n").encode()))
+    atomic_write(out.with_suffix(".json"), json.dumps(results, indent=2))
+    atomic_write(out.with_suffix(".md"), report + "\n")
     return 0
 
 

@@ -31,8 +31,9 @@ import torch
 
 import lightgcn_ext
 from bench.timing import time_interleaved
-from lightgcn_ext import LightGCN, datasets
-from lightgcn_ext.sampling import BPRSampler
+from bench.reference import GOWALLA_SIZES
+from lightgcn_ext import LightGCN
+from lightgcn_ext.data import BPRSampler, find, read_dir, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 GOWALLA_DIR = REPO.parent / "shared" / "data" / "gowalla"
@@ -52,17 +53,17 @@ def load_interactions(args):
     """The quick graph, else Gowalla (the user's data directory, else the
     repository's copy GOWALLA_DIR), else the synthetic Gowalla-sized graph."""
     if args.quick:
-        return datasets.synthetic(0, num_users=300, num_items=500, num_interactions=4000)
+        return synthetic(0, num_users=300, num_items=500, num_interactions=4000)
     if args.data in ("auto", "gowalla"):
-        root = datasets.find("gowalla")
+        root = find("gowalla")
         if root is None and (GOWALLA_DIR / "train.txt").is_file():
             root = GOWALLA_DIR
         if root is not None:
-            return datasets.read_dir(root, "gowalla")
+            return read_dir(root, "gowalla")
         if args.data == "gowalla":
             sys.exit("error: --data gowalla, but the Gowalla files were not found")
         print("Gowalla not found: a synthetic Gowalla-sized graph instead")
-    return datasets.synthetic(0, **datasets.GOWALLA_SIZES)
+    return synthetic(0, **GOWALLA_SIZES)
 
 
 def sample_bpr_batch(data, batch_size, seed=0):

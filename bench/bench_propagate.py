@@ -32,10 +32,12 @@ import torch
 
 import lightgcn_ext
 from bench.bench_model import sample_bpr_batch
-from bench.output import results_stem, write_atomic
+from bench.output import results_stem
 from bench.timing import run_times_ms, sync, time_interleaved
-from lightgcn_ext import BPRLoss, datasets
-from lightgcn_ext.reference import normalized_adjacency, sparse_propagate
+from bench.reference import GOWALLA_SIZES, normalized_adjacency, sparse_propagate
+from lightgcn_ext import BPRLoss
+from lightgcn_ext.data import find, read_dir, synthetic
+from lightgcn_ext.training.run_dir import atomic_write
 
 OPS = torch.ops.lightgcn_ext
 REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +47,8 @@ GOWALLA_DIR = REPO.parent / "shared" / "data" / "gowalla"  # the repository's co
 def gowalla_root():
     """The user's data directory when it holds Gowalla, else GOWALLA_DIR when
     it does, else None."""
-    if datasets.find("gowalla") is not None:
-        return datasets.find("gowalla")
+    if find("gowalla") is not None:
+        return find("gowalla")
     return GOWALLA_DIR if (GOWALLA_DIR / "train.txt").is_file() else None
 DTYPES = {"float32": torch.float32, "float64": torch.float64,
           "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -78,24 +80,24 @@ MIN_POWERLAW_EDGES = 2000
 
 def powerlaw_interactions(num_edges, seed=0):
     """A seeded synthetic user-item graph of num_edges edges (both directions,
-    rounded down to even) and average degree POWERLAW_DEGREE: datasets.synthetic's
+    rounded down to even) and average degree POWERLAW_DEGREE: synthetic's
     Zipf-like user degrees and item popularities, without its communities."""
     num_nodes = num_edges // POWERLAW_DEGREE
     num_users = round(num_nodes * POWERLAW_USER_SHARE)
-    return datasets.synthetic(seed, num_users=num_users, num_items=num_nodes - num_users,
+    return synthetic(seed, num_users=num_users, num_items=num_nodes - num_users,
                               num_interactions=num_edges // 2, communities=1, in_community=1.0)
 
 
 def build_problem(args, device):
     if args.quick and args.data != "powerlaw":
-        data, name = datasets.synthetic(
+        data, name = synthetic(
             0, num_users=1000, num_items=1500, num_interactions=20000), "synthetic (quick)"
     elif args.data == "gowalla":
-        data, name = datasets.read_dir(gowalla_root(), "gowalla"), "Gowalla train"
+        data, name = read_dir(gowalla_root(), "gowalla"), "Gowalla train"
     elif args.data == "powerlaw":
         data, name = powerlaw_interactions(args.edges), "synthetic power-law"
     else:
-        data, name = datasets.synthetic(0, **datasets.GOWALLA_SIZES), "synthetic Gowalla-sized"
+        data, name = synthetic(0, **GOWALLA_SIZES), "synthetic Gowalla-sized"
     edge_index = data.edge_index().to(device)
     gen = torch.Generator().manual_seed(0)
     dtype = DTYPES[args.dtype]
@@ -795,8 +797,8 @@ def main(argv=None):
     print()
     print(report)
     stem = args.results_dir / f"propagate-{results_stem(device)}"
-    write_atomic(stem.with_suffix(".md"), report + "\n")
-    write_atomic(stem.with_suffix(".json"), json.dumps(
+    atomic_write(stem.with_suffix(".md"), report + "\n")
+    atomic_write(stem.with_suffix(".json"), json.dumps(
         {"header": header, "layers": args.layers, "rows": rows, "prep_ms": prep,
          "floor_ms_per_sweep": floors}, indent=1) + "\n")
     print(f"\nwritten to {stem}.md and .json")

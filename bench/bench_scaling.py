@@ -42,7 +42,7 @@ import torch
 
 import lightgcn_ext
 from bench import bench_propagate as bp
-from bench.output import results_stem, write_atomic
+from bench.output import results_stem
 
 MODE_LABELS = {"forward": "forward", "fwd_bwd": "forward + backward", "bpr": "BPR step"}
 SIZES = {"cpu": [10**4, 3 * 10**4, 10**5, 3 * 10**5, 10**6, 3 * 10**6, 10**7],
@@ -362,7 +362,7 @@ def save_png(fig, path):
     import io
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    write_atomic(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
 
 
 def machine_name(args):
@@ -563,8 +563,8 @@ def main(argv=None):
     print()
     print(report)
     stem = args.results_dir / results_stem(device)
-    write_atomic(stem.with_suffix(".md"), report + "\n")
-    write_atomic(stem.with_suffix(".json"), json.dumps(
+    atomic_write(stem.with_suffix(".md"), report + "\n")
+    atomic_write(stem.with_suffix(".json"), json.dumps(
         to_json(records, impls, header, args, duration, command), indent=1) + "\n")
     try:  # not a dependency of torch_geometric: a GPU machine may lack it
         import matplotlib  # noqa: F401

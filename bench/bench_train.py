@@ -4,7 +4,7 @@
     python -m bench.bench_train --threads 2 --parity-epochs 1   # and recall@20 after 1 epoch
     python -m bench.bench_train --quick                     # a small graph: the smoke test
 
-The loop is the trainer's (lightgcn_ext.train.bpr_step): per step one full-graph
+The loop is the trainer's (lightgcn_ext.training.bpr_step): per step one full-graph
 propagation, 2048 (user, positive, negative) triples from the device-side
 sampler, recommendation_loss, backward and an Adam step, for
   * ours: lightgcn_ext.LightGCN on the prepared graph;
@@ -30,9 +30,11 @@ import torch
 import lightgcn_ext
 from bench.bench_model import describe, load_interactions
 from bench.timing import time_interleaved
-from lightgcn_ext import LightGCN, metrics
-from lightgcn_ext.sampling import BPRSampler
-from lightgcn_ext.train import atomic_write, bpr_step
+from lightgcn_ext import LightGCN
+from lightgcn_ext.data import BPRSampler
+from lightgcn_ext.evaluation import ranking_metrics
+from lightgcn_ext.training import bpr_step
+from lightgcn_ext.training.run_dir import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 # Minimum epoch speedup of ours over each reference (the training issue's targets).
@@ -73,7 +75,7 @@ class Trainee:
     @torch.no_grad()
     def evaluate(self, data):
         emb = self.model.get_embedding(self.graph)
-        return metrics.evaluate(emb[:data.num_users], emb[data.num_users:], data.test,
+        return ranking_metrics(emb[:data.num_users], emb[data.num_users:], data.test,
                                 exclude=[data.train])
 
 
@@ -167,8 +169,8 @@ def main(argv=None):
     print("\n".join(lines[1:]))
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = args.results_dir / f"train-{args.device}-{time.strftime('%Y%m%d-%H%M%S')}"
-    atomic_write(stem.with_suffix(".md"), lambda f: f.write("\n".join(header + lines).encode()))
-    atomic_write(stem.with_suffix(".json"), lambda f: f.write(json.dumps(report, indent=2).encode()))
+    atomic_write(stem.with_suffix(".md"), "\n".join(header + lines))
+    atomic_write(stem.with_suffix(".json"), json.dumps(report, indent=2))
     print(f"\nwritten to {stem}.md and .json")
 
 

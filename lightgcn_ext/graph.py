@@ -9,12 +9,12 @@ in-degree, no self-loops added) as
   * dinv = deg^-1/2 (0 for isolated nodes).
 Building it costs a sort of the edges; `prepare` caches it per input.
 """
-import operator
 import weakref
 from collections import OrderedDict
 
 import torch
 
+from . import validation
 from ._ops import CsrOperator, accumulation_dtype
 
 FLOWS = ("source_to_target", "target_to_source")
@@ -54,7 +54,7 @@ class Graph:
         """edge_index: [2, E] integer tensor, an edge (j, i) sends x_j to i
         (flow="source_to_target", PyG's default)."""
         edge_index = _check_edge_index(edge_index)
-        num_nodes = _check_num_nodes(num_nodes)
+        num_nodes = validation.non_negative_int(num_nodes, "num_nodes")
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
         if edge_weight is not None:
@@ -92,8 +92,8 @@ class Graph:
                 weight, weight_t = w64[self._perm], w64[self._perm_t]
                 deg = torch.zeros(self.num_nodes, dtype=torch.float64, device=w64.device)
                 deg.index_add_(0, self.edge_index[1], w64)
-            self.dinv = _inverse_sqrt_degree(deg, self.normalize)  # float64
-        self._weights_version = _version(self.edge_weight)
+            self.dinv = inverse_sqrt_degree(deg, self.normalize)  # float64
+        self._weights_version = tensor_version(self.edge_weight)
         self.weight = weight
         symmetric = self._symmetric_structure and (
             weight is None or torch.equal(weight, weight_t))
@@ -129,7 +129,7 @@ class Graph:
         """The CsrOperator the ops take, with weight and dinv in the
         accumulation type of `dtype` features; up to date with tracked edge
         weights."""
-        if self.edge_weight is not None and _version(self.edge_weight) != self._weights_version:
+        if self.edge_weight is not None and tensor_version(self.edge_weight) != self._weights_version:
             self._refresh_weights()
         acc = accumulation_dtype(dtype)
         if acc not in self._operators:
@@ -213,7 +213,7 @@ def prepare(edge_index, num_nodes=None, edge_weight=None, *, normalize=None, flo
         return _prepared_for_compile(edge_index, num_nodes, edge_weight, normalize, flow)
     normalize = True if normalize is None else normalize
     flow = "source_to_target" if flow is None else flow
-    if not (isinstance(edge_index, torch.Tensor) or _is_sparse_adjacency(edge_index)):
+    if not (isinstance(edge_index, torch.Tensor) or is_sparse_adjacency(edge_index)):
         raise TypeError(f"edge_index must be a [2, num_edges] tensor, a sparse adj_t or a "
                         f"prepared Graph, got {type(edge_index).__name__}")
     if isinstance(edge_index, torch.Tensor) and edge_index.layout not in _LAYOUTS:
@@ -257,7 +257,7 @@ def clear_cache():
 
 
 def _prepare_uncached(edge_index, num_nodes, edge_weight, normalize, flow):
-    if not _is_sparse_adjacency(edge_index):
+    if not is_sparse_adjacency(edge_index):
         if num_nodes is None:
             raise ValueError("num_nodes is required with an edge_index tensor")
         return Graph.from_edge_index(edge_index, num_nodes, edge_weight, normalize=normalize,
@@ -331,7 +331,7 @@ def _cache_graphs():
     return list({id(entry.graph): entry.graph for entry in _cache.values()}.values())
 
 
-def _version(t):
+def tensor_version(t):
     """t's version counter; inference tensors have none (in-place writes to
     them are possible only inside inference mode, and are not seen)."""
     if t is None:
@@ -348,12 +348,12 @@ def _tensor_key(t, versioned=True):
         if t.layout != torch.strided:  # torch.sparse: its parts carry the versions
             parts = (t.crow_indices(), t.col_indices(), t.values()) if t.layout == torch.sparse_csr \
                 else (t._indices(), t._values())
-            return (id(t), t.layout) + tuple((_version(p), p.data_ptr()) for p in parts)
-        return (id(t), _version(t), t.data_ptr(), tuple(t.shape), t.dtype)
+            return (id(t), t.layout) + tuple((tensor_version(p), p.data_ptr()) for p in parts)
+        return (id(t), tensor_version(t), t.data_ptr(), tuple(t.shape), t.dtype)
     # torch_sparse.SparseTensor
     storage = t.storage
     parts = [storage.row(), storage.col()] + ([] if storage.value() is None else [storage.value()])
-    return (id(t),) + tuple((_version(p), p.data_ptr()) for p in parts)
+    return (id(t),) + tuple((tensor_version(p), p.data_ptr()) for p in parts)
 
 
 # ------------------------------------------------------------- validation
@@ -374,20 +374,6 @@ def _check_edge_index(edge_index):
     return edge_index.contiguous()
 
 
-def _check_num_nodes(num_nodes):
-    """A node count as an int: Python and numpy ints, 0-d integer tensors; 0 is allowed."""
-    error = ValueError(f"num_nodes must be a non-negative int, got {num_nodes!r}")
-    if isinstance(num_nodes, bool):
-        raise error
-    try:
-        num_nodes = operator.index(num_nodes)
-    except TypeError:
-        raise error from None
-    if num_nodes < 0:
-        raise error
-    return num_nodes
-
-
 def _check_edge_weight(edge_weight, edge_index):
     if not isinstance(edge_weight, torch.Tensor):
         raise TypeError(f"edge_weight must be a torch.Tensor, got {type(edge_weight).__name__}")
@@ -404,7 +390,7 @@ def _check_edge_weight(edge_weight, edge_index):
     return edge_weight
 
 
-def _inverse_sqrt_degree(deg, normalize):
+def inverse_sqrt_degree(deg, normalize):
     """deg^-1/2 (0 where deg = 0), or ones without normalization."""
     if not normalize:
         return torch.ones_like(deg)
@@ -416,7 +402,7 @@ def _inverse_sqrt_degree(deg, normalize):
     return dinv.masked_fill_(torch.isinf(dinv), 0.0)
 
 
-def _is_sparse_adjacency(obj):
+def is_sparse_adjacency(obj):
     if isinstance(obj, torch.Tensor):
         return obj.layout != torch.strided
     return type(obj).__name__ == "SparseTensor" and hasattr(obj, "storage")

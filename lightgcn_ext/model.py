@@ -1,13 +1,13 @@
 """LightGCN and BPRLoss with the API, defaults and state_dict of
 torch_geometric.nn.models.LightGCN, on the fused propagation."""
-import operator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.loss import _Loss
 
-from .graph import FLOWS, _is_sparse_adjacency
+from . import validation
+from .graph import FLOWS, is_sparse_adjacency
 from .propagation import propagate
 
 # Arguments of PyG's LGConv (and of its MessagePassing base) that we support,
@@ -117,17 +117,14 @@ class LightGCN(torch.nn.Module):
         out_src = out if src_index is None else out[src_index]
         out_dst = out if dst_index is None else out[dst_index]
         num_candidates = out_dst.size(0)
-        try:
-            k = operator.index(k)  # ints, numpy ints, 0-d integer tensors
-        except TypeError:
-            raise TypeError(f"k must be an int, got {type(k).__name__}") from None
+        k = validation.as_int(k, "k")
         if not 0 <= k <= num_candidates:
             raise ValueError(f"k must be in [0, {num_candidates}] (the number of candidates "
                              f"in dst_index), got {k}")
         if chunk_size is None:
             chunk_size = max(1, (1 << 24) // max(num_candidates, 1))
-        elif not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        else:
+            chunk_size = validation.positive_int(chunk_size, "chunk_size")
         excluded = None if exclude is None else _ExcludedPairs(
             exclude, self.num_nodes, src_index, dst_index, out.device)
         top_scores, top = [], []
@@ -265,7 +262,7 @@ def _edges_of(edge_index):
         return edge_index.edge_index.flip(0) if flipped else edge_index.edge_index
     if isinstance(edge_index, Tensor) and edge_index.layout == torch.sparse_coo:
         return edge_index._indices()  # every stored entry, in order, as PyG
-    if _is_sparse_adjacency(edge_index):
+    if is_sparse_adjacency(edge_index):
         pairs, _, _ = _edges_of_adj_t(edge_index)
         return pairs.flip(0)  # PyG returns (row, col) of the sparse matrix
     return edge_index

@@ -3,8 +3,8 @@ import weakref
 
 import torch
 
-from . import _ops
-from .graph import Graph, _version, prepare
+from . import _ops, validation
+from .graph import Graph, prepare, tensor_version
 
 
 def propagate(edge_index, x, alpha, *, edge_weight=None, normalize=None, flow=None):
@@ -34,7 +34,7 @@ def propagate(edge_index, x, alpha, *, edge_weight=None, normalize=None, flow=No
         raise ValueError(f"x must have one row per node ({graph.num_nodes}), got {x.shape[0]}")
     if graph.device != x.device:
         raise ValueError(f"x ({x.device}) and the graph ({graph.device}) must be on one device")
-    alpha = _check_alpha(alpha, x)
+    alpha = validation.layer_weights(alpha, x)
     if _needs_edge_weight_grad(graph):
         return _propagate_differentiable_weights(graph, x, alpha)
     if not _is_finite(alpha):
@@ -52,19 +52,6 @@ def _check_x(x):
     return x
 
 
-def _check_alpha(alpha, x):
-    if not isinstance(alpha, torch.Tensor):
-        alpha = torch.as_tensor(alpha, dtype=torch.float64, device=x.device)
-    if alpha.dim() != 1 or alpha.numel() < 1:
-        raise ValueError(f"alpha must be 1-D with num_layers + 1 >= 1 entries, "
-                         f"got shape {list(alpha.shape)}")
-    if alpha.dtype == torch.bool or alpha.is_complex():
-        raise TypeError(f"alpha must be a real tensor, got {alpha.dtype}")
-    if alpha.device != x.device:
-        raise ValueError(f"alpha ({alpha.device}) must be on the device of x ({x.device})")
-    return alpha
-
-
 def _needs_edge_weight_grad(graph):
     return (graph.edge_weight is not None and graph.edge_weight.requires_grad
             and torch.is_grad_enabled())
@@ -75,7 +62,7 @@ def _is_finite(alpha):
     version, so that a CUDA buffer costs no synchronization per call."""
     if torch.compiler.is_compiling():
         return True  # a compiled graph takes the fused path (inf/NaN alpha give NaN)
-    version = (_version(alpha), alpha.data_ptr())
+    version = (tensor_version(alpha), alpha.data_ptr())
     seen = _finite_alphas.get(id(alpha))
     if seen is None or seen[0]() is not alpha or seen[1] != version:
         if len(_finite_alphas) >= 64:

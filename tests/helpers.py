@@ -16,6 +16,7 @@ import torch
 
 import lightgcn_ext  # loads the extension and registers the ops
 from lightgcn_ext._ops import CsrOperator
+from lightgcn_ext.data import Interactions
 
 REPO = Path(__file__).resolve().parents[1]
 OPS = torch.ops.lightgcn_ext
@@ -360,3 +361,20 @@ def run_python(code, timeout=120):
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH")] if p)
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def toy_interactions(seed=0, num_users=300, num_items=200, num_pairs=6000, communities=5):
+    """Users and items in communities; 80% of a user's pairs within its own:
+    something for a model to learn. Split 80/20 at random."""
+    gen = torch.Generator().manual_seed(seed)
+    user_community = torch.randint(0, communities, (num_users,), generator=gen)
+    users = torch.randint(0, num_users, (num_pairs,), generator=gen)
+    own = (torch.randint(0, num_items // communities, (num_pairs,), generator=gen) * communities
+           + user_community[users])
+    anywhere = torch.randint(0, num_items, (num_pairs,), generator=gen)
+    items = torch.where(torch.rand(num_pairs, generator=gen) < 0.8, own, anywhere)
+    keys = torch.unique(users * num_items + items)
+    keys = keys[torch.randperm(keys.numel(), generator=gen)]
+    cut = int(0.8 * keys.numel())
+    pairs = torch.stack([keys // num_items, keys % num_items])
+    return Interactions("toy", num_users, num_items, pairs[:, :cut], pairs[:, cut:])

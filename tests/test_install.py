@@ -152,7 +152,7 @@ def test_wheel_builds_quietly_installs_and_runs_outside_the_repository(
     home.mkdir()
     code = """
 import sys, torch, lightgcn_ext
-from lightgcn_ext.datasets import data_dir, find
+from lightgcn_ext.data import data_dir, find
 assert lightgcn_ext.__file__.startswith(sys.prefix), lightgcn_ext.__file__
 edge_index = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])   # the path 0 - 1 - 2
 graph = lightgcn_ext.Graph.from_edge_index(edge_index, 3)

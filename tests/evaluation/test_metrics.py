@@ -1,4 +1,4 @@
-"""lightgcn_ext.metrics: recall@k, ndcg@k, precision@k, hit@k and the popularity baseline.
+"""lightgcn_ext.evaluation: recall@k, ndcg@k, precision@k, hit@k and the popularity baseline.
 
 Checked against a brute-force reference written here in plain Python loops (every score,
 every mask, a full sort per user), against hand-computed cases, and against
@@ -13,8 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightgcn_ext import metrics
-from lightgcn_ext.metrics import evaluate, popularity_baseline
+from lightgcn_ext.evaluation import metrics, popularity_baseline, ranking_metrics
 
 NAMES = ("recall", "ndcg", "precision", "hit")
 
@@ -113,7 +112,7 @@ def test_matches_brute_force(dtype, integer, with_exclude):
     expected = reference_metrics(dense_scores(user_emb, item_emb), pairs_list(test),
                                  [p for e in exclude for p in pairs_list(e)], ks)
     for chunk_size in (1, 3, user_emb.size(0), None):
-        got = evaluate(user_emb, item_emb, test, exclude=exclude, ks=ks, chunk_size=chunk_size)
+        got = ranking_metrics(user_emb, item_emb, test, exclude=exclude, ks=ks, chunk_size=chunk_size)
         assert_metrics_equal(got, expected)
     assert list(got) == [f"{n}@{k}" for k in ks for n in NAMES] + ["num_users"]
 
@@ -124,7 +123,7 @@ def test_low_precision_embeddings(dtype):
     user_emb, item_emb, test, exclude = random_data(3, integer=True, dtype=dtype)
     expected = reference_metrics(dense_scores(user_emb, item_emb), pairs_list(test),
                                  [p for e in exclude for p in pairs_list(e)], (2, 10))
-    got = evaluate(user_emb, item_emb, test, exclude=exclude, ks=(2, 10), chunk_size=4)
+    got = ranking_metrics(user_emb, item_emb, test, exclude=exclude, ks=(2, 10), chunk_size=4)
     assert_metrics_equal(got, expected)
 
 
@@ -148,7 +147,7 @@ def test_matches_brute_force_property(data):
     ks = data.draw(st.lists(st.integers(1, num_items), min_size=1, max_size=3, unique=True))
     chunk_size = data.draw(st.one_of(st.none(), st.integers(1, 7)), "chunk_size")
     as_tensor = lambda pairs: torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).t()
-    got = evaluate(user_emb, item_emb, as_tensor(test), exclude=[as_tensor(e) for e in exclude],
+    got = ranking_metrics(user_emb, item_emb, as_tensor(test), exclude=[as_tensor(e) for e in exclude],
                    ks=ks, chunk_size=chunk_size)
     expected = reference_metrics(dense_scores(user_emb, item_emb), test,
                                  [p for e in exclude for p in e], ks)
@@ -176,7 +175,7 @@ def test_hand_computed():
     train = torch.tensor([[0, 2, 3], [0, 4, 1]])
     # user 0: ranks 1, 2, 3, 4 (0 excluded), test {1, 3}; user 1: ranks 0, 1, ..., test {0};
     # user 2: ranks 3, 2, 1, 0 (4 excluded), test {0}: never in the top 3.
-    got = evaluate(user_emb, item_emb, test, exclude=[train], ks=(1, 2, 3))
+    got = ranking_metrics(user_emb, item_emb, test, exclude=[train], ks=(1, 2, 3))
     i2 = 1 + 1 / math.log2(3)  # IDCG of two hits
     expected = {
         "recall@1": (0.5 + 1 + 0) / 3, "precision@1": (1 + 1 + 0) / 3,
@@ -194,7 +193,7 @@ def test_hand_computed_ties_go_to_lower_ids():
     user_emb, item_emb = torch.zeros(2, 3), torch.zeros(4, 3)  # every score 0: ids 0, 1, 2, 3
     test = torch.tensor([[0, 1], [2, 2]])
     exclude = torch.tensor([[1], [0]])  # user 1 ranks 1, 2, 3
-    got = evaluate(user_emb, item_emb, test, exclude=exclude, ks=(2, 3))
+    got = ranking_metrics(user_emb, item_emb, test, exclude=exclude, ks=(2, 3))
     assert got["hit@2"] == 0.5 and got["recall@2"] == 0.5 and got["precision@2"] == 0.25
     assert got["ndcg@2"] == pytest.approx((0 + 1 / math.log2(3)) / 2)
     assert got["recall@3"] == 1 and got["precision@3"] == pytest.approx(1 / 3)
@@ -205,11 +204,11 @@ def test_hand_computed_fewer_candidates_than_k_and_excluded_test_items():
     user_emb, item_emb = torch.ones(1, 1), torch.tensor([[3.0], [2.0], [1.0]])
     exclude = [torch.tensor([[0, 0], [0, 1]])]  # only item 2 is left to rank
     # The two places item 2 cannot fill are never hits.
-    got = evaluate(user_emb, item_emb, torch.tensor([[0], [2]]), exclude=exclude, ks=(3,))
+    got = ranking_metrics(user_emb, item_emb, torch.tensor([[0], [2]]), exclude=exclude, ks=(3,))
     assert got == {"recall@3": 1.0, "ndcg@3": 1.0, "precision@3": 1 / 3, "hit@3": 1.0,
                    "num_users": 1}
     # Test item 1 is excluded: never a hit, but it counts in the denominators.
-    got = evaluate(user_emb, item_emb, torch.tensor([[0, 0], [1, 2]]), exclude=exclude, ks=(3,))
+    got = ranking_metrics(user_emb, item_emb, torch.tensor([[0, 0], [1, 2]]), exclude=exclude, ks=(3,))
     assert got == pytest.approx({"recall@3": 0.5, "ndcg@3": 1 / (1 + 1 / math.log2(3)),
                                  "precision@3": 1 / 3, "hit@3": 1.0, "num_users": 1})
 
@@ -217,20 +216,20 @@ def test_hand_computed_fewer_candidates_than_k_and_excluded_test_items():
 def test_duplicate_pairs_count_once_and_input_forms():
     user_emb, item_emb = torch.ones(2, 1), torch.tensor([[2.0], [1.0], [0.0]])
     test = torch.tensor([[0, 0, 0], [0, 0, 2]])
-    got = evaluate(user_emb, item_emb, test, ks=1)  # an int k
+    got = ranking_metrics(user_emb, item_emb, test, ks=1)  # an int k
     assert got == {"recall@1": 0.5, "ndcg@1": 1.0, "precision@1": 1.0, "hit@1": 1.0,
                    "num_users": 1}
     exclude = torch.tensor([[0, 0], [0, 0]])
-    one = evaluate(user_emb, item_emb, test, exclude=exclude, ks=[2])  # one tensor
-    assert one == evaluate(user_emb, item_emb, test.int(), exclude=[exclude, exclude], ks=(2, 2))
-    assert (evaluate(user_emb, item_emb, test, exclude=None, ks=(2,))
-            == evaluate(user_emb, item_emb, test, ks=(2,)))
+    one = ranking_metrics(user_emb, item_emb, test, exclude=exclude, ks=[2])  # one tensor
+    assert one == ranking_metrics(user_emb, item_emb, test.int(), exclude=[exclude, exclude], ks=(2, 2))
+    assert (ranking_metrics(user_emb, item_emb, test, exclude=None, ks=(2,))
+            == ranking_metrics(user_emb, item_emb, test, ks=(2,)))
 
 
 def test_embeddings_that_require_grad():
     user_emb = torch.randn(4, 3, requires_grad=True)
     item_emb = torch.randn(6, 3, requires_grad=True)
-    got = evaluate(user_emb, item_emb, torch.tensor([[0, 3], [1, 5]]), ks=(2,))
+    got = ranking_metrics(user_emb, item_emb, torch.tensor([[0, 3], [1, 5]]), ks=(2,))
     assert got["num_users"] == 2 and user_emb.grad is None
 
 
@@ -263,12 +262,12 @@ def test_matches_torch_geometric():
     ks = (1, 5, 20)
     rankings, _ = reference_rankings(dense_scores(user_emb, item_emb), pairs_list(exclude), 60)
     top = torch.tensor([rankings[u][:max(ks)] for u in range(user_emb.size(0))])
-    # evaluate() ranks exactly so (test_topk_breaks_ties_towards_lower_id, the references).
+    # ranking_metrics() ranks exactly so (test_topk_breaks_ties_towards_lower_id, the references).
     scores = user_emb @ item_emb.t()
     scores[exclude[0], exclude[1]] = float("-inf")
     assert torch.equal(metrics._topk_lowest_id(scores, max(ks)), top)
 
-    got = evaluate(user_emb, item_emb, test, exclude=[exclude], ks=ks, chunk_size=4)
+    got = ranking_metrics(user_emb, item_emb, test, exclude=[exclude], ks=ks, chunk_size=4)
     classes = {"recall": tgm.LinkPredRecall, "ndcg": tgm.LinkPredNDCG,
                "precision": tgm.LinkPredPrecision,
                "hit": getattr(tgm, "LinkPredHitRatio", None)}
@@ -323,12 +322,12 @@ def test_chunks_never_build_the_whole_matrix(monkeypatch, default):
         monkeypatch.setattr(metrics, "_DEFAULT_CHUNK_ELEMENTS", 2 * num_items + 5)
     kwargs = dict(exclude=[train], ks=(10, 50), chunk_size=None if default else 2)
     with _Recorder() as rec:
-        got = evaluate(user_emb, item_emb, test, **kwargs)
+        got = ranking_metrics(user_emb, item_emb, test, **kwargs)
     # Each product scores 2 users; nothing as large as 3 users' scores is ever made.
     assert rec.products and all(shape == (2, num_items) for shape in rec.products)
     assert len(rec.products) == num_users // 2
     assert rec.max_numel <= 2 * num_items < num_users * num_items
-    whole = evaluate(user_emb, item_emb, test, exclude=[train], ks=(10, 50), chunk_size=40)
+    whole = ranking_metrics(user_emb, item_emb, test, exclude=[train], ks=(10, 50), chunk_size=40)
     assert_metrics_equal(got, whole)
 
 
@@ -357,7 +356,7 @@ def test_host_reads_do_not_grow_with_the_number_of_chunks(monkeypatch):
     for chunk_size in (40, 2):
         counts.clear()
         with SyncingOps():
-            evaluate(user_emb, item_emb, test, exclude=exclude, ks=(5,), chunk_size=chunk_size)
+            ranking_metrics(user_emb, item_emb, test, exclude=exclude, ks=(5,), chunk_size=chunk_size)
         reads.append(dict(counts))
     assert reads[0] == reads[1]
     assert reads[0]["reads"] <= 10
@@ -367,8 +366,8 @@ def test_host_reads_do_not_grow_with_the_number_of_chunks(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     user_emb, item_emb, test, exclude = random_data(4, integer=True, dtype=torch.float32)
-    cpu = evaluate(user_emb, item_emb, test, exclude=exclude, ks=(3, 10), chunk_size=3)
-    cuda = evaluate(user_emb.cuda(), item_emb.cuda(), test, exclude=exclude, ks=(3, 10),
+    cpu = ranking_metrics(user_emb, item_emb, test, exclude=exclude, ks=(3, 10), chunk_size=3)
+    cuda = ranking_metrics(user_emb.cuda(), item_emb.cuda(), test, exclude=exclude, ks=(3, 10),
                     chunk_size=3)
     assert_metrics_equal(cuda, cpu)
 
@@ -468,13 +467,13 @@ def test_bad_input(change, error, match):
     kwargs = dict(user_emb=user_emb, item_emb=item_emb, test=test, ks=(2,))
     kwargs.update(change)
     with pytest.raises(error, match=match):
-        evaluate(kwargs.pop("user_emb"), kwargs.pop("item_emb"), kwargs.pop("test"), **kwargs)
+        ranking_metrics(kwargs.pop("user_emb"), kwargs.pop("item_emb"), kwargs.pop("test"), **kwargs)
 
 
 @pytest.mark.parametrize("args, error, match", [
     ((torch.tensor([[0], [5]]), 4, 5), ValueError, r"train has item id 5 >= num_items=5"),
-    ((torch.tensor([[0], [1]]), 0, 5), ValueError, r"num_users must be positive"),
-    ((torch.tensor([[0], [1]]), 4, 2.0), TypeError, r"num_items must be an int"),
+    ((torch.tensor([[0], [1]]), 0, 5), ValueError, r"num_users must be a positive int"),
+    ((torch.tensor([[0], [1]]), 4, 2.0), TypeError, r"num_items must be a positive int"),
     ((torch.tensor([0, 1]), 4, 5), ValueError, r"train must have shape"),
 ])
 def test_popularity_baseline_bad_input(args, error, match):

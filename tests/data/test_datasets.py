@@ -1,4 +1,4 @@
-"""lightgcn_ext.datasets: the LightGCN text format, load() of a directory and of a
+"""lightgcn_ext.data: the LightGCN text format, load() of a directory and of a
 named data set (downloaded from a local HTTP server, never from the network), the
 synthetic generator, torch_geometric's data sets, and bad input."""
 import hashlib
@@ -13,9 +13,11 @@ import torch
 
 import lightgcn_ext
 from helpers import REPO
-from lightgcn_ext import datasets
-from lightgcn_ext.datasets import (ChecksumError, DownloadError, FormatError, Interactions,
-                                   bipartite_edge_index)
+from bench.reference import GOWALLA_SIZES
+from lightgcn_ext.data import (DATA_ENV, NAMED, ChecksumError, DownloadError, FormatError,
+                               Interactions, bipartite_edge_index, data_dir, find, from_pyg, load,
+                               read_dir, read_lists, synthetic)
+from lightgcn_ext.data import download, text_format
 
 GOWALLA = REPO.parent / "shared" / "data" / "gowalla"  # the repository's copy, beside it
 HAVE_GOWALLA = all((GOWALLA / file).is_file() for file in ("train.txt", "test.txt"))
@@ -29,12 +31,12 @@ def write(directory, **files):
 
 
 # -------------------------------------------------------------------- reader
-BLOCK_SIZES = [1, 4, datasets._BLOCK_BYTES]  # the reader's blocks: cut everywhere, or none
+BLOCK_SIZES = [1, 4, text_format._BLOCK_BYTES]  # the reader's blocks: cut everywhere, or none
 
 
 def test_read_lists(tmp_path):
     path = write(tmp_path, train="0 0 1 2\n1 2\n\n2 1\n3\n") / "train.txt"
-    pairs, num_users = datasets.read_lists(path)
+    pairs, num_users = read_lists(path)
     assert pairs.dtype == torch.int64 and pairs.tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 2, 1]]
     assert num_users == 4  # user 3 has a line, and no item
 
@@ -48,7 +50,7 @@ def test_read_lists(tmp_path):
 ])
 @pytest.mark.parametrize("block_bytes", BLOCK_SIZES)
 def test_read_lists_accepts(tmp_path, text, block_bytes):
-    pairs, num_users = datasets.read_lists(write(tmp_path, train=text) / "train.txt",
+    pairs, num_users = read_lists(write(tmp_path, train=text) / "train.txt",
                                            block_bytes=block_bytes)
     assert pairs.tolist() == [[5, 5], [7, 8]] and num_users == 8
 
@@ -63,8 +65,8 @@ def test_read_lists_in_blocks_reads_what_one_block_reads(tmp_path, block_bytes):
              for _ in range(300)]
     text = "\r\n".join(lines)  # no final newline
     path = write(tmp_path, train=text) / "train.txt"
-    whole, whole_users = datasets.read_lists(path, block_bytes=len(text) + 1)
-    pairs, num_users = datasets.read_lists(path, block_bytes=block_bytes)
+    whole, whole_users = read_lists(path, block_bytes=len(text) + 1)
+    pairs, num_users = read_lists(path, block_bytes=block_bytes)
     assert torch.equal(pairs, whole) and num_users == whole_users
     expected = [(int(line.split()[0]), int(item)) for line in lines if line
                 for item in line.split()[1:]]
@@ -73,7 +75,7 @@ def test_read_lists_in_blocks_reads_what_one_block_reads(tmp_path, block_bytes):
 
 def test_read_lists_of_an_empty_file(tmp_path):
     for text in ["", "\n\n"]:
-        pairs, num_users = datasets.read_lists(write(tmp_path, train=text) / "train.txt")
+        pairs, num_users = read_lists(write(tmp_path, train=text) / "train.txt")
         assert pairs.shape == (2, 0) and pairs.dtype == torch.int64 and num_users == 0
 
 
@@ -97,7 +99,7 @@ def test_read_lists_names_file_and_line_of_a_malformed_line(tmp_path, text, line
                                                             block_bytes):
     path = write(tmp_path, train=text) / "train.txt"
     with pytest.raises(FormatError, match=match) as error:
-        datasets.read_lists(path, block_bytes=block_bytes)
+        read_lists(path, block_bytes=block_bytes)
     assert error.value.line == line and error.value.path == path
     assert str(error.value).startswith(f"{path}:{line}: ")
     assert isinstance(error.value, ValueError)
@@ -105,7 +107,7 @@ def test_read_lists_names_file_and_line_of_a_malformed_line(tmp_path, text, line
 
 @pytest.mark.skipif(not HAVE_GOWALLA, reason="the repository's Gowalla copy is not here")
 def test_real_gowalla():
-    data = datasets.read_dir(GOWALLA)
+    data = read_dir(GOWALLA)
     assert data.name == "gowalla"
     assert (data.num_users, data.num_items) == (29858, 40981)
     assert (data.train.shape[1], data.test.shape[1]) == (810128, 217242) and data.valid is None
@@ -123,19 +125,19 @@ def test_real_gowalla():
 # ------------------------------------------------------------ read_dir, load
 def test_load_directory(tmp_path):
     root = write(tmp_path / "mine", train="0 0 1 2\n1 2\n2 1\n", test="0 3\n1 0\n3 1\n")
-    data = datasets.load(root)
+    data = load(root)
     assert data.name == "mine" and (data.num_users, data.num_items) == (4, 4)
     assert data.train.tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 2, 1]]
     assert data.test.tolist() == [[0, 1, 3], [3, 0, 1]] and data.valid is None
-    assert datasets.load(str(root)).train.tolist() == data.train.tolist()
+    assert load(str(root)).train.tolist() == data.train.tolist()
     write(root, valid="2 3\n4\n")
-    data = datasets.load(root)
+    data = load(root)
     assert data.valid.tolist() == [[2], [3]] and data.num_users == 5  # user 4's empty line
 
 
 def test_user_in_test_but_not_in_train_is_kept(tmp_path):
     """As in the LightGCN authors' code: a node without edges, evaluated on its test items."""
-    data = datasets.load(write(tmp_path, train="0 0 1\n1 1\n", test="0 2\n2 0 3\n"))
+    data = load(write(tmp_path, train="0 0 1\n1 1\n", test="0 2\n2 0 3\n"))
     assert (data.num_users, data.num_items) == (3, 4)
     assert data.test.tolist() == [[0, 2, 2], [2, 0, 3]]
     assert 2 not in data.train[0].tolist() and 2 not in data.edge_index()[0].tolist()
@@ -143,21 +145,21 @@ def test_user_in_test_but_not_in_train_is_kept(tmp_path):
 
 def test_load_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="lacks test.txt"):
-        datasets.load(write(tmp_path / "a", train="0 1\n"))
+        load(write(tmp_path / "a", train="0 1\n"))
     with pytest.raises(ValueError, match="train.txt holds no .user, item. pair: nothing to train"):
-        datasets.load(write(tmp_path / "b", train="0\n1 \n", test="0 1\n"))
+        load(write(tmp_path / "b", train="0\n1 \n", test="0 1\n"))
     with pytest.raises(ValueError, match="test.txt holds no .user, item. pair: nothing to eval"):
-        datasets.load(write(tmp_path / "c", train="0 1\n", test=""))
+        load(write(tmp_path / "c", train="0 1\n", test=""))
     with pytest.raises(FormatError, match=r"valid.txt:2: negative"):
-        datasets.load(write(tmp_path / "d", train="0 1\n", test="0 2\n", valid="0 3\n1 -3\n"))
+        load(write(tmp_path / "d", train="0 1\n", test="0 2\n", valid="0 3\n1 -3\n"))
     with pytest.raises(FileNotFoundError, match="neither a named data set"):
-        datasets.load(str(tmp_path / "nowhere"))
+        load(str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="root"):
-        datasets.load(write(tmp_path / "e", train="0 1\n", test="0 2\n"), root=tmp_path)
+        load(write(tmp_path / "e", train="0 1\n", test="0 2\n"), root=tmp_path)
 
 
 def test_load_synthetic_by_name():
-    assert torch.equal(datasets.load("synthetic").train, datasets.synthetic().train)
+    assert torch.equal(load("synthetic").train, synthetic().train)
 
 
 # ---------------------------------------------------------------- interactions
@@ -244,12 +246,12 @@ class Server:
 
 @pytest.fixture
 def server(monkeypatch, tmp_path):
-    """A server of the named sets' files at datasets.BASE_URL: a copy of the
+    """A server of the named sets' files at download.BASE_URL: a copy of the
     repository's Gowalla when present (its real md5s), else small generated
     files whose checksums replace the known ones; also a small "yelp2018" whose
     train.txt is checked by git's blob SHA-1, as the real one is."""
     srv = Server()
-    monkeypatch.setattr(datasets, "BASE_URL", srv.url)
+    monkeypatch.setattr(download, "BASE_URL", srv.url)
     if HAVE_GOWALLA:
         for file in ("train.txt", "test.txt"):
             srv.files[f"/data/gowalla/{file}"] = (GOWALLA / file).read_bytes()
@@ -259,12 +261,12 @@ def server(monkeypatch, tmp_path):
             for u in range(300)).encode()
         srv.files["/data/gowalla/test.txt"] = "".join(
             f"{u} {(u + 30) % 500}\n" for u in range(300)).encode()
-        monkeypatch.setitem(datasets.NAMED, "gowalla", {
+        monkeypatch.setitem(NAMED, "gowalla", {
             file: ("md5", hashlib.md5(srv.files[f"/data/gowalla/{file}"]).hexdigest())
             for file in ("train.txt", "test.txt")})
     train, test = b"0 1 2\n1 2 3\n", b"0 3\n1 0\n"
     srv.files.update({"/data/yelp2018/train.txt": train, "/data/yelp2018/test.txt": test})
-    monkeypatch.setitem(datasets.NAMED, "yelp2018", {
+    monkeypatch.setitem(NAMED, "yelp2018", {
         "train.txt": ("git-sha1", hashlib.sha1(b"blob %d\0" % len(train) + train).hexdigest()),
         "test.txt": ("md5", hashlib.md5(test).hexdigest())})
     yield srv
@@ -276,36 +278,36 @@ def no_partial_files(directory):
 
 
 def test_named_set_is_downloaded_once_into_root(server, tmp_path):
-    data = datasets.load("gowalla", root=tmp_path, progress=False)
+    data = load("gowalla", root=tmp_path, progress=False)
     assert data.name == "gowalla" and data.train.shape[1] > 0
     if HAVE_GOWALLA:
         assert (data.num_users, data.num_items, data.train.shape[1]) == (29858, 40981, 810128)
     assert sorted(server.requests) == ["/data/gowalla/test.txt", "/data/gowalla/train.txt"]
     for file in ("train.txt", "test.txt"):
         assert (tmp_path / "gowalla" / file).read_bytes() == server.files[f"/data/gowalla/{file}"]
-    assert datasets.find("gowalla", root=tmp_path) == tmp_path / "gowalla"
-    again = datasets.load("gowalla", root=tmp_path)  # from the cache: no request
+    assert find("gowalla", root=tmp_path) == tmp_path / "gowalla"
+    again = load("gowalla", root=tmp_path)  # from the cache: no request
     assert len(server.requests) == 2 and torch.equal(again.train, data.train)
     assert no_partial_files(tmp_path)
 
 
 def test_named_set_goes_into_the_data_dir(server, tmp_path, monkeypatch):
-    monkeypatch.setenv(datasets.DATA_ENV, str(tmp_path / "cache"))
-    data = datasets.load("yelp2018", progress=True)  # a git blob SHA-1 checked file, a bar
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "cache"))
+    data = load("yelp2018", progress=True)  # a git blob SHA-1 checked file, a bar
     assert data.train.tolist() == [[0, 0, 1, 1], [1, 2, 2, 3]]
     assert (tmp_path / "cache" / "yelp2018" / "train.txt").is_file()
-    assert datasets.find("yelp2018") == tmp_path / "cache" / "yelp2018"
+    assert find("yelp2018") == tmp_path / "cache" / "yelp2018"
 
 
 def test_data_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv(datasets.DATA_ENV, str(tmp_path / "mine"))
-    assert datasets.data_dir() == tmp_path / "mine"
-    monkeypatch.delenv(datasets.DATA_ENV)
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "mine"))
+    assert data_dir() == tmp_path / "mine"
+    monkeypatch.delenv(DATA_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert datasets.data_dir() == tmp_path / "xdg" / "lightgcn_ext"
+    assert data_dir() == tmp_path / "xdg" / "lightgcn_ext"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert datasets.data_dir() == tmp_path / "home" / ".cache" / "lightgcn_ext"
+    assert data_dir() == tmp_path / "home" / ".cache" / "lightgcn_ext"
 
 
 @pytest.mark.parametrize("mode, match", [
@@ -321,7 +323,7 @@ def test_failed_download_leaves_nothing_and_says_what_to_do(server, tmp_path, mo
     else:
         server.modes[url_path] = mode
     with pytest.raises(DownloadError, match=match) as error:
-        datasets.load("gowalla", root=tmp_path, progress=False)
+        load("gowalla", root=tmp_path, progress=False)
     message = str(error.value)
     target = tmp_path / "gowalla" / "test.txt"
     assert "nothing was saved" in message and "Retry, or download it by hand" in message
@@ -332,22 +334,22 @@ def test_failed_download_leaves_nothing_and_says_what_to_do(server, tmp_path, mo
         server.files[url_path] = (GOWALLA / "test.txt").read_bytes() if HAVE_GOWALLA else None
         if not HAVE_GOWALLA:
             return
-    assert datasets.load("gowalla", root=tmp_path, progress=False).test.shape[1] > 0
+    assert load("gowalla", root=tmp_path, progress=False).test.shape[1] > 0
 
 
 def test_unreachable_server(tmp_path, monkeypatch):
     server = Server()
     server.close()  # nothing listens there any more
-    monkeypatch.setattr(datasets, "BASE_URL", server.url)
+    monkeypatch.setattr(download, "BASE_URL", server.url)
     with pytest.raises(DownloadError, match="Retry, or download it by hand"):
-        datasets.load("amazon-book", root=tmp_path, progress=False)
+        load("amazon-book", root=tmp_path, progress=False)
     assert no_partial_files(tmp_path) and not (tmp_path / "amazon-book" / "train.txt").exists()
 
 
 def test_corrupt_cached_file_is_refused(server, tmp_path):
     write(tmp_path / "yelp2018", train="0 1 2\n1 2 4\n", test="0 3\n1 0\n")
     with pytest.raises(ChecksumError, match=r"train.txt is corrupt .* Delete it and load again"):
-        datasets.load("yelp2018", root=tmp_path)
+        load("yelp2018", root=tmp_path)
     assert server.requests == []
 
 
@@ -355,28 +357,28 @@ def test_the_package_never_reads_the_repository_copy(server, tmp_path, monkeypat
     """With an empty home and data directory, "gowalla" is downloaded: neither
     ../shared/data/gowalla nor a ./gowalla of the current directory is read."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv(datasets.DATA_ENV, str(tmp_path / "empty"))
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "empty"))
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     write(tmp_path / "cwd" / "gowalla", train="0 1\n", test="0 2\n")
     monkeypatch.chdir(GOWALLA.parent if HAVE_GOWALLA else tmp_path / "cwd")
-    assert datasets.find("gowalla") is None
-    datasets.load("gowalla", progress=False)
+    assert find("gowalla") is None
+    load("gowalla", progress=False)
     assert len(server.requests) == 2
     assert (tmp_path / "empty" / "gowalla" / "train.txt").is_file()
 
 
 def test_unknown_name():
     with pytest.raises(ValueError, match="unknown data set 'movielens'"):
-        datasets.find("movielens")
+        find("movielens")
 
 
 @pytest.mark.skipif(not HAVE_GOWALLA, reason="the repository's Gowalla copy is not here")
 def test_checksums_of_the_repository_copy():
     """The table's md5s are those of the published files, and the git blob SHA-1
     the authors' tree records for Gowalla's train.txt is what _file_checksum computes."""
-    for file, (kind, expected) in datasets.NAMED["gowalla"].items():
-        assert datasets._file_checksum(GOWALLA / file, kind) == expected
-    assert datasets._file_checksum(GOWALLA / "train.txt", "git-sha1") == \
+    for file, (kind, expected) in NAMED["gowalla"].items():
+        assert download._file_checksum(GOWALLA / file, kind) == expected
+    assert download._file_checksum(GOWALLA / "train.txt", "git-sha1") == \
         "a27782bd7a1d4d0744148dc0460ea94da74763f2"
 
 
@@ -385,12 +387,12 @@ def test_git_blob_sha1_is_gits(tmp_path):
     path = write(tmp_path, train="0 1 2\n3 4\n") / "train.txt"
     expected = subprocess.run(["git", "hash-object", str(path)], capture_output=True,
                               text=True, check=True).stdout.strip()
-    assert datasets._file_checksum(path, "git-sha1") == expected
+    assert download._file_checksum(path, "git-sha1") == expected
 
 
 # ------------------------------------------------------------------ synthetic
 def test_synthetic_default():
-    data = datasets.synthetic()
+    data = synthetic()
     assert data.name == "synthetic" and (data.num_users, data.num_items) == (6000, 4000)
     assert data.train.shape == (2, 120_000) and data.valid is None
     assert 0.18 < data.test.shape[1] / (data.train.shape[1] + data.test.shape[1]) < 0.22
@@ -398,7 +400,7 @@ def test_synthetic_default():
 
 def test_synthetic_is_deterministic_by_seed():
     sizes = dict(num_users=300, num_items=400, num_interactions=5000, communities=4)
-    a, b, c = (datasets.synthetic(seed, **sizes) for seed in (7, 7, 8))
+    a, b, c = (synthetic(seed, **sizes) for seed in (7, 7, 8))
     assert torch.equal(a.train, b.train) and torch.equal(a.test, b.test)
     assert not torch.equal(a.train, c.train)
 
@@ -409,7 +411,7 @@ def test_synthetic_is_deterministic_by_seed():
     dict(num_users=40, num_items=60, num_interactions=400, communities=2, in_community=1.0),
 ])
 def test_synthetic_structure(sizes):
-    data = datasets.synthetic(3, **sizes)
+    data = synthetic(3, **sizes)
     communities = sizes.get("communities", 20)
     train, test = data.train.numpy(), data.test.numpy()
     assert train.shape[1] == sizes.get("num_interactions", 120_000)
@@ -432,7 +434,7 @@ def test_synthetic_is_learnable():
     """The planted structure predicts the test items far better than popularity:
     the generator's rule (the user's community's items by training popularity)
     against global popularity, training items excluded, recall@20."""
-    data = datasets.synthetic()
+    data = synthetic()
     count = np.bincount(data.train[1].numpy(), minlength=data.num_items).astype(float)
     train, test = data.train.numpy(), data.test.numpy()
 
@@ -453,21 +455,21 @@ def test_synthetic_is_learnable():
 
 
 def test_synthetic_gowalla_sized():
-    data = datasets.synthetic(0, **datasets.GOWALLA_SIZES)
+    data = synthetic(0, **GOWALLA_SIZES)
     assert (data.num_users, data.num_items, data.train.shape[1]) == (29858, 40981, 810128)
     assert data.edge_index().shape == (2, 1620256)
 
 
 def test_synthetic_rejects_impossible_sizes():
     with pytest.raises(ValueError, match="num_interactions"):
-        datasets.synthetic(num_users=10, num_items=100, num_interactions=19)  # < 2 per user
+        synthetic(num_users=10, num_items=100, num_interactions=19)  # < 2 per user
     with pytest.raises(ValueError, match="num_interactions"):
-        datasets.synthetic(num_users=10, num_items=100, num_interactions=1000,
+        synthetic(num_users=10, num_items=100, num_interactions=1000,
                            communities=2)  # a user has at most 50 items
     with pytest.raises(ValueError, match="communities"):
-        datasets.synthetic(num_users=10, num_items=5, num_interactions=20)
+        synthetic(num_users=10, num_items=5, num_interactions=20)
     with pytest.raises(ValueError, match="num_users must be a positive int"):
-        datasets.synthetic(num_users=0)
+        synthetic(num_users=0)
 
 
 # ------------------------------------------------------------ torch_geometric
@@ -507,7 +509,7 @@ def movielens_like(num_users=30, num_movies=40, seed=0):
 def test_from_pyg_amazon_book_layout():
     pytest.importorskip("torch_geometric")
     data = amazon_book_like()
-    converted = datasets.from_pyg(data)
+    converted = from_pyg(data)
     assert (converted.name, converted.num_users, converted.num_items) == ("pyg", 4, 6)
     assert converted.train.tolist() == data["user", "rates", "book"].edge_index.tolist()
     assert converted.test.tolist() == [[0, 1, 3], [2, 5, 0]]
@@ -516,7 +518,7 @@ def test_from_pyg_amazon_book_layout():
         def __getitem__(self, index):
             return data
 
-    assert datasets.from_pyg(AmazonBook()).name == "AmazonBook"
+    assert from_pyg(AmazonBook()).name == "AmazonBook"
 
 
 def test_from_pyg_movielens_layout():
@@ -525,7 +527,7 @@ def test_from_pyg_movielens_layout():
     store = data["user", "rates", "movie"]
     all_pairs = set(map(tuple, store.edge_index.t().tolist()))
     for split in ("random", "time"):
-        converted = datasets.from_pyg(data, name="ml", split=split, seed=1)
+        converted = from_pyg(data, name="ml", split=split, seed=1)
         assert (converted.name, converted.num_users, converted.num_items) == ("ml", 30, 40)
         train = set(map(tuple, converted.train.t().tolist()))
         test = set(map(tuple, converted.test.t().tolist()))
@@ -536,14 +538,14 @@ def test_from_pyg_movielens_layout():
         assert 0.15 < len(test) / len(all_pairs) < 0.3
     # split="time": each user's test items are its latest.
     time = {pair: int(t) for pair, t in zip(map(tuple, store.edge_index.t().tolist()), store.time)}
-    converted = datasets.from_pyg(data, split="time")
+    converted = from_pyg(data, split="time")
     for user in range(30):
         train_times = [time[p] for p in map(tuple, converted.train.t().tolist()) if p[0] == user]
         test_times = [time[p] for p in map(tuple, converted.test.t().tolist()) if p[0] == user]
         if test_times:
             assert min(test_times) > max(train_times)
-    assert torch.equal(datasets.from_pyg(data, seed=1).test, datasets.from_pyg(data, seed=1).test)
-    high = datasets.from_pyg(data, min_rating=4)
+    assert torch.equal(from_pyg(data, seed=1).test, from_pyg(data, seed=1).test)
+    high = from_pyg(data, min_rating=4)
     assert high.train.shape[1] + high.test.shape[1] == int((store.rating >= 4).sum())
 
 
@@ -552,15 +554,15 @@ def test_from_pyg_bad_input():
     data = amazon_book_like()
     data["user", "buys", "book"].edge_index = torch.tensor([[0], [0]])
     with pytest.raises(ValueError, match="exactly one edge type"):
-        datasets.from_pyg(data)
+        from_pyg(data)
     data = amazon_book_like()
     data["book"].num_nodes = 5  # item 5 in the test split is then out of range
     with pytest.raises(ValueError, match="test has item id 5, but num_items is 5"):
-        datasets.from_pyg(data)
+        from_pyg(data)
     with pytest.raises(ValueError, match="no time"):
-        datasets.from_pyg(_without_time(movielens_like()), split="time")
+        from_pyg(_without_time(movielens_like()), split="time")
     with pytest.raises(TypeError, match="HeteroData"):
-        datasets.from_pyg([torch.zeros(2)])
+        from_pyg([torch.zeros(2)])
 
 
 def _without_time(data):
@@ -577,8 +579,8 @@ def test_from_pyg_real_classes_process_local_files(tmp_path):
     write(raw, train="0 0 1\n1 1 2\n2 3\n", test="0 2\n1 0\n2 1\n")
     (raw / "user_list.txt").write_text("org_id remap_id\na 0\nb 1\nc 2\n")
     (raw / "item_list.txt").write_text("org_id remap_id\nw 0\nx 1\ny 2\nz 3\n")
-    converted = datasets.from_pyg(tg_datasets.AmazonBook(str(tmp_path / "amazon")))
-    loaded = datasets.load(raw)
+    converted = from_pyg(tg_datasets.AmazonBook(str(tmp_path / "amazon")))
+    loaded = load(raw)
     assert converted.name == "AmazonBook"
     assert (converted.num_users, converted.num_items) == (loaded.num_users, loaded.num_items)
     assert torch.equal(converted.train, loaded.train) and torch.equal(converted.test, loaded.test)
@@ -597,7 +599,7 @@ def test_from_pyg_real_movielens_class_processes_local_files(tmp_path):
     (raw / "ratings.dat").write_text("1::10::5::978300760\n1::20::3::978302109\n"
                                      "1::30::4::978301968\n2::20::5::978300275\n"
                                      "2::30::1::978300100\n")
-    data = datasets.from_pyg(tg_datasets.MovieLens1M(str(tmp_path / "ml")), split="time")
+    data = from_pyg(tg_datasets.MovieLens1M(str(tmp_path / "ml")), split="time")
     assert (data.name, data.num_users, data.num_items) == ("MovieLens1M", 2, 3)
     # Users and movies are numbered in file order: user 1 -> 0, movie 20 -> 1.
     assert data.train.tolist() == [[0, 0, 1], [0, 2, 2]] and data.test.tolist() == [[0, 1], [1, 1]]

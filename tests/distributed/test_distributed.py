@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
-from helpers import REPO  # noqa: E402
-from lightgcn_ext import distributed, metrics  # noqa: E402
+from helpers import REPO, toy_interactions  # noqa: E402
+from lightgcn_ext import distributed  # noqa: E402
+from lightgcn_ext.distributed import train_distributed  # noqa: E402
+from lightgcn_ext.evaluation import ranking_metrics  # noqa: E402
 from lightgcn_ext.model import LightGCN  # noqa: E402
-from lightgcn_ext.train import TrainConfig, run  # noqa: E402
-from test_train import toy_interactions  # noqa: E402
+from lightgcn_ext.training import TrainConfig, train  # noqa: E402
 
 FLOAT_TOL = {torch.float64: 1e-12, torch.float32: 1e-5}  # relative to the largest entry
 DEADLINE_S = 120  # a launch that takes longer hangs
@@ -96,7 +97,7 @@ def _check_propagation(report):
                                                              chunk_rows=chunk_rows)
         lo, hi = graph.lo, graph.hi
         x_own = x[lo:hi].clone().requires_grad_()
-        out = distributed.propagate(graph, x_own, alpha)
+        out = distributed.propagate_distributed(graph, x_own, alpha)
         out.backward(grad[lo:hi])
         scale = ref.abs().max().item(), x_ref.grad.abs().max().item()
         key = f"{dtype} in sub-rounds of {chunk_rows} rows"
@@ -105,7 +106,7 @@ def _check_propagation(report):
         report[f"sub-rounds {key}"] = graph.plan()["collectives"]
     for bad_x, bad_alpha in [(x_own.detach().bfloat16(), alpha), (x_own, alpha.clone().requires_grad_())]:
         try:
-            distributed.propagate(graph, bad_x, bad_alpha)
+            distributed.propagate_distributed(graph, bad_x, bad_alpha)
         except (TypeError, ValueError) as error:
             report.setdefault("bad input", []).append(f"{type(error).__name__}: {error}")
 
@@ -117,10 +118,10 @@ def _check_evaluation(report):
     bounds = distributed.partition(distributed.interaction_degree(data), _world_size())
     rank = int(os.environ["RANK"])
     ks = (5, 20)
-    report["evaluate"] = distributed.evaluate(
+    report["evaluate"] = distributed.evaluate_distributed(
         embedding[bounds[rank]:bounds[rank + 1]], bounds, data.num_users, data.test,
         exclude=[data.train], ks=ks)
-    report["evaluate reference"] = metrics.evaluate(
+    report["evaluate reference"] = ranking_metrics(
         embedding[:data.num_users], embedding[data.num_users:], data.test, exclude=[data.train],
         ks=ks)
     report["users per rank"] = [min(b, data.num_users) for b in bounds]
@@ -141,11 +142,12 @@ def main(out):
     _check_evaluation(report)
     data = toy_interactions()
     world_size = _world_size()
-    report["whole"] = run(_config(out / f"whole{world_size}"), data=data)
-    run(_config(out / f"pieces{world_size}", max_epochs_now=1), data=data)
-    report["pieces"] = run(_config(out / f"pieces{world_size}", resume=True), data=data)
+    report["whole"] = train_distributed(_config(out / f"whole{world_size}"), data=data)
+    train_distributed(_config(out / f"pieces{world_size}", max_epochs_now=1), data=data)
+    report["pieces"] = train_distributed(_config(out / f"pieces{world_size}", resume=True),
+                                         data=data)
     try:  # a checkpoint of 1 process (the test wrote it before launching)
-        run(_config(out / "single", epochs=4, resume=True), data=data)
+        train_distributed(_config(out / "single", epochs=4, resume=True), data=data)
     except ValueError as error:
         report["other world size"] = str(error)
     reports = [None] * world_size
@@ -158,9 +160,9 @@ def main(out):
 def main_train(out, epochs):
     """A rank's side of the dying-rank test: a long training run."""
     torch.set_num_threads(1)
-    run(_config(out, epochs=int(epochs), batch_size=32,
-                dist_timeout=float(os.environ["LIGHTGCN_TEST_DIST_TIMEOUT"])),
-        data=toy_interactions(num_pairs=12000))
+    train_distributed(_config(out, epochs=int(epochs), batch_size=32,
+                              dist_timeout=float(os.environ["LIGHTGCN_TEST_DIST_TIMEOUT"])),
+                      data=toy_interactions(num_pairs=12000))
 
 
 # ------------------------------------------------------------------ the tests
@@ -201,7 +203,7 @@ def _compare(report, single, tmp_path, world_size):
     assert len(pieces) == 1 and pieces.pop() > 3 * (world_size - 1)
     assert report[0]["bad input"] == [
         "TypeError: h must be float32 or float64 (torch.sparse's products), got torch.bfloat16",
-        "ValueError: alpha must not require grad: distributed.propagate is differentiable in "
+        "ValueError: alpha must not require grad: propagate_distributed is differentiable in "
         "x only"]
     whole, pieces = report[0]["whole"], report[0]["pieces"]
     strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in h]  # noqa: E731
@@ -235,7 +237,7 @@ def test_a_rank_draws_its_rows_of_the_single_process_table(num_nodes, dim, lo, h
 
 @pytest.mark.parametrize("world_size", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_processes_match_one_process(tmp_path, world_size):
-    single = run(_config(tmp_path / "single"), data=toy_interactions())
+    single = train(_config(tmp_path / "single"), data=toy_interactions())
     _wait(_launch(world_size, "main", tmp_path))
     report = json.loads((tmp_path / f"report{world_size}.json").read_text())
     _compare(report, single, tmp_path, world_size)
@@ -274,9 +276,9 @@ def test_the_cli_under_torchrun_and_a_resume_with_another_world_size(tmp_path):
 
 
 def test_a_single_process_imports_no_distributed_machinery(tmp_path):
-    code = ("import sys; sys.path.insert(0, 'tests'); from test_train import toy_interactions; "
-            "from lightgcn_ext.train import TrainConfig, run; "
-            f"run(TrainConfig(epochs=1, dim=8, out={str(tmp_path)!r}, progress=False), "
+    code = ("import sys; sys.path.insert(0, 'tests'); from helpers import toy_interactions; "
+            "from lightgcn_ext.training import TrainConfig, train; "
+            f"train(TrainConfig(epochs=1, dim=8, out={str(tmp_path)!r}, progress=False), "
             "data=toy_interactions()); print('lightgcn_ext.distributed' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,

@@ -35,19 +35,19 @@ chunk holds its ``chunk_size x num_items`` score matrix and a few matrices of th
 embeddings' device, vectorized within a chunk; the chunks need no host read at all (the
 sums stay on the device until the end), only the checks of the inputs before them do.
 """
-import operator
-
 import torch
 from torch import Tensor
 
-__all__ = ["evaluate", "metric_sums", "metrics_of_sums", "popularity_baseline"]
+from .. import validation
+
+__all__ = ["ranking_metrics", "metric_sums", "metrics_of_sums", "popularity_baseline"]
 
 # A chunk's score matrix holds about this many entries when chunk_size is None.
 _DEFAULT_CHUNK_ELEMENTS = 1 << 24
 _METRICS = ("recall", "ndcg", "precision", "hit")
 
 
-def evaluate(user_emb, item_emb, test, *, exclude=(), ks=(20,), chunk_size=None) -> dict:
+def ranking_metrics(user_emb, item_emb, test, *, exclude=(), ks=(20,), chunk_size=None) -> dict:
     r"""recall@k, ndcg@k, precision@k and hit@k of ranking every item for each test user.
 
     Args:
@@ -83,7 +83,7 @@ def evaluate(user_emb, item_emb, test, *, exclude=(), ks=(20,), chunk_size=None)
 
 
 def metric_sums(user_emb, item_emb, test, *, exclude=(), ks=(20,), chunk_size=None):
-    """What :func:`evaluate` averages, before the average: ``(sums, count, ks)``,
+    """What :func:`ranking_metrics` averages, before the average: ``(sums, count, ks)``,
     ``sums`` a ``[len(ks), 4]`` float64 tensor of the per-user recall, ndcg,
     precision and hit summed over the ``count`` test users, and the checked
     ``ks``. The sums of disjoint sets of users add up (the distributed
@@ -102,7 +102,7 @@ def metric_sums(user_emb, item_emb, test, *, exclude=(), ks=(20,), chunk_size=No
 
 
 def metrics_of_sums(sums, count, ks):
-    """The metrics dict of :func:`evaluate` from :func:`metric_sums`' output."""
+    """The metrics dict of :func:`ranking_metrics` from :func:`metric_sums`' output."""
     sums = sums.tolist()  # the one host read of the metrics
     out = {}
     for j, k in enumerate(ks):
@@ -113,7 +113,7 @@ def metrics_of_sums(sums, count, ks):
 
 
 def popularity_baseline(train, num_users, num_items, test, *, exclude=(), ks=(20,)) -> dict:
-    r"""The metrics of :func:`evaluate` for the popularity ranking: every user's unseen
+    r"""The metrics of :func:`ranking_metrics` for the popularity ranking: every user's unseen
     items ranked by their number of training interactions (ties: lower item id first).
 
     Args:
@@ -121,14 +121,14 @@ def popularity_baseline(train, num_users, num_items, test, *, exclude=(), ks=(20
             An item's count is its number of distinct training users (a duplicated pair
             counts once). The training pairs are always excluded from the ranking.
         num_users, num_items: the sizes of the id spaces.
-        test, exclude, ks: as in :func:`evaluate` (``exclude`` adds to ``train``, e.g.
+        test, exclude, ks: as in :func:`ranking_metrics` (``exclude`` adds to ``train``, e.g.
             the validation pairs).
 
-    Runs on ``train``'s device, through :func:`evaluate` with a user embedding of ones
+    Runs on ``train``'s device, through :func:`ranking_metrics` with a user embedding of ones
     and the item counts as a 1-dimensional item embedding (scores in float64, exact).
     """
-    num_users = _check_size(num_users, "num_users")
-    num_items = _check_size(num_items, "num_items")
+    num_users = validation.positive_int(num_users, "num_users")
+    num_items = validation.positive_int(num_items, "num_items")
     if not isinstance(train, Tensor):
         raise TypeError(f"train must be a [2, n] integer tensor, got {type(train).__name__}")
     device = train.device
@@ -136,7 +136,7 @@ def popularity_baseline(train, num_users, num_items, test, *, exclude=(), ks=(20
     train = _unique_pairs(train, num_items)
     counts = torch.bincount(train[1], minlength=num_items).to(torch.float64)
     user_emb = torch.ones(num_users, 1, dtype=torch.float64, device=device)
-    return evaluate(user_emb, counts.view(-1, 1), test, exclude=[train, *_exclude_list(exclude)],
+    return ranking_metrics(user_emb, counts.view(-1, 1), test, exclude=[train, *_exclude_list(exclude)],
                     ks=ks)
 
 
@@ -287,7 +287,7 @@ def _check_ks(ks, num_items):
         raise ValueError("ks is empty: give at least one k")
     out = []
     for k in ks:
-        k = _as_int(k, "each k of ks")
+        k = validation.as_int(k, "each k of ks")
         if not 1 <= k <= num_items:
             raise ValueError(f"k={k} is out of range: each k of ks must satisfy "
                              f"1 <= k <= num_items={num_items}")
@@ -301,26 +301,7 @@ def _check_ks(ks, num_items):
 def _check_chunk_size(chunk_size, num_items):
     if chunk_size is None:
         return max(1, _DEFAULT_CHUNK_ELEMENTS // num_items)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    return chunk_size
-
-
-def _as_int(value, name):
-    """value as an int (ints, numpy ints, 0-d integer tensors; not bools)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {value!r}") from None
-
-
-def _check_size(value, name):
-    value = _as_int(value, name)
-    if value < 1:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return value
+    return validation.positive_int(chunk_size, "chunk_size")
 
 
 def _check_pairs(pairs, name, num_users, num_items, device):

@@ -12,39 +12,21 @@ import time
 import pytest
 import torch
 
-from helpers import REPO, pyg_models
-from lightgcn_ext import metrics
-from lightgcn_ext.datasets import Interactions
-from lightgcn_ext.sampling import BPRSampler
-from lightgcn_ext.train import TrainConfig, bpr_step, run
-
-
-def toy_interactions(seed=0, num_users=300, num_items=200, num_pairs=6000, communities=5):
-    """Users and items in communities; 80% of a user's pairs within its own:
-    something for a model to learn. Split 80/20 at random."""
-    gen = torch.Generator().manual_seed(seed)
-    user_community = torch.randint(0, communities, (num_users,), generator=gen)
-    users = torch.randint(0, num_users, (num_pairs,), generator=gen)
-    own = (torch.randint(0, num_items // communities, (num_pairs,), generator=gen) * communities
-           + user_community[users])
-    anywhere = torch.randint(0, num_items, (num_pairs,), generator=gen)
-    items = torch.where(torch.rand(num_pairs, generator=gen) < 0.8, own, anywhere)
-    keys = torch.unique(users * num_items + items)
-    keys = keys[torch.randperm(keys.numel(), generator=gen)]
-    cut = int(0.8 * keys.numel())
-    pairs = torch.stack([keys // num_items, keys % num_items])
-    return Interactions("toy", num_users, num_items, pairs[:, :cut], pairs[:, cut:])
+from helpers import REPO, pyg_models, toy_interactions
+from lightgcn_ext.data import BPRSampler, Interactions
+from lightgcn_ext.evaluation import ranking_metrics
+from lightgcn_ext.training import TrainConfig, bpr_step, train
 
 
 TOY_SCRIPT = f"""
 import sys, torch
 sys.path[:0] = [{str(REPO)!r}, {str(REPO / "tests")!r}]
 torch.set_num_threads(1)
-from test_train import toy_interactions
-from lightgcn_ext.train import TrainConfig, run
+from helpers import toy_interactions
+from lightgcn_ext.training import TrainConfig, train
 resume, out, epochs = sys.argv[1] == "resume", sys.argv[2], int(sys.argv[3])
-run(TrainConfig(epochs=epochs, dim=16, batch_size=64, out=out, resume=resume,
-                progress=False, patience=0), data=toy_interactions(num_pairs=12000))
+train(TrainConfig(epochs=epochs, dim=16, batch_size=64, out=out, resume=resume,
+                  progress=False, patience=0), data=toy_interactions(num_pairs=12000))
 """
 
 
@@ -99,9 +81,9 @@ def _config(tmp_path, name="run", **overrides):
 
 def test_same_seed_same_metrics_and_a_model_that_learns(tmp_path):
     data = toy_interactions()
-    first = run(_config(tmp_path, "a", epochs=6), data=data)
-    second = run(_config(tmp_path, "b", epochs=6), data=data)
-    other = run(_config(tmp_path, "c", epochs=6, seed=1), data=data)
+    first = train(_config(tmp_path, "a", epochs=6), data=data)
+    second = train(_config(tmp_path, "b", epochs=6), data=data)
+    other = train(_config(tmp_path, "c", epochs=6, seed=1), data=data)
     assert [r["recall@20"] for r in first["history"]] == [r["recall@20"] for r in second["history"]]
     assert [r["loss"] for r in first["history"]] == [r["loss"] for r in second["history"]]
     assert first["history"][-1]["loss"] != other["history"][-1]["loss"]
@@ -111,7 +93,7 @@ def test_same_seed_same_metrics_and_a_model_that_learns(tmp_path):
 
 
 def test_the_run_directory_holds_results_plot_and_checkpoint(tmp_path):
-    results = run(_config(tmp_path, topk=(10, 20), eval_every=2), data=toy_interactions())
+    results = train(_config(tmp_path, topk=(10, 20), eval_every=2), data=toy_interactions())
     out = tmp_path / "run"
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curve.png", "results.json"]
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -130,36 +112,36 @@ def test_a_run_removes_what_a_kill_mid_write_left(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / ".checkpoint.pt.12345.tmp").write_bytes(b"half a checkpoint")
-    run(_config(tmp_path, epochs=1), data=toy_interactions())
+    train(_config(tmp_path, epochs=1), data=toy_interactions())
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curve.png", "results.json"]
 
 
 def test_early_stopping_on_recall(tmp_path):
     # A learning rate of ~0 never improves: it stops after `patience` evaluations.
-    results = run(_config(tmp_path, epochs=20, lr=1e-12, patience=2), data=toy_interactions())
+    results = train(_config(tmp_path, epochs=20, lr=1e-12, patience=2), data=toy_interactions())
     assert results["stopped_early"] and results["epochs_done"] < 20
     assert results["best"]["epoch"] == 1
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
-    run(_config(tmp_path, epochs=1), data=toy_interactions())
+    train(_config(tmp_path, epochs=1), data=toy_interactions())
     with pytest.raises(ValueError, match="dim"):
-        run(_config(tmp_path, epochs=2, dim=8, resume=True), data=toy_interactions())
+        train(_config(tmp_path, epochs=2, dim=8, resume=True), data=toy_interactions())
     with pytest.raises(ValueError, match="num_users"):
-        run(_config(tmp_path, epochs=2, resume=True), data=toy_interactions(num_users=301))
+        train(_config(tmp_path, epochs=2, resume=True), data=toy_interactions(num_users=301))
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable"):
-        run(_config(tmp_path, epochs=2, resume=True), data=toy_interactions())
+        train(_config(tmp_path, epochs=2, resume=True), data=toy_interactions())
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        run(_config(tmp_path, "fresh", resume=True), data=toy_interactions())
+        train(_config(tmp_path, "fresh", resume=True), data=toy_interactions())
 
 
 def test_resume_in_pieces_gives_the_uninterrupted_result(tmp_path):
     data = toy_interactions()
-    whole = run(_config(tmp_path, "whole", epochs=4), data=data)
-    run(_config(tmp_path, "pieces", epochs=4, max_epochs_now=1), data=data)
-    run(_config(tmp_path, "pieces", epochs=4, max_epochs_now=2, resume=True), data=data)
-    pieces = run(_config(tmp_path, "pieces", epochs=4, resume=True), data=data)
+    whole = train(_config(tmp_path, "whole", epochs=4), data=data)
+    train(_config(tmp_path, "pieces", epochs=4, max_epochs_now=1), data=data)
+    train(_config(tmp_path, "pieces", epochs=4, max_epochs_now=2, resume=True), data=data)
+    pieces = train(_config(tmp_path, "pieces", epochs=4, resume=True), data=data)
     strip = [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in whole["history"]]
     assert [{k: v for k, v in r.items() if not k.endswith("seconds")}
             for r in pieces["history"]] == strip
@@ -201,11 +183,11 @@ def test_bad_config_values_raise(tmp_path):
                 dict(batch_size=1.5), dict(patience=-1)):
         name = next(iter(bad))
         with pytest.raises(ValueError, match=name):
-            run(_config(tmp_path, **bad), data=toy_interactions())
+            train(_config(tmp_path, **bad), data=toy_interactions())
     empty = Interactions("empty", 3, 3, torch.zeros(2, 0, dtype=torch.long),
                          torch.tensor([[0], [1]]))
     with pytest.raises(ValueError, match="no training interactions"):
-        run(_config(tmp_path), data=empty)
+        train(_config(tmp_path), data=empty)
 
 
 # -------------------------------------------------------------------- CLI
@@ -249,7 +231,7 @@ def test_the_same_loop_with_pyg_lightgcn_reaches_the_same_recall():
                          negatives, 1e-4 / 2)
         with torch.no_grad():
             emb = model.get_embedding(edge_index)
-        recall[name] = metrics.evaluate(emb[:data.num_users], emb[data.num_users:], data.test,
+        recall[name] = ranking_metrics(emb[:data.num_users], emb[data.num_users:], data.test,
                                         exclude=[data.train])["recall@20"]
     assert recall["ours"] > 0.05
     assert abs(recall["ours"] - recall["pyg"]) < 0.005, recall

@@ -8,11 +8,12 @@ replayed: one launch per step.
 """
 import torch
 
-from .train import bpr_step
+from .. import validation
+from .step import bpr_step
 
 
 class CapturedBPRStep:
-    """`train.bpr_step` for batches of exactly `batch_size` triples, recorded
+    """`lightgcn_ext.training.bpr_step` for batches of exactly `batch_size` triples, recorded
     in a CUDA graph and replayed on each call.
 
     Args:
@@ -39,8 +40,7 @@ class CapturedBPRStep:
                                  f"captured, e.g. torch.optim.Adam(params, capturable=True); "
                                  f"{type(optimizer).__name__} has capturable="
                                  f"{group.get('capturable')}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = validation.positive_int(batch_size, "batch_size")
         self._step_args = (model, graph, optimizer, num_users)
         self._lambda_reg = lambda_reg
         self.batch_size = batch_size

@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from .. import validation
+
 
 class BPRSampler:
     """Batches of (users, positive items, negative items), item ids 0-based.
@@ -29,8 +31,7 @@ class BPRSampler:
     """
 
     def __init__(self, train, num_users, num_items, batch_size, device="cpu"):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = validation.positive_int(batch_size, "batch_size")
         if train.dim() != 2 or train.shape[0] != 2 or train.shape[1] == 0:
             raise ValueError(f"train must be a non-empty [2, n] tensor of (user, item) pairs, "
                              f"got shape {list(train.shape)}")

@@ -25,10 +25,9 @@ from helpers import NEEDS_CUDA, REPO
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightgcn_ext import Graph, LightGCN, prepare
-from lightgcn_ext.cuda_graph import CapturedBPRStep
-from lightgcn_ext.datasets import synthetic
-from lightgcn_ext.sampling import BPRSampler
-from lightgcn_ext.train import bpr_step
+from lightgcn_ext.data import BPRSampler, synthetic
+from lightgcn_ext.training import bpr_step
+from lightgcn_ext.training.cuda_graph import CapturedBPRStep
 
 aten = torch.ops.aten
 # Ops whose CUDA kernels wait for the GPU to tell the host a value or a size.

@@ -1,9 +1,13 @@
-"""A plain torch.sparse reference implementation of the LightGCN propagation,
-sum_l alpha_l Â^l x, used by the benchmarks to check and time the
-fused kernels against; not the fast path (that is lightgcn_ext.propagate)."""
+"""Benchmark-only code: a plain torch.sparse reference implementation of the
+LightGCN propagation, sum_l alpha_l Â^l x, that the benchmarks check and time
+the fused kernels against (not the fast path: that is lightgcn_ext.propagate),
+and the size of Gowalla's training graph, for a synthetic stand-in of that size
+where Gowalla is absent: `lightgcn_ext.data.synthetic(0, **GOWALLA_SIZES)`."""
 import warnings
 
 import torch
+
+GOWALLA_SIZES = dict(num_users=29858, num_items=40981, num_interactions=810128)
 
 
 def normalized_adjacency(edge_index, num_nodes, dtype, layout=torch.sparse_coo):

@@ -1,0 +1,106 @@
+"""The command line: `python -m lightgcn_ext train ...` (also the `lightgcn-ext` command).
+
+It parses the options into a TrainConfig and launches the training: in this
+process (lightgcn_ext.training.train), or, under torchrun with several
+processes (WORLD_SIZE > 1), across them (lightgcn_ext.distributed.train_distributed).
+"""
+import argparse
+import os
+import sys
+
+from .training import TrainConfig, train
+
+DEFAULTS = TrainConfig()
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="lightgcn-ext", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser(
+        "train", help="train LightGCN with BPR on the fused kernels and evaluate it",
+        description="Trains LightGCN (BPR loss, Adam, one fused full-graph propagation per "
+                    "step), evaluates recall/ndcg/precision/hit@k over the full item ranking "
+                    "beside a popularity baseline, and writes results.json, curve.png and "
+                    "checkpoint.pt into --out. Under torchrun --nproc-per-node P it trains across the "
+                    "P processes, each owning a block of the nodes (gloo on CPU, NCCL on CUDA).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--data", default=DEFAULTS.data,
+                       help="'synthetic' (embedded, no files), a named data set ('gowalla', "
+                            "'yelp2018', 'amazon-book'; downloaded once into $LIGHTGCN_EXT_DATA "
+                            "or ~/.cache/lightgcn_ext), or a directory with train.txt and "
+                            "test.txt (optional valid.txt) in the LightGCN format")
+    train.add_argument("--data-root", default=None,
+                       help="where named data sets are kept (default: $LIGHTGCN_EXT_DATA, "
+                            "else ~/.cache/lightgcn_ext)")
+    train.add_argument("--dim", type=int, default=DEFAULTS.dim, help="embedding size")
+    train.add_argument("--layers", type=int, default=DEFAULTS.layers,
+                       help="propagation layers L")
+    train.add_argument("--epochs", type=int, default=DEFAULTS.epochs,
+                       help="epochs in all (one epoch visits every training interaction once)")
+    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                       help="BPR triples per step")
+    train.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate")
+    train.add_argument("--reg", type=float, default=DEFAULTS.reg,
+                       help="L2 weight lambda on the batch's layer-0 embeddings, as the paper")
+    train.add_argument("--device", default=DEFAULTS.device,
+                       help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
+    train.add_argument("--out", default=DEFAULTS.out,
+                       help="run directory: results.json, curve.png, checkpoint.pt")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last checkpoint")
+    train.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                       help="seed of the initialization and the sampler (same seed, same "
+                            "device: same metrics)")
+    train.add_argument("--eval-every", type=int, default=DEFAULTS.eval_every,
+                       help="evaluate every this many epochs (and after the last)")
+    train.add_argument("--patience", type=int, default=DEFAULTS.patience,
+                       help="stop after this many evaluations without a better recall@k "
+                            "(0: never stop early)")
+    train.add_argument("--topk", type=int, nargs="+", default=list(DEFAULTS.topk),
+                       help="the k of the metrics; the first one drives early stopping")
+    train.add_argument("--max-epochs-now", type=int, default=0,
+                       help="stop this invocation after this many epochs (0: no limit); with "
+                            "--resume, a long run proceeds in pieces that fit a time slot")
+    train.add_argument("--threads", type=int, default=None,
+                       help="CPU threads (torch.set_num_threads); default: torch's")
+    train.add_argument("--dist-timeout", type=float, default=DEFAULTS.dist_timeout,
+                       help="under torchrun (several processes): seconds a collective waits "
+                            "for the others before the run fails with an error")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(data=args.data, data_root=args.data_root, dim=args.dim,
+                         layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, reg=args.reg, device=args.device, out=args.out,
+                         resume=args.resume, seed=args.seed, eval_every=args.eval_every,
+                         patience=args.patience, topk=tuple(args.topk),
+                         max_epochs_now=args.max_epochs_now, progress=not args.no_progress,
+                         dist_timeout=args.dist_timeout)
+    try:
+        results = launch(config)
+    except (ValueError, FileNotFoundError, ConnectionError) as error:
+        sys.exit(f"lightgcn-ext train: error: {error}")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 reports
+    best = results["best"]
+    print(f"done: {results['epochs_done']} epochs"
+          + (f", best {'recall@%d' % config.topk[0]} {best['score']:.4f} at epoch "
+             f"{best['epoch']}" if best else "")
+          + f"\nresults: {config.out}/results.json  plot: {config.out}/curve.png")
+    return 0
+
+
+def launch(config):
+    """Trains in this process, or across torchrun's processes when there are several."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from .distributed import train_distributed  # a single process imports none of it
+
+        return train_distributed(config)
+    return train(config)

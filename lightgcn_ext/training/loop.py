@@ -1,0 +1,218 @@
+"""BPR training of LightGCN on the fused kernels, with the paper's evaluation.
+
+    from lightgcn_ext.training import TrainConfig, train
+    results = train(TrainConfig(data="gowalla", epochs=1000, device="cuda", out="runs/gowalla"))
+
+Each step propagates the whole graph once (one fused forward, one fused
+backward), scores a batch of (user, positive, negative) triples and takes an
+Adam step on the BPR loss, regularized on the batch's layer-0 embeddings as
+in the paper. Every `eval_every` epochs the model is evaluated over the full
+item ranking (recall, ndcg, precision and hit at k, training items excluded);
+training stops early when recall@k[0] has not improved for `patience`
+evaluations. Each epoch ends with a checkpoint (model, optimizer, epoch, every
+random state) from which `resume` continues exactly, a results JSON and a
+learning-curve PNG, all written atomically into the run directory.
+
+On CUDA a step never synchronizes with the host: losses add up on the device
+and are read once per epoch.
+
+The loop (`train_loop`) steps, evaluates and checkpoints a `Worker`: this
+module's `LocalWorker` for one process, lightgcn_ext.distributed's for a
+process of several; the loop knows nothing else of either.
+"""
+import json
+import os
+import time
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ..evaluation import popularity_baseline
+from ..graph import Graph
+from ..model import LightGCN
+from . import run_dir
+from .config import load_data, resolve_device
+from .results import final_results, start_results, summary_line, write_results
+from .step import bpr_step, evaluate_model, make_optimizer, make_sampler
+
+
+class Worker(Protocol):
+    """What train_loop drives: one process's model, optimizer, graph and sampler.
+
+    is_main: whether this process shows progress and writes results.json and
+        curve.png (every process of a run calls every method below, in the
+        same order: a distributed worker's methods are collective).
+    device: where the batches and the summed losses live.
+    sampler, generator: the BPR sampler (a `lightgcn_ext.data.BPRSampler`)
+        and its generator; every process of a run draws the same batches.
+    num_parameters: the model's parameter count, for results.json.
+    """
+
+    is_main: bool
+    device: torch.device
+    num_parameters: int
+
+    def step(self, users, positives, negatives):
+        """One optimizer step on a batch; returns this process's loss on the device."""
+
+    def mean_loss(self, loss_sum, steps):
+        """The epoch's mean loss as a float, from this process's sum of step losses."""
+
+    def evaluate(self, split):
+        """The full-ranking metrics (a dict) on "test" or "valid"."""
+
+    def describe_device(self):
+        """What results.json records of the device(s), a dict."""
+
+    def save(self, out, fingerprint, state):
+        """Checkpoints the model, optimizer, random states and the loop's
+        state (a dict) into the run directory out (a Path)."""
+
+    def load(self, out, fingerprint):
+        """Restores what save wrote in out, after checking it matches
+        fingerprint; returns the loop's state."""
+
+
+def train(config, data=None):
+    """Trains as `config` says in this process (continuing the run in
+    config.out with config.resume) and returns the results written to
+    results.json. data: Interactions, else config.data is loaded.
+
+    Under torchrun with several processes, use
+    lightgcn_ext.distributed.train_distributed (the CLI chooses for you)."""
+    config = config.check()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        raise ValueError(f"WORLD_SIZE is {world_size}: training across processes is "
+                         f"lightgcn_ext.distributed.train_distributed (or the CLI), not "
+                         f"lightgcn_ext.training.train")
+    device = resolve_device(config.device)
+    data = load_data(config.data, config.data_root) if data is None else data
+    return train_loop(config, data, LocalWorker(config, data, device))
+
+
+class LocalWorker:
+    """The `Worker` of a single-process run: the whole model, optimizer, graph
+    and sampler in this process."""
+
+    is_main = True
+
+    def __init__(self, config, data, device):
+        self.config, self.data, self.device = config, data, device
+        torch.manual_seed(config.seed)
+        self.model = LightGCN(data.num_nodes, config.dim, config.layers).to(device)
+        self.optimizer = make_optimizer(self.model.parameters(), config)
+        self.graph = Graph.from_edge_index(data.edge_index().to(device), data.num_nodes)
+        self.sampler, self.generator = make_sampler(config, data, device)
+        self.num_parameters = self.model.embedding.weight.numel()
+
+    def step(self, users, positives, negatives):
+        return bpr_step(self.model, self.graph, self.optimizer, self.data.num_users, users,
+                        positives, negatives, self.config.reg / 2)
+
+    def mean_loss(self, loss_sum, steps):
+        return loss_sum.item() / steps
+
+    def evaluate(self, split):
+        self.optimizer.zero_grad(set_to_none=True)  # the last step's: not kept through this
+        return evaluate_model(self.model, self.graph, self.data, tuple(self.config.topk), split)
+
+    def describe_device(self):
+        return run_dir.describe_device(self.device)
+
+    def save(self, out, fingerprint, state):
+        run_dir.save_checkpoint(out / run_dir.CHECKPOINT, fingerprint, self.model,
+                                self.optimizer, self.generator, state)
+
+    def load(self, out, fingerprint):
+        path, index = out / run_dir.CHECKPOINT, out / run_dir.DIST_INDEX
+        if not path.exists() and index.exists():
+            world_size = json.loads(index.read_text())["world_size"]
+            raise ValueError(f"{out} holds a checkpoint of {world_size} processes: resume it "
+                             f"with torchrun --nproc-per-node {world_size} (one process "
+                             f"cannot continue it exactly)")
+        if not path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint in {out} ({path} is missing)")
+        checkpoint = run_dir.read_checkpoint(path, fingerprint)
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        run_dir.set_rng_state(self.generator, checkpoint["rng"])
+        return checkpoint["state"]
+
+
+def train_loop(config, data, worker):
+    """Epochs of BPR steps with evaluation, early stopping, checkpoints and
+    results, for any `Worker` (whose main process alone shows progress and
+    writes the results). Returns the final results."""
+    out = Path(config.out)
+    if worker.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        run_dir.remove_stale_temporaries(out)
+    ks = tuple(config.topk)
+    key = f"recall@{ks[0]}"
+    state = dict(epoch=0, history=[], best=None, stale=0, stopped_early=False)
+    fingerprint = run_dir.fingerprint(data, config)
+    if config.resume:
+        state = worker.load(out, fingerprint)
+
+    results = start_results(config, data, worker.describe_device(), worker.num_parameters)
+    if worker.is_main:
+        results["popularity"] = popularity_baseline(
+            data.train, data.num_users, data.num_items, data.test,
+            exclude=[] if data.valid is None else [data.valid], ks=ks)
+
+    from tqdm.auto import tqdm  # a training dependency, not the ops'
+
+    disable = None if config.progress and worker.is_main else True
+    write = tqdm.write if worker.is_main else (lambda line: None)
+    sampler = worker.sampler
+    epochs_now = 0
+    epoch_bar = tqdm(total=config.epochs, initial=state["epoch"], desc="epochs", unit="epoch",
+                     disable=disable)
+    while state["epoch"] < config.epochs and not state["stopped_early"]:
+        if config.max_epochs_now and epochs_now >= config.max_epochs_now:
+            break
+        epoch = state["epoch"] + 1
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=worker.device)
+        steps = tqdm(sampler.epoch(worker.generator), total=len(sampler), desc=f"epoch {epoch}",
+                     unit="step", leave=False, disable=disable)
+        for users, positives, negatives in steps:
+            loss_sum += worker.step(users, positives, negatives)
+        loss = worker.mean_loss(loss_sum, len(sampler))  # the epoch's one host read
+        record = dict(epoch=epoch, loss=loss, epoch_seconds=time.perf_counter() - started)
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            started = time.perf_counter()
+            split = "valid" if data.valid is not None else "test"
+            scores = worker.evaluate(split)
+            if split == "valid":
+                record["valid"] = scores
+                scores_test = worker.evaluate("test")
+            else:
+                scores_test = scores
+            record.update(scores_test)
+            record["eval_seconds"] = time.perf_counter() - started
+            _early_stopping(state, record, scores[key], config.patience)
+            if worker.is_main:
+                write(summary_line(record, results["popularity"], ks))
+        state["history"].append(record)
+        state["epoch"] = epoch
+        epochs_now += 1
+        worker.save(out, fingerprint, state)
+        if worker.is_main:
+            write_results(out, results, state)
+        epoch_bar.update(1)
+        epoch_bar.set_postfix(loss=f"{loss:.4f}")
+    epoch_bar.close()
+    return write_results(out, results, state) if worker.is_main else \
+        final_results(results, state)
+
+
+def _early_stopping(state, record, score, patience):
+    if state["best"] is None or score > state["best"]["score"]:
+        state["best"] = dict(score=score, epoch=record["epoch"])
+        state["stale"] = 0
+    else:
+        state["stale"] += 1
+        state["stopped_early"] = patience > 0 and state["stale"] >= patience

@@ -1,0 +1,89 @@
+"""A run's results: results.json (the configuration, the data, the device, the
+versions, the popularity baseline and every epoch's record) and curve.png, the
+learning curve; both rewritten atomically after every epoch by the main process."""
+import dataclasses
+import json
+import platform
+
+import torch
+
+from .run_dir import CURVE, RESULTS, atomic_write, git_commit
+
+
+def start_results(config, data, device_description, num_parameters):
+    """What results.json says of a run before its first epoch."""
+    from .. import __version__
+
+    return dict(config=_jsonable(dataclasses.asdict(config)), data=_describe(data),
+                device=device_description,
+                versions=dict(lightgcn_ext=__version__, torch=torch.__version__,
+                              python=platform.python_version()),
+                git_commit=git_commit(), num_parameters=num_parameters)
+
+
+def final_results(results, state):
+    """results with the loop's state: history, best, stopped_early, epochs_done."""
+    return dict(results, history=state["history"], best=state["best"],
+                stopped_early=state["stopped_early"], epochs_done=state["epoch"])
+
+
+def write_results(out, results, state):
+    """results.json and curve.png into out; returns the final results."""
+    results = final_results(results, state)
+    atomic_write(out / RESULTS, json.dumps(results, indent=2))
+    _plot(out / CURVE, results)
+    return results
+
+
+def summary_line(record, popularity, ks):
+    """An evaluated epoch in one line, each metric beside the popularity baseline's."""
+    parts = [f"epoch {record['epoch']}: loss {record['loss']:.4f}"]
+    for k in ks:
+        for name in ("recall", "ndcg"):
+            metric = f"{name}@{k}"
+            parts.append(f"{metric} {record[metric]:.4f} (popularity {popularity[metric]:.4f})")
+    return "  ".join(parts)
+
+
+def _plot(path, results):
+    """The learning curve: the metrics per evaluation beside the popularity
+    baseline, and the training loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = results["history"]
+    ks = results["config"]["topk"]
+    fig, (ax_metrics, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    evaluated = [r for r in history if f"recall@{ks[0]}" in r]
+    for index, name in enumerate(("recall", "ndcg")):
+        metric = f"{name}@{ks[0]}"
+        color = f"C{index}"
+        ax_metrics.plot([r["epoch"] for r in evaluated], [r[metric] for r in evaluated],
+                        marker="o", markersize=3, color=color, label=f"LightGCN {metric}")
+        ax_metrics.axhline(results["popularity"][metric], color=color, linestyle="--",
+                           label=f"popularity {metric}")
+    ax_metrics.set_xlabel("epoch")
+    ax_metrics.set_title(f"{results['data']['name']}: test metrics")
+    ax_metrics.legend(fontsize=8)
+    ax_loss.plot([r["epoch"] for r in history], [r["loss"] for r in history], color="C2")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_title("BPR loss (training)")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def _describe(data):
+    return dict(name=data.name, num_users=data.num_users, num_items=data.num_items,
+                num_train=int(data.train.shape[1]), num_test=int(data.test.shape[1]),
+                num_valid=0 if data.valid is None else int(data.valid.shape[1]))
+
+
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value

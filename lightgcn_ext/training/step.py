@@ -1,0 +1,52 @@
+"""One BPR training step and one evaluation of a single-process model, and the
+optimizer and sampler every run (single-process or distributed) builds alike."""
+import torch
+
+from ..data import BPRSampler
+from ..evaluation import ranking_metrics
+
+
+def bpr_step(model, graph, optimizer, num_users, users, positives, negatives, lambda_reg):
+    """One optimizer step on a batch (item ids 0-based, items are nodes
+    num_users + item); returns the loss, still on the device."""
+    # First, so that the last step's gradient is not kept through this one.
+    optimizer.zero_grad(set_to_none=True)
+    embedding = model.get_embedding(graph)  # one fused propagation of the whole graph
+    pos_nodes, neg_nodes = positives + num_users, negatives + num_users
+    user_emb, pos_emb, neg_emb = embedding[users], embedding[pos_nodes], embedding[neg_nodes]
+    del embedding  # the rows are copies: [N, d] less through the backward
+    pos_scores = (user_emb * pos_emb).sum(dim=-1)
+    neg_scores = (user_emb * neg_emb).sum(dim=-1)
+    loss = model.recommendation_loss(pos_scores, neg_scores,
+                                     node_id=torch.cat([users, pos_nodes, neg_nodes]),
+                                     lambda_reg=lambda_reg)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate_model(model, graph, data, ks, split="test"):
+    """Full-ranking metrics of the model on data.test (or data.valid), the
+    training items (and, for test, the validation items) excluded."""
+    embedding = model.get_embedding(graph)
+    users, items = embedding[:data.num_users], embedding[data.num_users:]
+    if split == "valid":
+        return ranking_metrics(users, items, data.valid, exclude=[data.train], ks=ks)
+    exclude = [data.train] + ([] if data.valid is None else [data.valid])
+    return ranking_metrics(users, items, data.test, exclude=exclude, ks=ks)
+
+
+def make_optimizer(params, config):
+    """Adam, foreach=True (CUDA's default): its step needs one temporary per
+    tensor where the single-tensor loop (CPU's default) needs two, and it
+    gives the same numbers."""
+    return torch.optim.Adam(params, lr=config.lr, foreach=True)
+
+
+def make_sampler(config, data, device):
+    """The BPR sampler and its generator: the same global batches for a seed."""
+    if data.train.numel() == 0:
+        raise ValueError(f"data {data.name!r} has no training interactions")
+    sampler = BPRSampler(data.train, data.num_users, data.num_items, config.batch_size, device)
+    return sampler, torch.Generator(device=device).manual_seed(config.seed)
