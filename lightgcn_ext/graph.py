@@ -78,7 +78,7 @@ class Graph:
         """adj_t: a square torch.sparse COO/CSR matrix or a torch_sparse
         SparseTensor with rows = destinations (PyG's `adj_t`); its values are
         the edge weights (all-ones values are treated as unweighted)."""
-        edge_index, edge_weight, num_nodes = _edges_of_adj_t(adj_t)
+        edge_index, edge_weight, num_nodes = edges_of_adj_t(adj_t)
         return cls.from_edge_index(edge_index, num_nodes, edge_weight, normalize=normalize)
 
     def _refresh_weights(self):
@@ -129,7 +129,8 @@ class Graph:
         """The CsrOperator the ops take, with weight and dinv in the
         accumulation type of `dtype` features; up to date with tracked edge
         weights."""
-        if self.edge_weight is not None and tensor_version(self.edge_weight) != self._weights_version:
+        if (self.edge_weight is not None
+                and tensor_version(self.edge_weight) != self._weights_version):
             self._refresh_weights()
         acc = accumulation_dtype(dtype)
         if acc not in self._operators:
@@ -408,7 +409,7 @@ def is_sparse_adjacency(obj):
     return type(obj).__name__ == "SparseTensor" and hasattr(obj, "storage")
 
 
-def _edges_of_adj_t(adj_t):
+def edges_of_adj_t(adj_t):
     """(edge_index [2, E] with edge_index[1] = row, edge_weight or None, num_nodes)."""
     if isinstance(adj_t, torch.Tensor):
         if adj_t.dim() != 2 or adj_t.shape[0] != adj_t.shape[1]:

@@ -255,7 +255,7 @@ def _check_conv_kwargs(kwargs):
 
 def _edges_of(edge_index):
     """The [2, E] (src, dst) pairs of any graph input, as PyG's to_edge_index."""
-    from .graph import Graph, _edges_of_adj_t
+    from .graph import Graph, edges_of_adj_t
 
     if isinstance(edge_index, Graph):  # its edges as messages flow; PyG's as given
         flipped = edge_index.flow == "target_to_source"
@@ -263,7 +263,7 @@ def _edges_of(edge_index):
     if isinstance(edge_index, Tensor) and edge_index.layout == torch.sparse_coo:
         return edge_index._indices()  # every stored entry, in order, as PyG
     if is_sparse_adjacency(edge_index):
-        pairs, _, _ = _edges_of_adj_t(edge_index)
+        pairs, _, _ = edges_of_adj_t(edge_index)
         return pairs.flip(0)  # PyG returns (row, col) of the sparse matrix
     return edge_index
 

@@ -136,8 +136,8 @@ def popularity_baseline(train, num_users, num_items, test, *, exclude=(), ks=(20
     train = _unique_pairs(train, num_items)
     counts = torch.bincount(train[1], minlength=num_items).to(torch.float64)
     user_emb = torch.ones(num_users, 1, dtype=torch.float64, device=device)
-    return ranking_metrics(user_emb, counts.view(-1, 1), test, exclude=[train, *_exclude_list(exclude)],
-                    ks=ks)
+    return ranking_metrics(user_emb, counts.view(-1, 1), test,
+                           exclude=[train, *_exclude_list(exclude)], ks=ks)
 
 
 # ----------------------------------------------------------------------------- internals

@@ -235,3 +235,12 @@ def test_the_same_loop_with_pyg_lightgcn_reaches_the_same_recall():
                                         exclude=[data.train])["recall@20"]
     assert recall["ours"] > 0.05
     assert abs(recall["ours"] - recall["pyg"]) < 0.005, recall
+
+
+def test_train_is_one_process_and_says_where_several_go(tmp_path, monkeypatch):
+    """A launcher chooses the worker: under torchrun with several processes,
+    training.train refuses and names train_distributed (the CLI picks it)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="WORLD_SIZE is 2: .*lightgcn_ext.distributed."
+                                         "train_distributed"):
+        train(_config(tmp_path), data=toy_interactions())
