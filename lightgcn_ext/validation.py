@@ -38,17 +38,18 @@ def as_int(value, name, expected="an int"):
 
 
 def positive_int(value, name):
-    value_int = as_int(value, name, "a positive int")
-    if value_int < 1:
-        raise ArgumentError(name, "a positive int", value)
-    return value_int
+    return _int_at_least(value, name, 1, "a positive int")
 
 
 def non_negative_int(value, name):
-    value_int = as_int(value, name, "a non-negative int")
-    if value_int < 0:
-        raise ArgumentError(name, "a non-negative int", value)
-    return value_int
+    return _int_at_least(value, name, 0, "a non-negative int")
+
+
+def _int_at_least(value, name, low, expected):
+    number = as_int(value, name, expected)
+    if number < low:
+        raise ArgumentError(name, expected, value)
+    return number
 
 
 def positive_ints(values, name):
@@ -65,39 +66,33 @@ def positive_ints(values, name):
         raise ArgumentError(name, "a non-empty sequence of positive ints", values) from None
 
 
-def _number(value, name, expected):
+def positive_number(value, name, unit=""):
+    """A finite number > 0 (as a float); unit, if given, is said in the message."""
+    return _number(value, name, "a positive number" + (f" of {unit}" if unit else ""),
+                   lambda x: x > 0)
+
+
+def non_negative_number(value, name):
+    """A finite number >= 0 (as a float)."""
+    return _number(value, name, "a non-negative number", lambda x: x >= 0)
+
+
+def fraction(value, name, *, open_low=False, open_high=False):
+    """A number in [0, 1] (as a float); open_low / open_high exclude 0 / 1."""
+    expected = f"a number in {'(' if open_low else '['}0, 1{')' if open_high else ']'}"
+    return _number(value, name, expected,
+                   lambda x: (0 < x if open_low else 0 <= x) and (x < 1 if open_high else x <= 1))
+
+
+def _number(value, name, expected, in_range):
+    """value as a finite float for which in_range holds (not a bool, not a str)."""
     if isinstance(value, (bool, str, bytes)):
         raise ArgumentError(name, expected, value)
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ArgumentError(name, expected, value) from None
-    if not math.isfinite(number):
-        raise ArgumentError(name, expected, value)
-    return number
-
-
-def positive_number(value, name, unit=""):
-    """A finite number > 0 (as a float); unit, if given, is said in the message."""
-    expected = "a positive number" + (f" of {unit}" if unit else "")
-    number = _number(value, name, expected)
-    if number <= 0:
-        raise ArgumentError(name, expected, value)
-    return number
-
-
-def non_negative_number(value, name):
-    number = _number(value, name, "a non-negative number")
-    if number < 0:
-        raise ArgumentError(name, "a non-negative number", value)
-    return number
-
-
-def fraction(value, name, *, open_low=False, open_high=False):
-    """A number in [0, 1]; open_low / open_high exclude 0 / 1."""
-    expected = f"a number in {'(' if open_low else '['}0, 1{')' if open_high else ']'}"
-    number = _number(value, name, expected)
-    if number < 0 or number > 1 or (open_low and number == 0) or (open_high and number == 1):
+    if not (math.isfinite(number) and in_range(number)):
         raise ArgumentError(name, expected, value)
     return number
 

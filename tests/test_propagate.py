@@ -3,6 +3,8 @@
 Gradients (gradcheck, gradgradcheck, edge weights), torch.compile, parity with
 torch_geometric's LGConv, the accepted graph inputs and symmetry (the cache:
 test_caching.py)."""
+import functools
+
 import pytest
 import torch
 
@@ -139,11 +141,21 @@ def _compile_case(device):
     return graph, x, alpha, grad
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def compiled_on_every_device(test):
+    """A slow test of torch.compile, run on every device with both backends,
+    from a fresh torch._dynamo."""
+    @pytest.mark.slow
+    @pytest.mark.parametrize("device", devices())
+    @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+    @functools.wraps(test)
+    def run(backend, device):
+        torch._dynamo.reset()
+        test(backend, device)
+    return run
+
+
+@compiled_on_every_device
 def test_torch_compile_fullgraph(backend, device):
-    torch._dynamo.reset()
     graph, x, alpha, grad = _compile_case(device)
 
     def fn(x, alpha):
@@ -178,11 +190,8 @@ def _bpr_case(device):
     return graph, model, pos, neg
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@compiled_on_every_device
 def test_torch_compile_fullgraph_bpr_step(backend, device):
-    torch._dynamo.reset()
     graph, model, pos, neg = _bpr_case(device)
 
     def loss_of(pos, neg):
