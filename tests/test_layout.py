@@ -7,6 +7,8 @@ and absolute imports, at module level and inside functions), not from what
 happens to be imported at run time.
 """
 import ast
+import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -157,3 +159,42 @@ def test_the_checker_sees_a_circle_an_upward_import_and_a_private_name(tmp_path,
         test_imports_point_one_way()
     with pytest.raises(AssertionError, match="imports lightgcn_ext.graph: _private"):
         test_no_private_name_is_imported_across_modules("lightgcn_ext")
+
+
+def _resolve(path):
+    """The object a dotted path names: the longest importable module, then attributes."""
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(path)
+
+
+def _paths(cell):
+    """The dotted paths of a table cell: `a.b.c`, `.d` meaning a.b.d."""
+    paths = []
+    for token in re.findall(r"`([^`]+)`", cell):
+        if token.startswith("."):
+            paths.append(paths[-1].rsplit(".", 1)[0] + token)
+        elif re.fullmatch(r"[\w.]+", token) and "." in token:
+            paths.append(token)
+    return paths
+
+
+def test_the_migration_table_names_new_paths_that_exist_and_old_ones_that_are_gone():
+    rows = [line.split("|")[1:3] for line in
+            (REPO / "docs" / "migration.md").read_text().splitlines()
+            if line.startswith("| `")]
+    assert len(rows) > 30
+    for old, new in rows:
+        assert _paths(new), new
+        for path in _paths(new):
+            _resolve(path)  # raises when it does not exist
+        for path in _paths(old):
+            with pytest.raises((ImportError, AttributeError)):
+                _resolve(path)
