@@ -35,7 +35,7 @@ import lightgcn_ext
 from bench.bench_propagate import gowalla_root, gpu_floors, sweep_bytes
 from bench.timing import sync, time_interleaved
 from bench.reference import GOWALLA_SIZES, normalized_adjacency, sparse_propagate
-from lightgcn_ext.data import BPRSampler, find, read_dir, synthetic
+from lightgcn_ext.data import BPRSampler, read_dir, synthetic
 from lightgcn_ext.training import bpr_step
 from lightgcn_ext.training.run_dir import atomic_write, git_commit
 
@@ -51,15 +51,15 @@ def graphs(args):
         return {"synthetic (quick)": synthetic(0, num_users=1000, num_items=1500,
                                                          num_interactions=20000),
                 "long rows (quick)": synthetic(0, num_users=600, num_items=400,
-                                                        num_interactions=20000, communities=1,
-                                                        exponent=1.0)}
+                                               num_interactions=20000, communities=1,
+                                               exponent=1.0)}
     found = gowalla_root()
     gowalla = (read_dir(found, "gowalla") if found is not None
                else synthetic(0, **GOWALLA_SIZES))
     name = "Gowalla train" if found is not None else "synthetic Gowalla-sized"
     # Movie-ratings-like: few nodes, many edges, Zipf item popularity.
     long_rows = synthetic(0, num_users=6000, num_items=4000, num_interactions=650_000,
-                                   communities=1, exponent=1.0)
+                          communities=1, exponent=1.0)
     return {name: gowalla, "long rows (10k nodes, 1.3M edges)": long_rows}
 
 

@@ -162,7 +162,7 @@ def worker(args):
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     torch.set_num_threads(args.threads)
     if world_size > 1:
-        distributed.map_sub_round_buffers(args.dim)  # as distributed.train_distributed, before the data
+        distributed.map_sub_round_buffers(args.dim)  # as train_distributed does, before the data
     data = read_dir(args.data_dir, "bench") if args.data_dir else load_interactions(args)
     if args.evaluate:  # every 1000th user's test items: the memory of a full evaluation,
         # whose time is in the number of users (all of them: minutes here)
@@ -312,7 +312,7 @@ def memory(args, cores):
     args.memory_nodes nodes, written once to disk and read by each process."""
     users = int(args.memory_nodes * 0.7)
     data = synthetic(0, num_users=users, num_items=args.memory_nodes - users,
-                              num_interactions=3 * users)
+                     num_interactions=3 * users)
     with tempfile.TemporaryDirectory() as tmp:
         for split in ("train", "test"):
             write_lists(Path(tmp) / f"{split}.txt", getattr(data, split), data.num_users)

@@ -85,7 +85,7 @@ def powerlaw_interactions(num_edges, seed=0):
     num_nodes = num_edges // POWERLAW_DEGREE
     num_users = round(num_nodes * POWERLAW_USER_SHARE)
     return synthetic(seed, num_users=num_users, num_items=num_nodes - num_users,
-                              num_interactions=num_edges // 2, communities=1, in_community=1.0)
+                     num_interactions=num_edges // 2, communities=1, in_community=1.0)
 
 
 def build_problem(args, device):

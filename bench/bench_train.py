@@ -76,7 +76,7 @@ class Trainee:
     def evaluate(self, data):
         emb = self.model.get_embedding(self.graph)
         return ranking_metrics(emb[:data.num_users], emb[data.num_users:], data.test,
-                                exclude=[data.train])
+                               exclude=[data.train])
 
 
 def trainees(data, args, device):

@@ -10,7 +10,6 @@ import ast
 import importlib
 import re
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -88,5 +88,6 @@ PAIRS = torch.tensor([[0, 1], [1, 0]])
      "chunk_size"),
 ])
 def test_the_package_rejects_true_as_an_int(call, name):
-    with pytest.raises(ValueError, match=f"^{name} must be a (positive|non-negative) int, got True"):
+    expected = f"^{name} must be a (positive|non-negative) int, got True"
+    with pytest.raises(ValueError, match=expected):
         call(True)

@@ -111,13 +111,13 @@ class DistributedGraph:
             pieces.tolist()
         give = src.new_empty(sum(give_counts))
         collective(dist.all_to_all_single, give, torch.cat(halos), give_counts, need_counts,
-                    group=group)
+                   group=group)
         give_to = list(torch.split(give - self.lo, give_counts))
         local_dst = dst - self.lo
         weight = dinv[dst] * dinv[src]
         mine = owner == rank
         self.rounds = [[_SubRound(Block(src[mine] - self.lo, local_dst[mine], weight[mine],
-                                         self.num_owned, self.num_owned), None, None, None)]]
+                                        self.num_owned, self.num_owned), None, None, None)]]
         for k in range(1, P):
             source, target = (rank - k) % P, (rank + k) % P
             mine = owner == source
@@ -132,7 +132,7 @@ class DistributedGraph:
                 send_splits, recv_splits = [0] * P, [0] * P
                 send_splits[target], recv_splits[source] = sent, received
                 block = Block(local_src[inside] - first, round_dst[inside],
-                               round_weight[inside], received, self.num_owned) \
+                              round_weight[inside], received, self.num_owned) \
                     if received else None  # a block's row pointers cost num_owned ints
                 self.rounds[-1].append(_SubRound(block, give_to[target][first:first + sent],
                                                  send_splits, recv_splits))
@@ -172,7 +172,7 @@ class DistributedGraph:
                     out.addmm_(block_t if transposed else block, h)
                 elif not transposed:
                     halo = exchange_rows(h[part.send_index], part.send_splits, part.recv_splits,
-                                     self.group)
+                                         self.group)
                     if block is not None:
                         out.addmm_(block, halo)
                 else:

@@ -87,7 +87,7 @@ def evaluate_distributed(embedding, bounds, num_users, test, *, exclude=(), ks=(
 
     exclude = [exclude] if isinstance(exclude, torch.Tensor) else list(exclude)
     sums, count, ks = metric_sums(embedding[:last - first], item_emb, own(test),
-                                          exclude=[own(e) for e in exclude], ks=ks)
+                                  exclude=[own(e) for e in exclude], ks=ks)
     count = torch.tensor(float(count), dtype=torch.float64, device=sums.device)
     collective(dist.all_reduce, sums, group=group)
     collective(dist.all_reduce, count, group=group)

@@ -71,8 +71,8 @@ class DistributedWorker:
         exclude = [data.train] if split == "valid" else \
             [data.train] + ([] if data.valid is None else [data.valid])
         return evaluate_distributed(embedding, self.graph.bounds, data.num_users,
-                        data.valid if split == "valid" else data.test, exclude=exclude,
-                        ks=tuple(self.config.topk), group=self.group)
+                                    data.valid if split == "valid" else data.test, exclude=exclude,
+                                    ks=tuple(self.config.topk), group=self.group)
 
     def describe_device(self):
         return dict(run_dir.describe_device(self.device), world_size=self.world_size,

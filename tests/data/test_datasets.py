@@ -51,7 +51,7 @@ def test_read_lists(tmp_path):
 @pytest.mark.parametrize("block_bytes", BLOCK_SIZES)
 def test_read_lists_accepts(tmp_path, text, block_bytes):
     pairs, num_users = read_lists(write(tmp_path, train=text) / "train.txt",
-                                           block_bytes=block_bytes)
+                                  block_bytes=block_bytes)
     assert pairs.tolist() == [[5, 5], [7, 8]] and num_users == 8
 
 
@@ -465,7 +465,7 @@ def test_synthetic_rejects_impossible_sizes():
         synthetic(num_users=10, num_items=100, num_interactions=19)  # < 2 per user
     with pytest.raises(ValueError, match="num_interactions"):
         synthetic(num_users=10, num_items=100, num_interactions=1000,
-                           communities=2)  # a user has at most 50 items
+                  communities=2)  # a user has at most 50 items
     with pytest.raises(ValueError, match="communities"):
         synthetic(num_users=10, num_items=5, num_interactions=20)
     with pytest.raises(ValueError, match="num_users must be a positive int"):

@@ -112,7 +112,8 @@ def test_matches_brute_force(dtype, integer, with_exclude):
     expected = reference_metrics(dense_scores(user_emb, item_emb), pairs_list(test),
                                  [p for e in exclude for p in pairs_list(e)], ks)
     for chunk_size in (1, 3, user_emb.size(0), None):
-        got = ranking_metrics(user_emb, item_emb, test, exclude=exclude, ks=ks, chunk_size=chunk_size)
+        got = ranking_metrics(user_emb, item_emb, test, exclude=exclude, ks=ks,
+                              chunk_size=chunk_size)
         assert_metrics_equal(got, expected)
     assert list(got) == [f"{n}@{k}" for k in ks for n in NAMES] + ["num_users"]
 
@@ -147,8 +148,9 @@ def test_matches_brute_force_property(data):
     ks = data.draw(st.lists(st.integers(1, num_items), min_size=1, max_size=3, unique=True))
     chunk_size = data.draw(st.one_of(st.none(), st.integers(1, 7)), "chunk_size")
     as_tensor = lambda pairs: torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).t()
-    got = ranking_metrics(user_emb, item_emb, as_tensor(test), exclude=[as_tensor(e) for e in exclude],
-                   ks=ks, chunk_size=chunk_size)
+    got = ranking_metrics(user_emb, item_emb, as_tensor(test),
+                          exclude=[as_tensor(e) for e in exclude],
+                          ks=ks, chunk_size=chunk_size)
     expected = reference_metrics(dense_scores(user_emb, item_emb), test,
                                  [p for e in exclude for p in e], ks)
     assert_metrics_equal(got, expected)
@@ -208,7 +210,8 @@ def test_hand_computed_fewer_candidates_than_k_and_excluded_test_items():
     assert got == {"recall@3": 1.0, "ndcg@3": 1.0, "precision@3": 1 / 3, "hit@3": 1.0,
                    "num_users": 1}
     # Test item 1 is excluded: never a hit, but it counts in the denominators.
-    got = ranking_metrics(user_emb, item_emb, torch.tensor([[0, 0], [1, 2]]), exclude=exclude, ks=(3,))
+    got = ranking_metrics(user_emb, item_emb, torch.tensor([[0, 0], [1, 2]]), exclude=exclude,
+                          ks=(3,))
     assert got == pytest.approx({"recall@3": 0.5, "ndcg@3": 1 / (1 + 1 / math.log2(3)),
                                  "precision@3": 1 / 3, "hit@3": 1.0, "num_users": 1})
 
@@ -221,7 +224,8 @@ def test_duplicate_pairs_count_once_and_input_forms():
                    "num_users": 1}
     exclude = torch.tensor([[0, 0], [0, 0]])
     one = ranking_metrics(user_emb, item_emb, test, exclude=exclude, ks=[2])  # one tensor
-    assert one == ranking_metrics(user_emb, item_emb, test.int(), exclude=[exclude, exclude], ks=(2, 2))
+    assert one == ranking_metrics(user_emb, item_emb, test.int(), exclude=[exclude, exclude],
+                                  ks=(2, 2))
     assert (ranking_metrics(user_emb, item_emb, test, exclude=None, ks=(2,))
             == ranking_metrics(user_emb, item_emb, test, ks=(2,)))
 
@@ -356,7 +360,8 @@ def test_host_reads_do_not_grow_with_the_number_of_chunks(monkeypatch):
     for chunk_size in (40, 2):
         counts.clear()
         with SyncingOps():
-            ranking_metrics(user_emb, item_emb, test, exclude=exclude, ks=(5,), chunk_size=chunk_size)
+            ranking_metrics(user_emb, item_emb, test, exclude=exclude, ks=(5,),
+                            chunk_size=chunk_size)
         reads.append(dict(counts))
     assert reads[0] == reads[1]
     assert reads[0]["reads"] <= 10
@@ -368,7 +373,7 @@ def test_cuda_matches_cpu():
     user_emb, item_emb, test, exclude = random_data(4, integer=True, dtype=torch.float32)
     cpu = ranking_metrics(user_emb, item_emb, test, exclude=exclude, ks=(3, 10), chunk_size=3)
     cuda = ranking_metrics(user_emb.cuda(), item_emb.cuda(), test, exclude=exclude, ks=(3, 10),
-                    chunk_size=3)
+                           chunk_size=3)
     assert_metrics_equal(cuda, cpu)
 
 
@@ -467,7 +472,8 @@ def test_bad_input(change, error, match):
     kwargs = dict(user_emb=user_emb, item_emb=item_emb, test=test, ks=(2,))
     kwargs.update(change)
     with pytest.raises(error, match=match):
-        ranking_metrics(kwargs.pop("user_emb"), kwargs.pop("item_emb"), kwargs.pop("test"), **kwargs)
+        ranking_metrics(kwargs.pop("user_emb"), kwargs.pop("item_emb"), kwargs.pop("test"),
+                        **kwargs)
 
 
 @pytest.mark.parametrize("args, error, match", [

@@ -232,7 +232,7 @@ def test_the_same_loop_with_pyg_lightgcn_reaches_the_same_recall():
         with torch.no_grad():
             emb = model.get_embedding(edge_index)
         recall[name] = ranking_metrics(emb[:data.num_users], emb[data.num_users:], data.test,
-                                        exclude=[data.train])["recall@20"]
+                                       exclude=[data.train])["recall@20"]
     assert recall["ours"] > 0.05
     assert abs(recall["ours"] - recall["pyg"]) < 0.005, recall
 
