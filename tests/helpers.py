@@ -378,3 +378,16 @@ def toy_interactions(seed=0, num_users=300, num_items=200, num_pairs=6000, commu
     cut = int(0.8 * keys.numel())
     pairs = torch.stack([keys // num_items, keys % num_items])
     return Interactions("toy", num_users, num_items, pairs[:, :cut], pairs[:, cut:])
+
+
+# The repository's copy of Gowalla, beside it (tests that need it skip without it).
+GOWALLA_COPY = REPO.parent / "shared" / "data" / "gowalla"
+HAVE_GOWALLA = all((GOWALLA_COPY / file).is_file() for file in ("train.txt", "test.txt"))
+
+
+def write_splits(directory, **files):
+    """Writes <split>.txt files (str or bytes) into directory, created if needed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, text in files.items():
+        (directory / f"{split}.txt").write_bytes(text.encode() if isinstance(text, str) else text)
+    return directory

@@ -197,3 +197,19 @@ def test_the_migration_table_names_new_paths_that_exist_and_old_ones_that_are_go
         for path in _paths(old):
             with pytest.raises((ImportError, AttributeError)):
                 _resolve(path)
+
+
+def test_tests_share_code_only_through_conftest_and_helpers():
+    """Test modules import no other test module, and their names are unique
+    across tests/'s folders (pytest imports them by name, without packages)."""
+    modules = sorted((REPO / "tests").rglob("test_*.py"))
+    names = [path.stem for path in modules]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    found = []
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text())):
+            imported = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.relative_to(REPO)} imports {name}" for name in imported
+                      if name.split(".")[-1].startswith(("test_", "conftest"))]
+    assert not found, "\n".join(found)

@@ -1,4 +1,4 @@
-"""BPR training: the sampler, the trainer's determinism, checkpoints that
+"""BPR training: the trainer's determinism, checkpoints that
 resume exactly (after a SIGKILL), the run directory's files, the CLI, and
 parity with the same loop on torch_geometric's LightGCN."""
 import json
@@ -28,49 +28,6 @@ resume, out, epochs = sys.argv[1] == "resume", sys.argv[2], int(sys.argv[3])
 train(TrainConfig(epochs=epochs, dim=16, batch_size=64, out=out, resume=resume,
                   progress=False, patience=0), data=toy_interactions(num_pairs=12000))
 """
-
-
-# ---------------------------------------------------------------- sampler
-def test_an_epoch_visits_every_interaction_once_with_true_negatives():
-    data = toy_interactions()
-    sampler = BPRSampler(data.train, data.num_users, data.num_items, batch_size=128)
-    batches = list(sampler.epoch(torch.Generator().manual_seed(0)))
-    assert len(batches) == len(sampler) == -(-data.train.shape[1] // 128)
-    users = torch.cat([b[0] for b in batches])
-    positives = torch.cat([b[1] for b in batches])
-    negatives = torch.cat([b[2] for b in batches])
-    seen = data.train[0] * data.num_items + data.train[1]
-    assert torch.equal((users * data.num_items + positives).sort().values, seen.sort().values)
-    assert not torch.isin(users * data.num_items + negatives, seen).any()
-    assert ((negatives >= 0) & (negatives < data.num_items)).all()
-
-
-def test_negatives_are_uniform_over_the_unseen_items():
-    train = torch.tensor([[0, 0, 0, 1], [1, 4, 5, 0]])  # user 0 has seen 1, 4 and 5
-    sampler = BPRSampler(train, num_users=2, num_items=8, batch_size=4)
-    draws = sampler.negatives(torch.zeros(40000, dtype=torch.long),
-                              torch.Generator().manual_seed(1))
-    counts = torch.bincount(draws, minlength=8).double()
-    assert counts[[1, 4, 5]].sum() == 0
-    unseen = counts[[0, 2, 3, 6, 7]]
-    assert ((unseen - 8000).abs() < 400).all(), unseen  # about 4.5 standard deviations
-
-
-def test_the_sampler_is_deterministic_given_its_generator():
-    data = toy_interactions()
-    sampler = BPRSampler(data.train, data.num_users, data.num_items, batch_size=500)
-    first = [torch.cat(b) for b in sampler.epoch(torch.Generator().manual_seed(3))]
-    again = [torch.cat(b) for b in sampler.epoch(torch.Generator().manual_seed(3))]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
-
-
-def test_sampler_bad_input():
-    with pytest.raises(ValueError, match="batch_size"):
-        BPRSampler(torch.tensor([[0], [0]]), 1, 2, batch_size=0)
-    with pytest.raises(ValueError, match="train"):
-        BPRSampler(torch.zeros(2, 0, dtype=torch.long), 1, 2, batch_size=4)
-    with pytest.raises(ValueError, match="every item"):
-        BPRSampler(torch.tensor([[0, 0], [0, 1]]), 1, 2, batch_size=4)
 
 
 # ---------------------------------------------------------------- trainer
