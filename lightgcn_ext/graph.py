@@ -55,8 +55,7 @@ class Graph:
         (flow="source_to_target", PyG's default)."""
         edge_index = _check_edge_index(edge_index)
         num_nodes = validation.non_negative_int(num_nodes, "num_nodes")
-        if flow not in FLOWS:
-            raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
+        validation.choice(flow, "flow", FLOWS)
         if edge_weight is not None:
             edge_weight = _check_edge_weight(edge_weight, edge_index)
         # Built outside inference mode, so that a graph first prepared in a

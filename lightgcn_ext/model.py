@@ -242,8 +242,7 @@ def _check_conv_kwargs(kwargs):
     aggr = kwargs.pop("aggr", "add")
     if not isinstance(normalize, bool):
         raise ValueError(f"normalize must be a bool, got {normalize!r}")
-    if flow not in FLOWS:
-        raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
+    validation.choice(flow, "flow", FLOWS)
     if aggr not in _SUPPORTED_AGGR:
         raise ValueError(f"aggr={aggr!r} is not supported: lightgcn_ext's LightGCN "
                          f"aggregates by sum (aggr='add'), as LGConv does by default")
