@@ -20,12 +20,11 @@ VERSIONS = dict(
 )
 TORCH_WHEEL = f"torch=={VERSIONS['CPU_TORCH_VERSION']}"
 # (import name, pip requirement, required). The in-place build (setup.py build_ext) needs
-# setuptools and ninja besides torch; a wheel or editable install (`make install`) also
-# needs `wheel` with setuptools<70.1 (setup.py says so). pybind11 comes with torch's headers.
+# setuptools and ninja besides torch; a wheel build may also need `wheel` (see setup.py).
+# pybind11 comes with torch's headers.
 PACKAGES = [
     ("setuptools", "setuptools>=64", True),
     ("ninja", "ninja", True),
-    ("wheel", "wheel", False),
     ("numpy", "numpy", True),
     ("tqdm", "tqdm", True),
     ("matplotlib", "matplotlib", True),
