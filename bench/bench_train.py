@@ -29,7 +29,7 @@ import torch
 
 import lightgcn_ext
 from bench.bench_model import describe, load_interactions
-from bench.timing import time_interleaved
+from bench.timing import time_interleaved, verdict
 from lightgcn_ext import LightGCN
 from lightgcn_ext.data import BPRSampler
 from lightgcn_ext.evaluation import ranking_metrics
@@ -39,6 +39,7 @@ from lightgcn_ext.training.run_dir import atomic_write
 REPO = Path(__file__).resolve().parents[1]
 # Minimum epoch speedup of ours over each reference (the training issue's targets).
 TARGETS = {"pyg_csr": 5.0, "pyg_edge_index": 15.0}
+PARITY_TOLERANCE = 1e-3  # on recall@20 and ndcg@20 after --parity-epochs
 LABELS = {
     "ours": "lightgcn_ext.LightGCN, prepared graph (ours)",
     "pyg_csr": "torch_geometric LightGCN, torch.sparse CSR adj_t",
@@ -153,7 +154,7 @@ def main(argv=None):
             ratio = step_ms[name] / step_ms["ours"]
             report["targets"][name] = dict(minimum=minimum, ratio=ratio, passed=ratio >= minimum)
             lines.append(f"- epoch vs {LABELS[name]} >= {minimum:.0f}x: "
-                         f"{'PASS' if ratio >= minimum else 'FAIL'}: {ratio:.2f}x")
+                         f"{verdict(ratio >= minimum, ratio, judged=not args.quick)}")
     if args.parity_epochs:
         lines += ["", f"After {args.parity_epochs} epoch(s) from the same start:", ""]
         for name in ("ours", "pyg_csr"):
@@ -166,6 +167,15 @@ def main(argv=None):
             report[f"parity_{name}"] = scores
             lines.append(f"- {LABELS[name]}: recall@20 {scores['recall@20']:.4f}, "
                          f"ndcg@20 {scores['ndcg@20']:.4f}")
+        if "parity_pyg_csr" in report:
+            # The same loop from the same start: the same ranking quality, up to
+            # float32 rounding flipping a few ranks.
+            gap = max(abs(report["parity_ours"][k] - report["parity_pyg_csr"][k])
+                      for k in ("recall@20", "ndcg@20"))
+            report["parity_passed"] = gap <= PARITY_TOLERANCE
+            lines += ["", f"- {'PASS' if gap <= PARITY_TOLERANCE else 'FAIL'}: ours and "
+                      f"{LABELS['pyg_csr']} agree on recall@20 and ndcg@20 within "
+                      f"{PARITY_TOLERANCE:g} (largest difference {gap:.1e})"]
     print("\n".join(lines[1:]))
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = args.results_dir / f"train-{args.device}-{time.strftime('%Y%m%d-%H%M%S')}"

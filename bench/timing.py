@@ -10,6 +10,15 @@ import torch.utils.benchmark as benchmark
 MAX_CUDA_RUNS = 1000
 
 
+def verdict(ok, measured, judged=True):
+    """A speed target's verdict line: PASS or FAIL and the measured ratio. A
+    --quick run times a small graph, where the targets (set for Gowalla) say
+    nothing, so it shows the ratio unjudged."""
+    if not judged:
+        return f"not judged (--quick): {measured:.2f}x"
+    return f"{'PASS' if ok else 'FAIL'}: {measured:.2f}x"
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -1,5 +1,8 @@
-"""The benchmarks run end to end (so that they cannot rot), and what they
-write is whole and agrees with itself. The data they use is tested in
+"""The benchmarks run end to end (so that they cannot rot), what they write is
+whole and agrees with itself, and every verdict they judge is PASS: a FAIL line
+fails the test. A --quick run times a small graph on a machine shared with other
+work, where the speed targets (set for Gowalla) say nothing, so it shows their
+ratios as "not judged (--quick)"; what it judges is correctness. The data they use is tested in
 test_datasets.py; the private ops they time in test_bench_ops.py."""
 import json
 import subprocess
@@ -32,6 +35,22 @@ def run_module(module, *args, timeout=900):
     return result.stdout
 
 
+QUICK_UNJUDGED = "not judged (--quick)"
+
+
+def verdicts(text):
+    """The lines that give a verdict: PASS or FAIL."""
+    return [line for line in text.splitlines() if "PASS" in line or "FAIL" in line]
+
+
+def assert_all_pass(text, count):
+    """count judged verdicts, every one PASS."""
+    lines = verdicts(text)
+    failed = [line for line in lines if "FAIL" in line]
+    assert not failed, "a benchmark verdict failed:\n" + "\n".join(failed)
+    assert len(lines) == count, lines
+
+
 def table_rows(text):
     return {line.split("|")[1].strip(): line for line in text.splitlines()
             if line.startswith("| ") and not line.startswith("| implementation")}
@@ -49,8 +68,9 @@ def test_bench_quick_runs_every_implementation(tmp_path):
     for target in ["forward vs torch.sparse.mm CSR", "fwd+bwd vs the fastest reference",
                    "memory vs the lightest reference", "forward, time of one sweep over the "
                    "bare-gather floor", "fwd+bwd, time of one sweep over the bare-gather floor"]:
-        assert any(line.startswith(f"- {target}") and ("PASS" in line or "FAIL" in line)
+        assert any(line.startswith(f"- {target}") and QUICK_UNJUDGED in line
                    for line in stdout.splitlines()), target
+    assert_all_pass(stdout, 1)  # every reference agrees with ours
     (written,) = tmp_path.glob("propagate-cpu-*.md")
     assert set(table_rows(written.read_text())) == set(rows)
     result = json.loads(written.with_suffix(".json").read_text())
@@ -66,7 +86,8 @@ def test_bench_model_quick_runs():
     for label in ("(ours)", "torch_geometric LightGCN, edge_index",
                   "torch_geometric LightGCN, torch.sparse CSR adj_t"):
         assert label in out
-    assert out.count("PASS:") + out.count("FAIL:") == 4
+    assert out.count(QUICK_UNJUDGED) == 4  # the speed targets
+    assert_all_pass(out, 1)  # every implementation agrees with PyG
     assert "MISMATCH" not in out
 
 
@@ -78,8 +99,9 @@ def test_bench_train_quick_runs(tmp_path):
     for label in ("(ours)", "torch_geometric LightGCN, edge_index",
                   "torch_geometric LightGCN, torch.sparse CSR adj_t"):
         assert label in out
-    assert out.count("PASS:") + out.count("FAIL:") == 2
-    assert out.count("recall@20") == 2
+    assert out.count(QUICK_UNJUDGED) == 2  # the speed targets
+    assert_all_pass(out, 1)  # the same recall@20 and ndcg@20 after an epoch
+    assert out.count("recall@20") == 3
     assert len(list(tmp_path.glob("train-cpu-*.md"))) == 1
 
 
@@ -225,4 +247,6 @@ def test_bench_distributed_quick_writes_whole_consistent_results(tmp_path):
     assert len(memory["rank_peak_rss_mb"]) == 4
     assert memory["ratio"] == max(memory["rank_peak_rss_mb"]) / memory["single_peak_rss_mb"]
     assert f"{memory['ratio']:.3f}x" in report
+    assert QUICK_UNJUDGED in report  # the memory target, for the 2,000,000-node graph
+    assert_all_pass(stdout, 0)
     assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"

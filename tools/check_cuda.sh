@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # CUDA compile check for a machine without a GPU.
 #
-# Builds lightgcn_ext with its CUDA kernels against the CUDA 13.0 build of torch
-# that tools/torch_versions.env pins and the machine's nvcc, imports the result,
-# checks that the CUDA kernels are registered, and runs the test suite with that
-# build (CUDA tests skip: there is no device). Nothing CUDA runs here; this
-# proves the .cu files compile and link.
+# Builds lightgcn_ext with its CUDA kernels (tools/build.sh with WITH_CUDA=1)
+# against a CUDA build of torch and the machine's nvcc, checks that the CUDA
+# kernels are registered, and runs the test suite with that build (CUDA tests
+# skip: there is no device). Nothing CUDA runs here; this proves the .cu files
+# compile and link.
+#
+# The CUDA torch comes from tools/torch_versions.env (CUDA_TORCH_VERSION, which
+# the environment variable of that name overrides), installed with pip into a
+# venv: on the development machine pip finds it on local disk; elsewhere it is
+# a download of several GB.
 #
 # It never touches the CPU build used by the normal test run: the sources are
 # copied to build/cuda-check-src and built there (objects in build/cuda-check),
@@ -19,7 +24,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv-cuda"
 SRC="$ROOT/build/cuda-check-src"
 BUILD_TEMP="$ROOT/build/cuda-check"
-. "$ROOT/tools/torch_versions.env"  # CUDA_TORCH_VERSION
+PINNED_CUDA_TORCH_VERSION="$(. "$ROOT/tools/torch_versions.env" && echo "$CUDA_TORCH_VERSION")"
+CUDA_TORCH_VERSION="${CUDA_TORCH_VERSION:-$PINNED_CUDA_TORCH_VERSION}"
 
 log() { printf '[check_cuda] %s\n' "$*"; }
 
@@ -59,36 +65,15 @@ for rel in sys.stdin.buffer.read().decode().split("\0"):
         shutil.copy2(src, os.path.join(dst, rel))
 ' "$ROOT" "$SRC"
 
-# 3. The build.
-export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
-export PATH="$CUDA_HOME/bin:$PATH"
-export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
-export FORCE_CUDA=1
-export MAX_JOBS="${MAX_JOBS:-2}"
-log "building (CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS)"
+# 3. The build (tools/build.sh, the one build command), and the CUDA kernels
+#    registered.
+. "$SRC/tools/cuda_env.sh"  # exported: step 4's wheel build uses it too
+log "building"
 start=$(date +%s)
-(cd "$SRC" && "$PY" setup.py -q build_ext --inplace --build-temp "$BUILD_TEMP")
+WITH_CUDA=1 PYTHON="$PY" bash "$SRC/tools/build.sh" --build-temp "$BUILD_TEMP"
 log "build took $(( $(date +%s) - start )) s"
 
-# 4. The import, and the CUDA kernels registered.
-(cd "$SRC" && "$PY" - <<'EOF')
-import glob, importlib.util, torch
-
-# The module itself, not the package: this checks the build, not lightgcn_ext/__init__.py.
-path = glob.glob("lightgcn_ext/_C*.so")[0]
-spec = importlib.util.spec_from_file_location("lightgcn_ext._C", path)
-ext = importlib.util.module_from_spec(spec)  # loads the library: registers the ops
-
-assert ext.with_cuda == 1, f"built without CUDA: with_cuda = {ext.with_cuda}"
-for op in ("propagate", "layer_dots"):
-    name = f"lightgcn_ext::{op}"
-    for key in ("CPU", "CUDA"):
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, key), f"{name}: no {key} kernel"
-print(f"[check_cuda] import OK: {path}, torch {ext.torch_version}, with_cuda = 1, "
-      "CPU and CUDA kernels registered")
-EOF
-
-# 5. The test suite with this build. tests/test_build.py is left out: it checks
+# 4. The test suite with this build. tests/test_build.py is left out: it checks
 #    the CMake build, which `make ctest` and `make test` check against the CPU
 #    torch; configuring CMake against this CUDA torch needs CUDA runtime
 #    libraries (libnvrtc.so) that a compile-only toolkit lacks.

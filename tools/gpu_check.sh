@@ -7,7 +7,8 @@
 # Stages, each logged to its own file and each run even when an earlier one
 # failed (except that nothing runs without a build):
 #   env        nvidia-smi, torch, nvcc
-#   build      python3 setup.py build_ext --inplace, FORCE_CUDA=1, sm_90
+#   build      tools/build.sh with WITH_CUDA=1 (in place, sm_90 unless
+#              TORCH_CUDA_ARCH_LIST says otherwise)
 #   tests      the CUDA tests of tests/ (pytest -k "cuda or gpu"), among them
 #              tests/test_cuda.py: every op on CUDA against the CPU op
 #   bench_cuda bench/bench_cuda.py: the CUDA targets (forward and fwd+bwd vs
@@ -69,24 +70,10 @@ env_info() {
   nproc
 }
 
+# tools/build.sh, the one build command, with the CUDA kernels (and the check
+# that they registered).
 build() {
-  local cuda_home="${CUDA_HOME:-/usr/local/cuda}"
-  if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null; then
-    cuda_home="$(dirname "$(dirname "$(command -v nvcc)")")"
-  fi
-  FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
-    CUDA_HOME="$cuda_home" PATH="$cuda_home/bin:$PATH" \
-    "$PY" setup.py build_ext --inplace &&
-    "$PY" - <<'EOF'
-import glob, importlib.util, torch
-path = glob.glob("lightgcn_ext/_C*.so")[0]
-spec = importlib.util.spec_from_file_location("lightgcn_ext._C", path)
-ext = importlib.util.module_from_spec(spec)  # loads the library: registers the ops
-assert ext.with_cuda == 1, "built without CUDA"
-for op in ("propagate", "layer_dots"):
-    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lightgcn_ext::{op}", "CUDA"), op
-print("CUDA kernels registered")
-EOF
+  WITH_CUDA=1 PYTHON="$PY" MAX_JOBS="${MAX_JOBS:-16}" bash tools/build.sh
 }
 
 cuda_tests() {
