@@ -64,7 +64,7 @@ def find(name, root=None):
     return directory if all((directory / file).is_file() for file in NAMED[name]) else None
 
 
-def load(name_or_path, root=None, *, progress=True):
+def load(name_or_path, root=None, *, progress=True, ids="dense"):
     """The Interactions of a named data set or of a directory.
 
     name_or_path: "gowalla", "yelp2018" or "amazon-book" (the LightGCN paper's
@@ -73,6 +73,7 @@ def load(name_or_path, root=None, *, progress=True):
         of that name).
     root: where named data sets are kept (default `data_dir()`); each in <root>/<name>/.
     progress: show a progress bar (tqdm) while downloading.
+    ids: "dense" or "given", how a directory's ids are read (see read_dir).
 
     A named data set's files are downloaded on first use from the LightGCN authors'
     repository (gusye1234/LightGCN-PyTorch, pinned commit), into a temporary file
@@ -94,13 +95,13 @@ def load(name_or_path, root=None, *, progress=True):
                 _check_cached(path, checksum, url)
             else:
                 _download(url, path, checksum, progress)
-        return read_dir(directory, name)
+        return read_dir(directory, name, ids=ids)
     if root is not None:
         raise ValueError(f"root={root!r} applies to the named data sets ({', '.join(NAMED)}), "
                          f"not to the directory {name_or_path!r}")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return read_dir(path)
+        return read_dir(path, ids=ids)
     raise FileNotFoundError(f"{name_or_path!r} is neither a named data set ("
                             f"{', '.join(NAMED)}, synthetic) nor a directory")
 

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from .. import validation
+from .ids import IdMap
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class Interactions:
     train: torch.Tensor
     test: torch.Tensor
     valid: Optional[torch.Tensor] = None
+    # The raw ids of the users and items when they were renumbered densely
+    # (read_dir's default), else None: the ids are the raw ids.
+    id_map: Optional[IdMap] = None
 
     def __post_init__(self):
         for field in ("num_users", "num_items"):

@@ -8,14 +8,19 @@ amazon-book's test.txt) is allowed, and so is an empty line; both add no pair. A
 other line (a non-integer, a negative id, a tab, two spaces, a comma, a leading
 space) raises `FormatError` naming the file and the line number: nothing is dropped
 or repaired silently. Pairs keep the order of the file; a repeated line or pair is
-kept as written. num_users is 1 + the largest user id of any line of any split (so a
-user with an empty line counts), num_items 1 + the largest item id of any split.
+kept as written. By default `read_dir` renumbers the ids that occur in some pair
+0, 1, ... in ascending order (`lightgcn_ext.data.ids.densify`: ids that are already
+0..n-1 stay as they are), and `Interactions.id_map` maps them back to the raw ids;
+with ids="given" they are taken literally: num_users is 1 + the largest user id of
+any line of any split (so a user with an empty line counts), num_items 1 + the
+largest item id of any split.
 """
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .ids import ID_MODES, densify
 from .interactions import Interactions
 
 SPLIT_FILES = {"train": "train.txt", "test": "test.txt", "valid": "valid.txt"}  # valid optional
@@ -171,12 +176,20 @@ def _raise_format_error(path, buf, pos, reason=None, *, lines_before=0):
     raise FormatError(path, lineno, f"{reason}, in line {shown}")
 
 
-def read_dir(directory, name=None):
+def read_dir(directory, name=None, *, ids="dense"):
     """The Interactions of a directory in the LightGCN format: train.txt and
     test.txt, and valid.txt when present (see the module's doc for the format).
-    name defaults to the directory's name. Raises FileNotFoundError when a
-    required file is missing, FormatError for a malformed line, ValueError
-    when train.txt, test.txt (or a present valid.txt) holds no pair."""
+    name defaults to the directory's name.
+
+    ids="dense" (the default) renumbers the ids that occur densely and keeps
+    the map back to the raw ids in `id_map`; ids="given" takes them literally,
+    so that raw id k is row k of the model (see the module's doc).
+
+    Raises FileNotFoundError when a required file is missing, FormatError for
+    a malformed line, ValueError when train.txt, test.txt (or a present
+    valid.txt) holds no pair."""
+    if ids not in ID_MODES:
+        raise ValueError(f"ids must be one of {ID_MODES}, got {ids!r}")
     directory = Path(directory).expanduser()
     required = [SPLIT_FILES["train"], SPLIT_FILES["test"]]
     missing = [file for file in required if not (directory / file).is_file()]
@@ -196,4 +209,9 @@ def read_dir(directory, name=None):
         splits[split] = pairs
         num_users = max(num_users, users)
         num_items = max(num_items, int(pairs[1].max()) + 1)
-    return Interactions(name or directory.resolve().name, num_users, num_items, **splits)
+    id_map = None
+    if ids == "dense":
+        splits, id_map = densify(splits)
+        num_users, num_items = id_map.num_users, id_map.num_items
+    return Interactions(name or directory.resolve().name, num_users, num_items, **splits,
+                        id_map=id_map)

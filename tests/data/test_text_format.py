@@ -111,7 +111,9 @@ def test_load_directory(tmp_path):
     assert load(str(root)).train.tolist() == data.train.tolist()
     write_splits(root, valid="2 3\n4\n")
     data = load(root)
-    assert data.valid.tolist() == [[2], [3]] and data.num_users == 5  # user 4's empty line
+    assert data.valid.tolist() == [[2], [3]] and data.num_users == 4
+    # Ids as given: user 4's empty line counts.
+    assert load(root, ids="given").num_users == 5
 
 
 def test_user_in_test_but_not_in_train_is_kept(tmp_path):
