@@ -47,6 +47,10 @@ LayerDotsOperands checked_layer_dots_operands(const at::Tensor& rowptr, const at
 // per call, so the CUDA kernels trust the CSR that prepare_csr built.
 void check_csr_contents(const at::Tensor& rowptr, const at::Tensor& col, int64_t num_nodes);
 
+// The arguments of prepare_csr, for every backend: edge_index [2, E] int32 or
+// int64 with ids in [0, num_nodes) (a ValueError otherwise; one host read).
+void check_prepare_csr_input(const at::Tensor& edge_index, int64_t num_nodes);
+
 // alpha_0 * x in x's dtype (computed in its accumulation type): propagate
 // with no layers, or with nothing to propagate.
 at::Tensor alpha0_times_x(const at::Tensor& x, const at::Tensor& alpha);

@@ -1,5 +1,8 @@
 // prepare_csr: the CSR of a graph by destination and by source, built with
-// ATen ops, so that one implementation serves every device.
+// ATen ops, so that one implementation serves every device that has no kernel
+// of its own (the CPU has one: cpu/prepare_csr_cpu.cpp); and its checks.
+#include "checks.h"
+
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -25,8 +28,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coo_to_csr(const at::Tensor& row,
 }
 
 // prepare_csr: the CSR by destination and the CSR by source (the transpose).
+// The CPU has its own kernel (cpu/prepare_csr_cpu.cpp): a counting sort that
+// needs no memory beyond its outputs; this one serves the other devices.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prepare_csr(
     const at::Tensor& edge_index, int64_t num_nodes) {
+  check_prepare_csr_input(edge_index, num_nodes);
+  const auto src = edge_index.select(0, 0), dst = edge_index.select(0, 1);
+  auto [rowptr, col, perm] = coo_to_csr(dst, src, num_nodes);
+  auto [rowptr_t, col_t, perm_t] = coo_to_csr(src, dst, num_nodes);
+  return {rowptr, col, perm, rowptr_t, col_t, perm_t};
+}
+
+}  // namespace
+
+void check_prepare_csr_input(const at::Tensor& edge_index, int64_t num_nodes) {
   TORCH_CHECK(edge_index.dim() == 2 && edge_index.size(0) == 2,
               "edge_index must have shape [2, num_edges], got ", edge_index.sizes());
   TORCH_CHECK(edge_index.scalar_type() == at::kInt || edge_index.scalar_type() == at::kLong,
@@ -40,13 +55,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                 "edge_index must hold node ids in [0, num_nodes = ", num_nodes,
                 "), got values in [", min_index, ", ", max_index, "]");
   }
-  const auto src = edge_index.select(0, 0), dst = edge_index.select(0, 1);
-  auto [rowptr, col, perm] = coo_to_csr(dst, src, num_nodes);
-  auto [rowptr_t, col_t, perm_t] = coo_to_csr(src, dst, num_nodes);
-  return {rowptr, col, perm, rowptr_t, col_t, perm_t};
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(lightgcn_ext, CompositeExplicitAutograd, m) {
   m.impl("prepare_csr", &prepare_csr);
