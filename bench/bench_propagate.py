@@ -8,8 +8,9 @@ torch.sparse, side by side on one graph, in one process and one run.
 Every implementation is checked against ours before anything is timed.
 Times are medians of torch.utils.benchmark's blocked_autorange (CPU) or of
 CUDA events (GPU), after a warm-up. Peak memory is what one forward+backward
-adds on top of its inputs: on CPU the peak RSS (VmHWM) of a fresh subprocess
-per implementation, on CUDA torch.cuda.max_memory_allocated.
+adds on top of its inputs (with --memory-with-prepare, the graph's preparation
+too): on CPU the peak RSS (VmHWM) of a fresh subprocess per implementation, on
+CUDA torch.cuda.max_memory_allocated.
 The table goes to stdout and to bench/results/<device>_<timestamp>.md.
 """
 import argparse
@@ -333,21 +334,26 @@ def measure_memory_here(impl, args, device, p=None):
     del tiny
     if p is None:
         p = build_problem(args, device)
-    state = impl.prepare(p)
+    with_prepare = args.memory_with_prepare
+    state = None if with_prepare else impl.prepare(p)
     x = p.x.clone().requires_grad_()
     gc.collect()
+
+    def run():
+        fwd_bwd(impl, impl.prepare(p) if with_prepare else state, x, p.alpha, p.grad)
+
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        fwd_bwd(impl, state, x, p.alpha, p.grad)
+        run()
         sync(device)
         return torch.cuda.max_memory_allocated(device) - before
     _release_free_heap()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
     before = _proc_status_kb("VmRSS")
-    fwd_bwd(impl, state, x, p.alpha, p.grad)
+    run()
     return (_proc_status_kb("VmHWM") - before) * 1024
 
 
@@ -380,6 +386,8 @@ def measure_memory_subprocess(name, args, memory_limit=None):
         command += ["--edges", str(args.edges)]
     if args.quick:
         command.append("--quick")
+    if args.memory_with_prepare:
+        command.append("--memory-with-prepare")
     # A fixed mmap threshold makes glibc map every large tensor and unmap it when
     # freed, so the peak RSS follows the live tensors instead of heap reuse
     # (without it the same probe gave 36 or 72 MB for ours, run to run).
@@ -659,7 +667,9 @@ def describe(args, device, p):
         *([f"- CPU sweep: the {CHOSEN_ISA} copy (the other: {OTHER_ISA or 'none on this CPU'}; "
            f"LIGHTGCN_EXT_CPU_ISA={os.environ.get('LIGHTGCN_EXT_CPU_ISA') or 'unset'})"]
           if device.type == "cpu" else []),
-        "- memory: peak added by one forward+backward over its inputs ("
+        "- memory: peak added by "
+        + ("the graph's preparation and " if args.memory_with_prepare else "")
+        + "one forward+backward over its inputs ("
         + ("torch.cuda.max_memory_allocated)" if device.type == "cuda" else
            "VmHWM - VmRSS in a fresh process each, glibc mmap threshold 64 KiB)"),
     ]
@@ -703,6 +713,9 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=positive(int), default=None,
                         help="interleaved timing rounds (default 3, 1 with --quick)")
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--memory-with-prepare", action="store_true",
+                        help="count each implementation's graph preparation in its peak added "
+                        "memory (what its prepared form keeps, and the peak of making it)")
     parser.add_argument("--measure-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.data is None:

@@ -9,7 +9,8 @@ from ._extension import load_extension
 load_extension()
 
 from . import _ops  # noqa: E402  (registers fake kernels and autograd)
-from .graph import Graph, clear_cache, prepare  # noqa: E402
+from .cache import clear_cache, prepare  # noqa: E402
+from .graph import Graph  # noqa: E402
 from .model import BPRLoss, LightGCN  # noqa: E402
 from .propagation import propagate  # noqa: E402
 

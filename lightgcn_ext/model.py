@@ -69,7 +69,8 @@ class LightGCN(torch.nn.Module):
 
     def forward(self, edge_index, edge_label_index=None, edge_weight=None) -> Tensor:
         r"""Scores ``<x_src, x_dst>`` of the pairs in ``edge_label_index``
-        (all edges of ``edge_index`` when it is ``None``)."""
+        (all edges of ``edge_index`` when it is ``None``; those of a prepared
+        Graph in `Graph.edges()` order)."""
         if edge_label_index is None:
             edge_label_index = _edges_of(edge_index)
         edge_label_index = _check_index(edge_label_index, "edge_label_index", self.num_nodes,
@@ -256,9 +257,8 @@ def _edges_of(edge_index):
     """The [2, E] (src, dst) pairs of any graph input, as PyG's to_edge_index."""
     from .graph import Graph, edges_of_adj_t
 
-    if isinstance(edge_index, Graph):  # its edges as messages flow; PyG's as given
-        flipped = edge_index.flow == "target_to_source"
-        return edge_index.edge_index.flip(0) if flipped else edge_index.edge_index
+    if isinstance(edge_index, Graph):  # by destination, then source (Graph.edges)
+        return edge_index.edges()
     if isinstance(edge_index, Tensor) and edge_index.layout == torch.sparse_coo:
         return edge_index._indices()  # every stored entry, in order, as PyG
     if is_sparse_adjacency(edge_index):

@@ -4,7 +4,8 @@ import weakref
 import torch
 
 from . import _ops, validation
-from .graph import Graph, prepare, tensor_version
+from .cache import prepare
+from .graph import Graph, tensor_version
 
 
 def propagate(edge_index, x, alpha, *, edge_weight=None, normalize=None, flow=None):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import lightgcn_ext
+from lightgcn_ext import cache as cache_module
 from lightgcn_ext import graph as graph_module
 from helpers import (MODEL_MARKS, assert_close_to_reference, assert_rel_close, dense_propagate,
                      directed_graph, features, make_models, random_edges, random_weights,
@@ -178,9 +179,7 @@ def test_a_new_tensor_with_equal_contents_gives_equal_results():
 def test_writes_that_bypass_the_version_counter_need_clear_cache(change):
     """The cache keys on (id, _version, data_ptr): writes through a numpy view
     or `.data` are not seen (documented); clear_cache() is the way out."""
-    clear_cache = getattr(lightgcn_ext.graph, "clear_cache", None)
-    if clear_cache is None:
-        pytest.skip("lightgcn_ext.graph.clear_cache does not exist yet")
+    clear_cache = lightgcn_ext.clear_cache
     array = directed_graph(20, 50, seed=31).numpy().copy()
     edge_index = torch.from_numpy(array)
     weight = random_weights(edge_index.shape[1], seed=32, dtype=torch.float32)
@@ -236,17 +235,17 @@ def test_the_cache_does_not_keep_its_inputs_alive():
 def test_the_cache_memory_is_bounded(monkeypatch):
     lightgcn_ext.clear_cache()
     graphs = [prepare(random_edges(50, 300, seed=s), 50) for s in range(3)]
-    assert len({id(g) for g in graph_module._cache_graphs()}) == 3
-    monkeypatch.setattr(graph_module, "_CACHE_MAX_BYTES", graphs[0].nbytes + 1)
+    assert len({id(g) for g in cache_module._cache_graphs()}) == 3
+    monkeypatch.setattr(cache_module, "_CACHE_MAX_BYTES", graphs[0].nbytes + 1)
     prepare(random_edges(50, 300, seed=99), 50)
-    assert len(graph_module._cache_graphs()) == 1  # only the newest fits
+    assert len(cache_module._cache_graphs()) == 1  # only the newest fits
 
 
 def test_clear_cache_at_the_top_level():
     edge_index = random_edges(20, 50, seed=34)
     graph = prepare(edge_index, 20)
     lightgcn_ext.clear_cache()
-    assert not graph_module._cache
+    assert not cache_module._cache
     assert prepare(edge_index, 20) is not graph
 
 

@@ -474,7 +474,11 @@ def _graph_input(form, edge_index, weight, num_nodes):
         return ei, w, lambda: ei, w
     if form == "prepared_graph":
         graph = Graph.from_edge_index(edge_index, num_nodes, weight)
-        return graph, None, lambda: edge_index, weight
+        # A Graph's edges are its CSR's: by destination, then source.
+        order = (edge_index[1] * num_nodes + edge_index[0]).sort(stable=True).indices
+        assert torch.equal(graph.edges(), edge_index[:, order])
+        w = None if weight is None else weight[order]
+        return graph, None, lambda: edge_index[:, order], w
     if form == "sparse_tensor":
         if not torch_geometric.typing.WITH_TORCH_SPARSE:
             pytest.skip("torch_sparse is not installed")

@@ -4,13 +4,17 @@ Gradients (gradcheck, gradgradcheck, edge weights), torch.compile, parity with
 torch_geometric's LGConv, the accepted graph inputs and symmetry (the cache:
 test_caching.py)."""
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from helpers import (assert_close_to_reference, dense_operator, dense_propagate, devices,
-                     features, pyg_propagate, random_edges, random_undirected, random_weights,
-                     symmetrize, tiny_graph)
+from helpers import (REPO, assert_close_to_reference, dense_operator, dense_propagate, devices,
+                     directed_graph, features, pyg_propagate, random_edges, random_undirected,
+                     random_weights, symmetrize, tiny_graph, undirected_graph)
 from lightgcn_ext import Graph, LightGCN, prepare, propagate
 
 # A directed tiny graph (duplicate edge, self-loop, empty rows, an isolated
@@ -411,10 +415,85 @@ def test_symmetric_tiny_graph_with_self_loop_and_duplicates():
 
 @pytest.mark.parametrize("device", devices())
 def test_graph_to_device_roundtrip(device):
-    graph = Graph.from_edge_index(DIRECTED, TINY_N, random_weights(DIRECTED.shape[1], seed=1))
+    weight = random_weights(DIRECTED.shape[1], seed=1)
+    graph = Graph.from_edge_index(DIRECTED, TINY_N, weight)
     moved = graph.to(device)
     assert moved.device.type == device and moved.is_symmetric == graph.is_symmetric
     x = features(TINY_N, 3, device=device)
     assert_close_to_reference(propagate(moved, x, ALPHA),
-                              dense_propagate(DIRECTED, TINY_N, x, ALPHA, graph.edge_weight),
+                              dense_propagate(DIRECTED, TINY_N, x, ALPHA, weight),
                               torch.float64)
+
+
+# ------------------------------------------------- what a prepared graph holds
+def _nbytes(*tensors):
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+
+
+@pytest.mark.parametrize("kind", ["undirected", "directed"])
+def test_an_unweighted_graph_holds_its_csr_and_dinv_only(kind):
+    make = undirected_graph if kind == "undirected" else directed_graph
+    edge_index = make(40, 300, seed=41)
+    graph = Graph.from_edge_index(edge_index, 40)
+    assert graph.edge_index is None and graph.edge_weight is None
+    assert graph._perm is None and graph._perm_t is None and graph.weight is None
+    held = _nbytes(graph.rowptr, graph.col, graph.rowptr_t, graph.col_t, graph.dinv)
+    assert graph.nbytes == held
+    if kind == "undirected":  # one CSR serves both directions
+        assert held == _nbytes(graph.rowptr, graph.col, graph.dinv)
+
+
+def test_only_a_tracked_weight_keeps_the_edges_and_permutations():
+    edge_index = directed_graph(30, 200, seed=42)
+    weight = random_weights(edge_index.shape[1], seed=43, dtype=torch.float64)
+    constant = Graph.from_edge_index(edge_index, 30, weight)
+    assert constant.edge_index is None and constant._perm is None
+    assert constant.edge_weight is None and constant.weight is not None
+    tracked = Graph.from_edge_index(edge_index, 30, weight.clone().requires_grad_())
+    assert torch.equal(tracked.edge_index, edge_index) and tracked._perm is not None
+    x = torch.randn(30, 4, dtype=torch.float64)
+    expected = dense_propagate(edge_index, 30, x, ALPHA, weight)
+    for graph in (constant, tracked):
+        assert_close_to_reference(propagate(graph, x, ALPHA), expected, torch.float64)
+    # A later change of the constant weight's tensor does not reach its graph.
+    out = propagate(constant, x, ALPHA)
+    weight.mul_(3)
+    assert torch.equal(propagate(constant, x, ALPHA), out)
+
+
+PREPARE_PEAK = """
+import ctypes, json, torch
+from lightgcn_ext import Graph
+from lightgcn_ext.data import synthetic
+
+def kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+torch.set_num_threads(1)
+edge_index = synthetic(0, num_users=20000, num_items=20000, num_interactions=400000).edge_index()
+Graph.from_edge_index(edge_index[:, :1000], 40000)  # load what the first call touches
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = kb("VmRSS")
+graph = Graph.from_edge_index(edge_index, 40000)
+print(json.dumps(dict(peak=(kb("VmHWM") - before) * 1024, held=graph.nbytes,
+                      input=edge_index.numel() * edge_index.element_size())))
+"""
+
+
+def test_preparing_a_graph_peaks_below_twice_its_input():
+    """The peak memory of preparing an unweighted graph on the CPU (a fresh
+    process, glibc mapping every large tensor so that the peak RSS follows
+    the live tensors): its CSR and dinv, and the CSR kernels' outputs, under
+    twice the int64 edge_index. Sorting the edges' keys with torch.sort and
+    keeping a copy of edge_index and both permutations peaked at 4x."""
+    result = subprocess.run([sys.executable, "-c", PREPARE_PEAK], cwd=REPO, text=True,
+                            capture_output=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_":
+                                                      str(64 * 1024)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    num_edges = measured["input"] // 16
+    assert measured["held"] == 40001 * 8 + num_edges * 4 + 40000 * 8  # rowptr, col, dinv
+    assert measured["peak"] < 2 * measured["input"], measured
