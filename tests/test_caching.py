@@ -266,3 +266,32 @@ def test_training_an_edge_weight_does_not_prepare_the_graph_again(monkeypatch):
     with torch.no_grad():
         tracked = model.get_embedding(edge_index, weight)
     assert_rel_close(tracked, model.get_embedding(edge_index, weight.detach().clone()))
+
+
+def test_an_equal_edge_index_is_found_after_the_first_input_is_gone(monkeypatch):
+    """The graph keeps no copy of its input: once that tensor is gone, an
+    equal one is found by the graph's CSR (the edges in any order, duplicates
+    counted), and a different one, even of the same in-degrees, is not."""
+    edge_index = random_edges(40, 200, seed=37)
+    weight = random_weights(200, seed=38)
+    graph = prepare(edge_index.clone(), 40)  # the input dies here
+    weighted = prepare(edge_index.clone(), 40, weight.clone())
+    prepared = []
+    original = graph_module.Graph.from_edge_index.__func__
+    monkeypatch.setattr(graph_module.Graph, "from_edge_index", classmethod(
+        lambda cls, *a, **k: prepared.append(1) or original(cls, *a, **k)))
+    assert prepare(edge_index.clone(), 40) is graph
+    shuffled = torch.randperm(200, generator=torch.Generator().manual_seed(39))
+    assert prepare(edge_index[:, shuffled], 40) is graph
+    assert prepare(edge_index.clone(), 40, weight.clone()) is weighted
+    assert prepared == []
+    # The same in-degrees, another source: prepared anew.
+    changed = edge_index.clone()
+    changed[0, 0] = (changed[0, 0] + 1) % 40
+    assert prepare(changed, 40) is not graph
+    # One duplicate more, one edge less.
+    duplicated = edge_index.clone()
+    duplicated[:, 1] = duplicated[:, 0]
+    assert prepare(duplicated, 40) is not graph
+    assert prepare(edge_index.clone(), 40, weight * 2) is not weighted
+    assert len(prepared) == 3
