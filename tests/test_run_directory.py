@@ -1,0 +1,293 @@
+"""lightgcn_ext.run_directory on its own: the lock, the checks before a run
+starts, atomic writes and their temporaries, damaged checkpoints, and the
+resume policy. Fakes stand in for a run: a checkpoint is any torch.save'd
+dict, a holder any process that opens the directory."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from helpers import REPO
+from lightgcn_ext import run_directory as rd
+from lightgcn_ext.run_directory import (DamagedCheckpoint, ResumeRefused, RunDirectory,
+                                        RunDirectoryError, RunLocked)
+
+
+def fake_run(path, epochs=3):
+    """A directory that holds a run: a checkpoint and results at `epochs`."""
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": epochs}, path / rd.CHECKPOINT)
+    torch.save({"weights": torch.ones(2)}, path / rd.BEST)
+    (path / rd.RESULTS).write_text(json.dumps({"epochs_done": epochs}))
+    (path / rd.CURVE).write_bytes(b"png")
+    return path
+
+
+def one_line(error):
+    message = str(error.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+# -------------------------------------------------------------------- lock
+def test_a_second_open_fails_at_once_naming_the_directory_and_holder(tmp_path):
+    out = tmp_path / "run"
+    with RunDirectory.open(out) as run:
+        assert run.path == out and (out / rd.LOCK).is_file()
+        holder = json.loads((out / rd.LOCK).read_text())
+        assert holder["pid"] == os.getpid() and holder["host"]
+        started = time.perf_counter()
+        with pytest.raises(RunLocked) as error:
+            RunDirectory.open(out, resume=True)
+        assert time.perf_counter() - started < 1.0
+        message = one_line(error)
+        assert message.startswith(f"--out {out} is in use by another run (pid {os.getpid()} on ")
+        assert "started 20" in message and "choose another --out" in message
+    with RunDirectory.open(out):  # released at the end of the with block
+        pass
+
+
+HOLDER = """
+import sys, time
+from lightgcn_ext.run_directory import RunDirectory
+run = RunDirectory.open(sys.argv[1])
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_the_lock_goes_with_its_process_however_it_ends(tmp_path, how):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLocked, match=f"pid {holder.pid} on "):
+            RunDirectory.open(out)
+    finally:
+        holder.send_signal(how)
+        holder.wait(timeout=30)
+    with RunDirectory.open(out):
+        pass
+
+
+# ------------------------------------------------------- before the start
+def test_out_that_is_a_file_or_under_one(tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(RunDirectoryError) as error:
+        RunDirectory.open(afile)
+    assert one_line(error) == f"--out {afile} is a file, not a directory; choose a directory"
+    with pytest.raises(RunDirectoryError) as error:
+        RunDirectory.open(afile / "run")
+    assert one_line(error) == (f"--out {afile / 'run'} is under {afile}, a file, not a "
+                               f"directory; choose a directory")
+
+
+def test_out_that_cannot_be_created_or_written():
+    with pytest.raises(RunDirectoryError) as error:
+        RunDirectory.open("/sys/x")
+    assert one_line(error).startswith("--out /sys/x: cannot create it (")
+    # An existing directory that cannot be written, even by root.
+    with pytest.raises(RunDirectoryError) as error:
+        RunDirectory.open("/sys/kernel")
+    assert one_line(error) == ("--out /sys/kernel: cannot write into it (Permission denied); "
+                               "choose a writable directory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
+def test_read_only_out(tmp_path):
+    out = fake_run(tmp_path / "run")
+    out.chmod(0o555)
+    try:
+        with pytest.raises(RunDirectoryError, match="cannot write into it"):
+            RunDirectory.open(out, resume=True)
+    finally:
+        out.chmod(0o755)
+
+
+def test_a_run_is_never_started_over_another_ones_checkpoint(tmp_path):
+    out = fake_run(tmp_path / "run", epochs=5)
+    with pytest.raises(RunDirectoryError) as error:
+        RunDirectory.open(out)
+    assert one_line(error) == (
+        f"--out {out} holds another run's checkpoint (5 completed epochs): continue it with "
+        f"--resume, delete it and start again with --overwrite, or choose another --out")
+    assert torch.load(out / rd.CHECKPOINT) == {"epoch": 5}  # untouched
+    with RunDirectory.open(out, resume=True):
+        assert (out / rd.CHECKPOINT).exists()
+    with RunDirectory.open(out, overwrite=True):
+        left = sorted(p.name for p in out.iterdir())
+    assert left == [rd.LOCK]
+    with RunDirectory.open(out):  # nothing left to protect
+        pass
+
+
+def test_a_distributed_checkpoint_is_protected_too(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / rd.DIST_INDEX).write_text("{}")
+    (out / "checkpoint.epoch2.rank0-of-2.pt").write_bytes(b"x")
+    with pytest.raises(RunDirectoryError, match="holds another run's checkpoint"):
+        RunDirectory.open(out)
+    with RunDirectory.open(out, overwrite=True):
+        assert [p.name for p in out.iterdir()] == [rd.LOCK]
+
+
+def test_resume_needs_a_checkpoint_and_excludes_overwrite(tmp_path):
+    with pytest.raises(RunDirectoryError) as error:
+        RunDirectory.open(tmp_path / "new", resume=True)
+    assert one_line(error) == (f"--resume: --out {tmp_path / 'new'} holds no checkpoint to "
+                               f"continue (checkpoint.pt is missing); start the run without "
+                               f"--resume")
+    with pytest.raises(RunDirectoryError, match="--resume and --overwrite exclude each other"):
+        RunDirectory.open(tmp_path / "new", resume=True, overwrite=True)
+    # A refused start leaves the directory unlocked.
+    with RunDirectory.open(tmp_path / "new"):
+        pass
+
+
+# ------------------------------------------------------------- temporaries
+def test_temporaries_of_two_writers_never_collide(tmp_path, monkeypatch):
+    names = []
+    original = open
+
+    def recording_open(path, *args, **kwargs):
+        names.append(os.path.basename(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", recording_open)
+    for _ in range(2):  # the same process twice: the random token differs
+        rd.write_atomic(tmp_path / "curve.png", lambda f: f.write(b"x"))
+    monkeypatch.undo()
+    assert len(set(names)) == 2 and all(n.startswith(f".curve.png.{os.getpid()}.")
+                                        for n in names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png"]
+
+
+def test_an_interrupted_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "results.json"
+    rd.write_atomic(path, lambda f: f.write(b"old"))
+
+    def failing(f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rd.write_atomic(path, failing)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_only_the_lock_holder_removes_stale_temporaries(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".checkpoint.pt.12345.abcd.tmp"
+    stale.write_bytes(b"partial")
+    with RunDirectory.open(out):
+        assert not stale.exists()  # a dead run's: removed by the new holder
+        stale.write_bytes(b"in flight")  # the holder's own, being written
+        with pytest.raises(RunLocked):
+            RunDirectory.open(out)
+        assert stale.exists()  # a refused run touches nothing
+
+
+# ------------------------------------------------------- damaged checkpoint
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_checkpoint_is_reported_in_one_line(tmp_path, damage):
+    out = fake_run(tmp_path / "run", epochs=3)
+    path = out / rd.CHECKPOINT
+    whole = path.read_bytes()
+    path.write_bytes({"truncated": whole[:len(whole) // 2], "garbage": b"\x80\x02garbage" * 50,
+                      "empty": b""}[damage])
+    with RunDirectory.open(out, resume=True) as run:
+        with pytest.raises(DamagedCheckpoint) as error:
+            run.load(rd.CHECKPOINT)
+        assert run.load(rd.BEST)["weights"].tolist() == [1.0, 1.0]
+    message = one_line(error)
+    assert message.startswith(f"--resume: {path} is damaged (")
+    assert "results.json records 3 completed epochs" in message
+    assert message.endswith("Start the run again with --overwrite (which deletes it), or "
+                            "choose another --out")
+
+
+def test_save_and_load(tmp_path):
+    with RunDirectory.open(tmp_path / "run") as run:
+        run.save(rd.BEST, {"epoch": 7, "weight": torch.arange(3.0)})
+        assert run.load(rd.BEST)["epoch"] == 7
+        assert run.results_epoch() is None
+        with pytest.raises(FileNotFoundError):
+            run.load(rd.CHECKPOINT)
+
+
+# ------------------------------------------------------------ resume policy
+def train_config_class():
+    try:
+        from lightgcn_ext.training import TrainConfig
+    except ImportError:
+        from lightgcn_ext.train import TrainConfig
+    return TrainConfig
+
+
+def test_every_option_has_a_resume_policy():
+    options = {field.name for field in dataclasses.fields(train_config_class())}
+    missing = options - set(rd.RESUME_POLICY)
+    assert not missing, f"options without a resume policy: {sorted(missing)}"
+    assert set(rd.RESUME_POLICY.values()) == {"applied", "fixed", "invocation"}
+    for option in ("lr", "reg", "epochs", "eval_every", "patience", "max_epochs_now",
+                   "progress", "threads"):
+        assert rd.RESUME_POLICY[option] == "applied"
+    for option in ("dim", "layers", "batch_size", "seed", "data"):
+        assert rd.RESUME_POLICY[option] == "fixed"
+
+
+SAVED = dict(data="synthetic", dim=64, layers=3, batch_size=2048, seed=0, lr=1e-3, reg=1e-4,
+             epochs=20, topk=[20], out="runs/a", resume=False)
+
+
+def test_applied_changes_are_recorded_with_their_first_epoch():
+    now = dict(SAVED, lr=1e-2, epochs=40, topk=(20,), out="runs/b", resume=True)
+    assert rd.resume_changes(SAVED, now, epoch=5) == [
+        {"option": "lr", "from": 1e-3, "to": 1e-2, "epoch": 6},
+        {"option": "epochs", "from": 20, "to": 40, "epoch": 6}]
+    assert rd.resume_changes(SAVED, dict(SAVED), epoch=5) == []
+
+
+def test_fixed_changes_are_refused_by_name():
+    with pytest.raises(ResumeRefused) as error:
+        rd.resume_changes(SAVED, dict(SAVED, dim=32, seed=1, lr=0.1), epoch=5)
+    assert one_line(error) == ("--resume cannot change --dim 32 (the run has 64); --seed 1 "
+                               "(the run has 0): resume with the run's values, or start a new "
+                               "run in another --out")
+    with pytest.raises(KeyError):
+        rd.resume_changes(SAVED, dict(SAVED, new_option=1), epoch=0)
+
+
+def test_the_same_data_directory_by_another_path_is_no_change(tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    monkeypatch.chdir(tmp_path)
+    saved = dict(SAVED, data=str(tmp_path / "mine"))
+    assert rd.resume_changes(saved, dict(saved, data="./mine"), epoch=1) == []
+    with pytest.raises(ResumeRefused, match="--data other"):
+        rd.resume_changes(saved, dict(saved, data="other"), epoch=1)
+
+
+def test_apply_lr_reaches_adams_step():
+    """A resumed optimizer loads the run's lr with its state: apply_lr then
+    sets the new one, and the next step uses it."""
+    weight = torch.nn.Parameter(torch.zeros(3))
+    saved = torch.optim.Adam([weight], lr=1e-3).state_dict()
+    optimizer = torch.optim.Adam([weight], lr=0.5)
+    optimizer.load_state_dict(saved)
+    assert optimizer.param_groups[0]["lr"] == 1e-3  # what --resume did with a new --lr
+    rd.apply_lr(optimizer, 0.5)
+    weight.grad = torch.ones(3)
+    optimizer.step()
+    # Adam's first step moves each weight by lr (the normalized gradient is 1).
+    assert torch.allclose(weight.detach(), torch.full((3,), -0.5), atol=1e-6)
