@@ -6,9 +6,13 @@ processes (WORLD_SIZE > 1), across them (lightgcn_ext.distributed.train_distribu
 """
 import argparse
 import os
+import shlex
 import sys
 
-from .training import TrainConfig, train
+from .data import DownloadError
+from .training import Interrupted, TrainConfig, train
+from .training.results import best_line
+from .training.run_dir import CHECKPOINT
 
 DEFAULTS = TrainConfig()
 
@@ -28,7 +32,12 @@ def _parser():
                        help="'synthetic' (embedded, no files), a named data set ('gowalla', "
                             "'yelp2018', 'amazon-book'; downloaded once into $LIGHTGCN_EXT_DATA "
                             "or ~/.cache/lightgcn_ext), or a directory with train.txt and "
-                            "test.txt (optional valid.txt) in the LightGCN format")
+                            "test.txt (optional valid.txt) in the LightGCN format. A name that "
+                            "is also an existing directory is that directory, unless "
+                            "--data-root is given")
+    train.add_argument("--keep-ids", action="store_true",
+                       help="take a data directory's ids as given (id k is row k of the "
+                            "model) instead of numbering the ids in use 0, 1, ...")
     train.add_argument("--data-root", default=None,
                        help="where named data sets are kept (default: $LIGHTGCN_EXT_DATA, "
                             "else ~/.cache/lightgcn_ext)")
@@ -47,7 +56,11 @@ def _parser():
     train.add_argument("--out", default=DEFAULTS.out,
                        help="run directory: results.json, curve.png, checkpoint.pt")
     train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its last checkpoint")
+                       help="continue the run in --out from its last checkpoint (lr, reg, "
+                            "epochs, eval-every, patience, max-epochs-now, threads, device "
+                            "may change; the changes are recorded in results.json)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start over in an --out that holds another run, deleting it")
     train.add_argument("--seed", type=int, default=DEFAULTS.seed,
                        help="seed of the initialization and the sampler (same seed, same "
                             "device: same metrics)")
@@ -72,29 +85,52 @@ def _parser():
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
     config = TrainConfig(data=args.data, data_root=args.data_root, dim=args.dim,
                          layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, reg=args.reg, device=args.device, out=args.out,
                          resume=args.resume, seed=args.seed, eval_every=args.eval_every,
                          patience=args.patience, topk=tuple(args.topk),
                          max_epochs_now=args.max_epochs_now, progress=not args.no_progress,
-                         dist_timeout=args.dist_timeout)
+                         dist_timeout=args.dist_timeout, overwrite=args.overwrite,
+                         ids="given" if args.keep_ids else "dense", threads=args.threads)
     try:
         results = launch(config)
-    except (ValueError, FileNotFoundError, ConnectionError) as error:
-        sys.exit(f"lightgcn-ext train: error: {error}")
+    except Interrupted as stopped:
+        resume = "" if stopped.epoch == 1 else f"; resume with: {_resume_command(argv)}"
+        print(f"lightgcn-ext train: {stopped}{resume}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("lightgcn-ext train: interrupted before the first epoch: nothing was trained",
+              file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ConnectionError, DownloadError) as error:
+        # User mistakes and the machine's refusals (a full disk, no network):
+        # ValueErrors name the option and what to do, one line each.
+        message = " ".join(str(error).split("\n"))
+        sys.exit(f"lightgcn-ext train: error: {message}")
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 reports
+    out = config.out
+    print(f"done: {results['epochs_done']} epochs" + (" (stopped early)"
+                                                      if results["stopped_early"] else ""))
     best = results["best"]
-    print(f"done: {results['epochs_done']} epochs"
-          + (f", best {'recall@%d' % config.topk[0]} {best['score']:.4f} at epoch "
-             f"{best['epoch']}" if best else "")
-          + f"\nresults: {config.out}/results.json  plot: {config.out}/curve.png")
+    if best:
+        print(best_line(results))
+        if best.get("weights"):
+            print(f"best epoch's weights: {out}/{best['weights']}  last epoch's checkpoint "
+                  f"(what --resume continues): {out}/{CHECKPOINT}")
+    elif results["epochs_done"]:
+        print(f"no epoch was evaluated; last epoch's checkpoint: {out}/{CHECKPOINT}")
+    print(f"results: {out}/results.json  plot: {out}/curve.png")
     return 0
+
+
+def _resume_command(argv):
+    """The command line that continues this run: this one with --resume
+    (and without --overwrite)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
+    return shlex.join(["python", "-m", "lightgcn_ext"] + argv)
 
 
 def launch(config):

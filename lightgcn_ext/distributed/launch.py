@@ -9,7 +9,8 @@ import platform
 import torch
 import torch.distributed as dist
 
-from ..training import load_data, resolve_device, train_loop
+from ..training import check_table_fits, load_run_data, resolve_device, train_loop
+from ..training.run_directory import RunDirectory
 from .exchange import collective
 from .graph import CHUNK_ROWS
 from .worker import DistributedWorker
@@ -47,8 +48,25 @@ def train_distributed(config, data=None):
     """lightgcn_ext.training.train across the processes that torchrun started (WORLD_SIZE,
     RANK, MASTER_ADDR, ... in the environment): gloo on CPU, NCCL on CUDA
     (one GPU per process, cuda:LOCAL_RANK). Rank 0 shows progress and writes
-    results.json and curve.png; every rank writes its checkpoint shard."""
+    results.json and curve.png; every rank writes its checkpoint shard.
+    Rank 0 locks and checks the run directory first, as
+    lightgcn_ext.training.train does, before the process group forms: a
+    refused start ends the run at once (torchrun stops the other ranks)."""
+    config = config.check()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    run = None
+    if int(os.environ.get("RANK", "0")) == 0:
+        run = RunDirectory.open(config.out, resume=config.resume, overwrite=config.overwrite)
+    try:
+        return _train_distributed(config, data, device)
+    finally:
+        if run is not None:
+            run.release()
+
+
+def _train_distributed(config, data, device):
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -59,9 +77,10 @@ def train_distributed(config, data=None):
     if data is None:  # rank 0 first: a named data set is downloaded once
         if dist.get_rank() != 0:
             collective(dist.barrier)
-        data = load_data(config.data, config.data_root)
+        data = load_run_data(config)
         if dist.get_rank() == 0:
             collective(dist.barrier)
+    check_table_fits(data, config, device)
     results = train_loop(config, data, DistributedWorker(config, data, device))
     if owns_group:
         close()

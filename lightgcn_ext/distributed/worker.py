@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ..model import LightGCN
 from ..training import make_optimizer, make_sampler, run_dir
+from ..training.resume import apply_lr
 from .exchange import collective, fetch_rows
 from .graph import DistributedGraph
 from .partition import initial_rows, interaction_degree, owned_edges, partition
@@ -74,6 +75,14 @@ class DistributedWorker:
                                     data.valid if split == "valid" else data.test, exclude=exclude,
                                     ks=tuple(self.config.topk), group=self.group)
 
+    def set_lr(self, lr):
+        apply_lr(self.optimizer, lr)
+
+    def save_best(self, out, epoch):
+        """None: a distributed run keeps no best weights (its rows are spread
+        over the processes; the last checkpoint is what it keeps)."""
+        return None
+
     def describe_device(self):
         return dict(run_dir.describe_device(self.device), world_size=self.world_size,
                     backend=dist.get_backend(self.group))
@@ -117,7 +126,7 @@ class DistributedWorker:
         try:
             index = json.loads(path.read_text())
         except ValueError as error:
-            raise ValueError(f"{path} is not a readable checkpoint index ({error})") from error
+            raise run_dir.DamagedCheckpoint(run_dir.damaged_message(path, error)) from None
         if index.get("world_size") != self.world_size:
             raise ValueError(
                 f"{path} was written by {index.get('world_size')} processes, but this run has "
@@ -129,7 +138,7 @@ class DistributedWorker:
             raise ValueError(f"{path} partitions the nodes as {index['bounds']}, this run as "
                              f"{self.graph.bounds}: the data changed")
         shard_path = out / index["shards"][self.rank]
-        shard = torch.load(shard_path, map_location="cpu", weights_only=True)
+        shard = run_dir.load_file(shard_path)
         with torch.no_grad():
             self.weight.copy_(shard["weight"])
         self.optimizer.load_state_dict(shard["optimizer"])

@@ -4,6 +4,8 @@
     from lightgcn_ext.evaluation import ranking_metrics
     scores = ranking_metrics(user_emb, item_emb, test, exclude=[train], ks=(20,))
 """
-from .metrics import metric_sums, metrics_of_sums, popularity_baseline, ranking_metrics
+from .metrics import (metric_sums, metrics_of_sums, popularity_baseline, ranking_metrics,
+                      test_users)
 
-__all__ = ["ranking_metrics", "metric_sums", "metrics_of_sums", "popularity_baseline"]
+__all__ = ["ranking_metrics", "metric_sums", "metrics_of_sums", "popularity_baseline",
+           "test_users"]

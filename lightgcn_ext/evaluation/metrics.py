@@ -40,7 +40,8 @@ from torch import Tensor
 
 from .. import validation
 
-__all__ = ["ranking_metrics", "metric_sums", "metrics_of_sums", "popularity_baseline"]
+__all__ = ["ranking_metrics", "metric_sums", "metrics_of_sums", "popularity_baseline",
+           "test_users"]
 
 # A chunk's score matrix holds about this many entries when chunk_size is None.
 _DEFAULT_CHUNK_ELEMENTS = 1 << 24
@@ -110,6 +111,22 @@ def metrics_of_sums(sums, count, ks):
             out[f"{name}@{k}"] = sums[j][m] / count
     out["num_users"] = count
     return out
+
+
+def test_users(test, num_items, exclude=()):
+    """(the test users, the test users with a test item that is not excluded):
+    how many users an evaluation averages over, and how many of them can
+    score above 0 at all. A test item that is also a training item is never
+    ranked (see the module's docstring), so a user whose test items all are
+    scores 0 on every metric, whatever the model."""
+    test = test.to(torch.int64)
+    keys = test[0] * num_items + test[1]
+    excluded = [pairs.to(torch.int64) for pairs in _exclude_list(exclude)]
+    rankable = torch.ones_like(keys, dtype=torch.bool)
+    if excluded:
+        both = torch.cat(excluded, dim=1).to(keys.device)
+        rankable = ~torch.isin(keys, both[0] * num_items + both[1])
+    return test[0].unique().numel(), test[0][rankable].unique().numel()
 
 
 def popularity_baseline(train, num_users, num_items, test, *, exclude=(), ks=(20,)) -> dict:

@@ -1,11 +1,13 @@
 """What a training run does (`TrainConfig`, the CLI's options one for one), and
 resolving its device and data."""
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from .. import data as data_sources
 from .. import validation
+from ..data.ids import ID_MODES
 
 
 @dataclass
@@ -34,6 +36,13 @@ class TrainConfig:
     # Under torchrun: how long a collective waits for the other processes
     # before it fails (a process that died or stalled), in seconds.
     dist_timeout: float = 120.0
+    # Start over in a run directory that holds another run's checkpoint,
+    # deleting it (without this, or resume, such a directory is refused).
+    overwrite: bool = False
+    # How a data directory's ids are read: "dense" (renumbered, the default)
+    # or "given" (id k is row k of the model: --keep-ids).
+    ids: str = "dense"
+    threads: int = None  # CPU threads (torch.set_num_threads); None: torch's default
 
     def check(self):
         """self, each field checked (ArgumentError, a ValueError, naming the first bad one)."""
@@ -45,21 +54,50 @@ class TrainConfig:
         validation.positive_number(self.dist_timeout, "dist_timeout", unit="seconds")
         validation.non_negative_number(self.reg, "reg")
         validation.positive_ints(self.topk, "topk")
+        validation.choice(self.ids, "ids", ID_MODES)
+        if self.threads is not None:
+            validation.positive_int(self.threads, "threads")
         return self
 
 
 def resolve_device(name):
-    """The torch.device a --device value names ("auto": CUDA when available)."""
+    """The torch.device a --device value names ("auto": CUDA when available);
+    a ValueError in one line for a name that is not a device here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device: expected 'auto', 'cpu', 'cuda' "
+                         f"or 'cuda:N'") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: lightgcn_ext runs on 'cpu' and 'cuda' only; "
+                         f"use --device cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r}, but CUDA is not available here")
+        raise ValueError(f"--device {name!r}: CUDA is not available here; use --device cpu "
+                         f"(or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} "
+                         f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
-def load_data(spec, root=None):
-    """The Interactions a --data value names: "synthetic", a data set name, or a directory."""
-    if spec == "synthetic":
+def data_source(spec, root=None):
+    """(what to load, a note or None) for a --data value, by one rule: a value
+    that is the name of an existing directory is that directory, unless
+    --data-root (which only named data sets use) is given; any other value
+    is "synthetic", a data set's name or a directory. The note says which was
+    chosen when the value was also a data set's name."""
+    path = Path(spec).expanduser()
+    if spec in data_sources.NAMED and root is None and path.is_dir():
+        return path, (f"--data {spec}: the directory {path.resolve()} (also the name of a "
+                      f"data set: give --data-root to load that one)")
+    return spec, None
+
+
+def load_data(spec, root=None, ids="dense"):
+    """The Interactions a --data value names (see data_source)."""
+    source, _ = data_source(spec, root)
+    if source == "synthetic":
         return data_sources.synthetic()
-    return data_sources.load(spec, root=root)
+    return data_sources.load(source, root=root, ids=ids)

@@ -22,18 +22,24 @@ process of several; the loop knows nothing else of either.
 """
 import json
 import os
+import signal
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from ..evaluation import popularity_baseline
+from ..evaluation import popularity_baseline, test_users
 from ..graph import Graph
 from ..model import LightGCN
 from . import run_dir
-from .config import load_data, resolve_device
+from .config import data_source, load_data, resolve_device
 from .results import final_results, start_results, summary_line, write_results
+from .resume import apply_lr, resume_changes, run_options
+from .run_directory import RunDirectory
 from .step import bpr_step, evaluate_model, make_optimizer, make_sampler
 
 
@@ -73,11 +79,35 @@ class Worker(Protocol):
         """Restores what save wrote in out, after checking it matches
         fingerprint; returns the loop's state."""
 
+    def set_lr(self, lr):
+        """Sets the optimizer's learning rate (a resume may change it)."""
+
+    def save_best(self, out, epoch):
+        """Keeps the model's weights of `epoch`, the best so far, in out;
+        returns the file's name, or None where this worker keeps none."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped the run during an epoch; every completed epoch's
+    checkpoint and results were written whole."""
+
+    def __init__(self, epoch, out):
+        self.epoch, self.out = epoch, out  # the epoch that was running
+        completed = epoch - 1
+        super().__init__(
+            f"interrupted during epoch {epoch}: " + (
+                f"the checkpoint of epoch {completed} in {out} is intact" if completed else
+                "no epoch was completed, so there is nothing to resume"))
+
 
 def train(config, data=None):
     """Trains as `config` says in this process (continuing the run in
     config.out with config.resume) and returns the results written to
     results.json. data: Interactions, else config.data is loaded.
+
+    The run directory is locked, and checked (writable, free of another
+    run's checkpoint unless config.resume or config.overwrite) before
+    anything is loaded (`RunDirectory.open`).
 
     Under torchrun with several processes, use
     lightgcn_ext.distributed.train_distributed (the CLI chooses for you)."""
@@ -87,9 +117,40 @@ def train(config, data=None):
         raise ValueError(f"WORLD_SIZE is {world_size}: training across processes is "
                          f"lightgcn_ext.distributed.train_distributed (or the CLI), not "
                          f"lightgcn_ext.training.train")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    data = load_data(config.data, config.data_root) if data is None else data
-    return train_loop(config, data, LocalWorker(config, data, device))
+    with RunDirectory.open(config.out, resume=config.resume, overwrite=config.overwrite):
+        data = load_run_data(config) if data is None else data
+        check_table_fits(data, config, device)
+        return train_loop(config, data, LocalWorker(config, data, device))
+
+
+def load_run_data(config):
+    """The data of config.data, saying which source a name that is also a
+    directory resolved to."""
+    _, note = data_source(config.data, config.data_root)
+    if note:
+        print(note, flush=True)
+    return load_data(config.data, config.data_root, config.ids)
+
+
+def check_table_fits(data, config, device):
+    """Refuses, in one line, a model whose embedding table and Adam's state
+    (4 float32 copies) cannot fit in the device's memory, before allocating
+    it: ids taken as given (--keep-ids) can ask for billions of rows."""
+    rows = data.num_nodes
+    need = rows * config.dim * 4 * 4
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        hint = ("; the ids are taken as given (--keep-ids): drop it to number the ids in use "
+                "0, 1, ..." if config.ids == "given" else "")
+        raise ValueError(f"the model needs {rows:,} embedding rows of {config.dim} "
+                         f"(about {need / 2**30:,.0f} GiB with Adam's state), more than the "
+                         f"{have / 2**30:,.0f} GiB of memory of {device}{hint}")
 
 
 class LocalWorker:
@@ -125,6 +186,15 @@ class LocalWorker:
         run_dir.save_checkpoint(out / run_dir.CHECKPOINT, fingerprint, self.model,
                                 self.optimizer, self.generator, state)
 
+    def set_lr(self, lr):
+        apply_lr(self.optimizer, lr)
+
+    def save_best(self, out, epoch):
+        run_dir.atomic_write(out / run_dir.BEST, lambda f: torch.save(
+            dict(format=run_dir.CHECKPOINT_FORMAT, epoch=epoch, model=self.model.state_dict()),
+            f))
+        return run_dir.BEST
+
     def load(self, out, fingerprint):
         path, index = out / run_dir.CHECKPOINT, out / run_dir.DIST_INDEX
         if not path.exists() and index.exists():
@@ -144,17 +214,28 @@ class LocalWorker:
 def train_loop(config, data, worker):
     """Epochs of BPR steps with evaluation, early stopping, checkpoints and
     results, for any `Worker` (whose main process alone shows progress and
-    writes the results). Returns the final results."""
+    writes the results) in the run directory config.out, which the caller
+    has checked and locked. Returns the final results. Ctrl-C raises
+    Interrupted once the epoch's files, if any were being written, are whole."""
     out = Path(config.out)
-    if worker.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        run_dir.remove_stale_temporaries(out)
     ks = tuple(config.topk)
     key = f"recall@{ks[0]}"
-    state = dict(epoch=0, history=[], best=None, stale=0, stopped_early=False)
+    options = run_options(config)
+    state = dict(epoch=0, history=[], best=None, stale=0, stopped_early=False, options=options,
+                 changes=[])
     fingerprint = run_dir.fingerprint(data, config)
+    say = print if worker.is_main else (lambda *args, **kwargs: None)
     if config.resume:
-        state = worker.load(out, fingerprint)
+        state = worker.load(out, fingerprint)  # refuses the options a resume cannot change
+        changes = resume_changes(state.get("options", {}), options, state["epoch"])
+        state["changes"] = state.get("changes", []) + changes
+        state["options"] = options
+        worker.set_lr(config.lr)
+        for change in changes:
+            say(f"--resume: {change['option']} {change['from']} -> {change['to']} from epoch "
+                f"{change['epoch']}")
+    if worker.is_main:
+        _describe_data(data, out, say)
 
     results = start_results(config, data, worker.describe_device(), worker.num_parameters)
     if worker.is_main:
@@ -170,48 +251,97 @@ def train_loop(config, data, worker):
     epochs_now = 0
     epoch_bar = tqdm(total=config.epochs, initial=state["epoch"], desc="epochs", unit="epoch",
                      disable=disable)
-    while state["epoch"] < config.epochs and not state["stopped_early"]:
-        if config.max_epochs_now and epochs_now >= config.max_epochs_now:
-            break
-        epoch = state["epoch"] + 1
-        started = time.perf_counter()
-        loss_sum = torch.zeros((), device=worker.device)
-        steps = tqdm(sampler.epoch(worker.generator), total=len(sampler), desc=f"epoch {epoch}",
-                     unit="step", leave=False, disable=disable)
-        for users, positives, negatives in steps:
-            loss_sum += worker.step(users, positives, negatives)
-        loss = worker.mean_loss(loss_sum, len(sampler))  # the epoch's one host read
-        record = dict(epoch=epoch, loss=loss, epoch_seconds=time.perf_counter() - started)
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
+    try:
+        while state["epoch"] < config.epochs and not state["stopped_early"]:
+            if config.max_epochs_now and epochs_now >= config.max_epochs_now:
+                break
+            epoch = state["epoch"] + 1
             started = time.perf_counter()
-            split = "valid" if data.valid is not None else "test"
-            scores = worker.evaluate(split)
-            if split == "valid":
-                record["valid"] = scores
-                scores_test = worker.evaluate("test")
-            else:
-                scores_test = scores
-            record.update(scores_test)
-            record["eval_seconds"] = time.perf_counter() - started
-            _early_stopping(state, record, scores[key], config.patience)
-            if worker.is_main:
+            loss_sum = torch.zeros((), device=worker.device)
+            steps = tqdm(sampler.epoch(worker.generator), total=len(sampler),
+                         desc=f"epoch {epoch}", unit="step", leave=False, disable=disable)
+            for users, positives, negatives in steps:
+                loss_sum += worker.step(users, positives, negatives)
+            loss = worker.mean_loss(loss_sum, len(sampler))  # the epoch's one host read
+            record = dict(epoch=epoch, loss=loss, epoch_seconds=time.perf_counter() - started)
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                started = time.perf_counter()
+                split = "valid" if data.valid is not None else "test"
+                scores = worker.evaluate(split)
+                if split == "valid":
+                    record["valid"] = scores
+                    scores_test = worker.evaluate("test")
+                else:
+                    scores_test = scores
+                record.update(scores_test)
+                record["eval_seconds"] = time.perf_counter() - started
+                _early_stopping(state, record, scores[key], config.patience, split)
+                if state["best"]["epoch"] == epoch:
+                    state["best"]["weights"] = worker.save_best(out, epoch)
                 write(summary_line(record, results["popularity"], ks))
-        state["history"].append(record)
-        state["epoch"] = epoch
-        epochs_now += 1
-        worker.save(out, fingerprint, state)
-        if worker.is_main:
-            write_results(out, results, state)
-        epoch_bar.update(1)
-        epoch_bar.set_postfix(loss=f"{loss:.4f}")
+            state["history"].append(record)
+            state["epoch"] = epoch
+            epochs_now += 1
+            with _interrupts_deferred():  # the epoch's files, whole or not at all
+                worker.save(out, fingerprint, state)
+                if worker.is_main:
+                    write_results(out, results, state)
+            epoch_bar.update(1)
+            epoch_bar.set_postfix(loss=f"{loss:.4f}")
+    except KeyboardInterrupt:
+        epoch_bar.close()
+        raise Interrupted(state["epoch"] + 1, out) from None
     epoch_bar.close()
     return write_results(out, results, state) if worker.is_main else \
         final_results(results, state)
 
 
-def _early_stopping(state, record, score, patience):
+@contextmanager
+def _interrupts_deferred():
+    """Holds a Ctrl-C (SIGINT) until the block is done, then raises it: an
+    epoch's checkpoint and results are written both, or neither."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield  # Ctrl-C is ignored here, or handled by someone else
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _describe_data(data, out, say):
+    """Says how the ids were read (keeping their map in the run directory),
+    how many users each evaluation averages over, and warns when an
+    evaluation can only give 0."""
+    if data.id_map is not None:
+        say(data.id_map.describe())
+        run_dir.atomic_write(out / run_dir.IDS,
+                             lambda f: torch.save(data.id_map.state_dict(), f))
+    valid = [] if data.valid is None else [data.valid]
+    for split, pairs, exclude in (("valid", data.valid, [data.train]),
+                                  ("test", data.test, [data.train] + valid)):
+        if pairs is None:
+            continue
+        users, rankable = test_users(pairs, data.num_items, exclude)
+        say(f"{split}: {users:,} users evaluated")
+        if rankable == 0:
+            print(f"warning: no {split} user has a {split} item that is not also one of its "
+                  f"training items: every {split} metric will be 0, whatever the model",
+                  file=sys.stderr, flush=True)
+        elif rankable < users:
+            print(f"warning: {users - rankable:,} of the {users:,} {split} users have only "
+                  f"{split} items that are also their training items: they score 0",
+                  file=sys.stderr, flush=True)
+
+
+def _early_stopping(state, record, score, patience, split):
     if state["best"] is None or score > state["best"]["score"]:
-        state["best"] = dict(score=score, epoch=record["epoch"])
+        state["best"] = dict(score=score, epoch=record["epoch"], split=split)
         state["stale"] = 0
     else:
         state["stale"] += 1

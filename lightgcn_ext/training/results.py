@@ -22,9 +22,11 @@ def start_results(config, data, device_description, num_parameters):
 
 
 def final_results(results, state):
-    """results with the loop's state: history, best, stopped_early, epochs_done."""
+    """results with the loop's state: history, best, stopped_early, epochs_done,
+    and the changes that resumes made (each with the first epoch it held for)."""
     return dict(results, history=state["history"], best=state["best"],
-                stopped_early=state["stopped_early"], epochs_done=state["epoch"])
+                stopped_early=state["stopped_early"], epochs_done=state["epoch"],
+                changes=state.get("changes", []))
 
 
 def write_results(out, results, state):
@@ -36,13 +38,35 @@ def write_results(out, results, state):
 
 
 def summary_line(record, popularity, ks):
-    """An evaluated epoch in one line, each metric beside the popularity baseline's."""
+    """An evaluated epoch in one line: the loss, the validation metrics (when
+    there is a validation split), then the test metrics, each beside the
+    popularity baseline's; every metric named with its split."""
     parts = [f"epoch {record['epoch']}: loss {record['loss']:.4f}"]
+    if "valid" in record:
+        parts.append(_metrics("valid", record["valid"], ks))
+    parts.append(_metrics("test", record, ks, popularity))
+    return "  ".join(parts)
+
+
+def best_line(results):
+    """The best evaluated epoch in one line: which split chose it, and its
+    validation (when there is one) and test metrics."""
+    best, ks = results["best"], results["config"]["topk"]
+    record = next(r for r in results["history"] if r["epoch"] == best["epoch"])
+    split = best.get("split", "test")
+    parts = [_metrics("valid", record["valid"], ks)] if "valid" in record else []
+    parts.append(_metrics("test", record, ks))
+    return f"best epoch {best['epoch']} (by {split} recall@{ks[0]}): " + "  ".join(parts)
+
+
+def _metrics(split, scores, ks, popularity=None):
+    shown = []
     for k in ks:
         for name in ("recall", "ndcg"):
             metric = f"{name}@{k}"
-            parts.append(f"{metric} {record[metric]:.4f} (popularity {popularity[metric]:.4f})")
-    return "  ".join(parts)
+            baseline = "" if popularity is None else f" (popularity {popularity[metric]:.4f})"
+            shown.append(f"{split} {metric} {scores[metric]:.4f}{baseline}")
+    return "  ".join(shown)
 
 
 def _plot(path, results):

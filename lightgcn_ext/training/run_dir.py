@@ -5,27 +5,43 @@
 * `checkpoint.index.json` (DIST_INDEX) and one shard per process: the
   checkpoint of a run of several processes (written by lightgcn_ext.distributed,
   named here so that each kind of run can tell the other's checkpoint apart);
-* `results.json` (RESULTS) and `curve.png` (CURVE): see `results`.
+* `results.json` (RESULTS) and `curve.png` (CURVE): see `results`;
+* `best.pt` (BEST): the weights of the best evaluated epoch;
+* `ids.pt` (IDS): the map from the data's dense ids to its raw ones.
+
+`run_directory` locks the directory for a run and decides what a run may do
+with the files already there.
 
 `atomic_write` and `git_commit` also serve the benchmarks' output files.
 """
+import json
 import os
 import platform
+import secrets
 import subprocess
 from pathlib import Path
 
 import torch
 
+from .resume import resume_changes, run_options
+
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
 CURVE = "curve.png"
+BEST = "best.pt"
+IDS = "ids.pt"
 DIST_INDEX = "checkpoint.index.json"
-CHECKPOINT_FORMAT = 1  # the version of the checkpoint files' layout
+# The version of the checkpoint files' layout (2: the run's options in the
+# fingerprint, what a resume compares).
+CHECKPOINT_FORMAT = 2
 
 
 def atomic_write(path, content):
     """Writes a file all or nothing: into a temporary file beside it, flushed
-    to disk, then renamed over it. An interrupted write leaves the old file.
+    to disk, then renamed over it. An interrupted write leaves the old file
+    and, at worst, the temporary, which the next run that locks the directory
+    removes (`run_directory.RunDirectory`). The temporary's name holds this
+    process's id and a random token: no two writers ever share one.
     content: bytes, a str (written as UTF-8), or a function that writes into
     the open binary file. The folder is created when missing."""
     path = Path(path)
@@ -33,7 +49,7 @@ def atomic_write(path, content):
     if isinstance(content, str):
         content = content.encode()
     write = content if callable(content) else (lambda f: f.write(content))
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(temporary, "wb") as f:
             write(f)
@@ -48,12 +64,6 @@ def atomic_write(path, content):
         os.fsync(directory)
     finally:
         os.close(directory)
-
-
-def remove_stale_temporaries(out):
-    """Deletes the temporary files that a run killed inside atomic_write left."""
-    for stale in Path(out).glob(".*.tmp"):
-        stale.unlink()
 
 
 def git_commit(short=False):
@@ -75,21 +85,62 @@ def describe_device(device):
 
 
 # ------------------------------------------------------------ checkpoints
+class DamagedCheckpoint(ValueError):
+    """A file of a run that cannot be read (truncated, overwritten, not ours)."""
+
+
+def load_file(path):
+    """The object torch.save wrote into path (weights only, on the CPU);
+    DamagedCheckpoint, in one line, when it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # truncated, garbage, or a foreign pickle
+        raise DamagedCheckpoint(damaged_message(Path(path), error)) from None
+
+
+def damaged_message(path, error):
+    """That path is damaged, how far its run directory's results.json got,
+    and what to do."""
+    epoch = results_epoch(path.parent)
+    reached = "results.json records no completed epoch" if epoch is None else \
+        f"results.json records {epoch} completed epoch{'s' * (epoch != 1)}"
+    lines = str(error).strip().splitlines()
+    why = (lines[0] if lines else type(error).__name__)[:80]
+    return (f"--resume: {path} is damaged (truncated or not a checkpoint: {why}) and cannot "
+            f"be resumed; {reached}. Start the run again with --overwrite (which deletes it), "
+            f"or choose another --out")
+
+
+def results_epoch(out):
+    """The number of completed epochs results.json in out records, or None."""
+    try:
+        return int(json.loads((Path(out) / RESULTS).read_text())["epochs_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def fingerprint(data, config):
-    """What a checkpoint must match to be resumed."""
+    """What a checkpoint must match to be resumed: the data, and the run's
+    options (`resume.run_options`), which a resume may change only as
+    `resume.RESUME_POLICY` says."""
     return dict(data=data.name, num_users=data.num_users, num_items=data.num_items,
-                num_train=int(data.train.shape[1]), dim=config.dim, layers=config.layers,
-                batch_size=config.batch_size, seed=config.seed)
+                num_train=int(data.train.shape[1]), options=run_options(config))
 
 
 def check_fingerprint(path, saved, expected):
-    """Raises ValueError, naming every difference, when the checkpoint in path
-    (fingerprint `saved`) was made by another run than `expected`'s."""
+    """Raises ValueError, in one line, when the checkpoint in path
+    (fingerprint `saved`) cannot be continued by `expected`'s run: a fixed
+    option changed (resume.ResumeRefused, naming each), or the data."""
+    resume_changes(saved.get("options", {}), expected["options"], 0)
     differences = [f"{name}: checkpoint {saved.get(name)!r}, this run {value!r}"
-                   for name, value in expected.items() if saved.get(name) != value]
+                   for name, value in expected.items()
+                   if name != "options" and saved.get(name) != value]
     if differences:
-        raise ValueError(f"{path} was made by another run and cannot be resumed here ("
-                         + "; ".join(differences) + "); choose another --out or drop --resume")
+        raise ValueError(f"--resume: {path} was made with other data and cannot be resumed "
+                         f"here ({'; '.join(differences)}); choose another --out or drop "
+                         f"--resume")
 
 
 def rng_state(generator):
@@ -113,11 +164,7 @@ def save_checkpoint(path, run_fingerprint, model, optimizer, generator, state):
 
 def read_checkpoint(path, run_fingerprint):
     """The checkpoint in path, after checking that this run can continue it."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file
-        raise ValueError(f"{path} is not a readable lightgcn_ext checkpoint ({error}); "
-                         f"delete it or choose another --out") from error
+    checkpoint = load_file(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a lightgcn_ext checkpoint of format "
                          f"{CHECKPOINT_FORMAT}")

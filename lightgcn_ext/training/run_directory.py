@@ -1,5 +1,5 @@
-"""The run directory of a training run: who may write it, what it holds, and
-what a resumed run may change.
+"""The run directory of a training run: who may write it, and what a run may
+do with what it holds (what a resumed run may change: `resume`).
 
     with RunDirectory.open("runs/x", resume=False, overwrite=False) as run:
         ...                                  # before any data is read
@@ -14,9 +14,9 @@ another run's checkpoint unless the user says --resume (continue it) or
 --overwrite (delete it first). All of this happens before any data is read,
 so a mistake costs seconds, not an epoch.
 
-Every file is written all or nothing (`write_atomic`): into a temporary file
-beside it whose name no other process uses, then renamed over it. Only the
-lock holder removes temporaries that a killed run left behind.
+Every file is written all or nothing (`run_dir.atomic_write`): into a
+temporary file beside it whose name no other process uses, then renamed over
+it. Only the lock holder removes temporaries that a killed run left behind.
 
 The files: checkpoint.pt (the last completed epoch: what --resume continues
 from), best.pt (the weights of the best evaluated epoch, what a recommendation
@@ -38,13 +38,10 @@ from pathlib import Path
 
 import torch
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-RESULTS = "results.json"
-CURVE = "curve.png"
-IDS = "ids.pt"
-# The index of a checkpoint written by several processes, and its shards.
-DIST_INDEX = "checkpoint.index.json"
+from .run_dir import (BEST, CHECKPOINT, CURVE, DIST_INDEX, IDS, RESULTS, atomic_write,
+                      load_file, results_epoch)
+
+# The shards of a checkpoint written by several processes.
 DIST_SHARDS = "checkpoint.epoch*.rank*-of-*.pt"
 LOCK = ".lock"
 # The files of a run, which --overwrite deletes (the lock file stays: it is
@@ -59,39 +56,6 @@ class RunDirectoryError(ValueError):
 
 class RunLocked(RunDirectoryError):
     """Another run holds the directory."""
-
-
-class DamagedCheckpoint(RunDirectoryError):
-    """A checkpoint that cannot be read (truncated, overwritten, not ours)."""
-
-
-class ResumeRefused(RunDirectoryError):
-    """A resumed run asks to change what a resume cannot change."""
-
-
-# ----------------------------------------------------------------- writing
-def write_atomic(path, write):
-    """Writes path all or nothing: write(f) into a temporary file beside it
-    (named with this process's id and a random token, so that no two
-    processes ever share one), flushed to disk, then renamed over path. An
-    interrupted write leaves the old file and, at worst, the temporary, which
-    the next run that locks the directory removes."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 # ------------------------------------------------------------------- lock
@@ -141,8 +105,8 @@ class RunDirectory:
         return self.path / name
 
     # -------------------------------------------------------------- files
-    def write_atomic(self, name, write):
-        write_atomic(self.path / name, write)
+    def write_atomic(self, name, content):
+        atomic_write(self.path / name, content)
 
     def save(self, name, obj):
         """torch.save(obj) into the file `name`, atomically."""
@@ -152,34 +116,13 @@ class RunDirectory:
         return (self.path / CHECKPOINT).exists() or (self.path / DIST_INDEX).exists()
 
     def results_epoch(self):
-        """The last epoch that results.json records, or None (no file, or
-        not readable)."""
-        try:
-            return int(json.loads((self.path / RESULTS).read_text())["epochs_done"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        """The number of completed epochs results.json records, or None."""
+        return results_epoch(self.path)
 
     def load(self, name=CHECKPOINT):
-        """The object in the file `name` (torch.load, weights only, on the
-        CPU); DamagedCheckpoint, one line, when it cannot be read."""
-        path = self.path / name
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as error:  # truncated, garbage, or a foreign pickle
-            raise DamagedCheckpoint(self.damaged_message(name, error)) from None
-
-    def damaged_message(self, name, error=None):
-        """What to say of a damaged file `name`: that it is damaged, how far
-        results.json got, and what to do."""
-        epoch = self.results_epoch()
-        reached = (f"results.json records {epoch} completed epoch{'s' * (epoch != 1)}"
-                   if epoch is not None else "results.json records no completed epoch")
-        why = _short_reason(error)
-        return (f"--resume: {self.path / name} is damaged ({why}) and cannot be resumed; "
-                f"{reached}. Start the run again with --overwrite (which deletes it), or "
-                f"choose another --out")
+        """What the file `name` holds (run_dir.load_file: DamagedCheckpoint,
+        one line, when it cannot be read)."""
+        return load_file(self.path / name)
 
     # --------------------------------------------------------------- checks
     def _check_writable(self, option):
@@ -274,96 +217,3 @@ def _read_holder(fd):
 
 def _strerror(error):
     return error.strerror or str(error)
-
-
-def _short_reason(error):
-    if error is None:
-        return "unreadable"
-    text = str(error).strip().splitlines()
-    first = text[0] if text else type(error).__name__
-    if isinstance(error, (EOFError, OSError)) or "Invalid argument" in first \
-            or "central directory" in first or "failed finding" in first:
-        return f"truncated or not a checkpoint: {first[:80]}"
-    return f"not a readable checkpoint: {first[:80]}"
-
-
-# --------------------------------------------------------- resume policy
-# For every option of a run (TrainConfig's fields and the command line's
-# --threads), whether a resumed run may give it a new value:
-#   "applied": yes; the new value holds from the first epoch of the resume,
-#              and the change is recorded in results.json with that epoch;
-#   "fixed":   no; a different value is refused by name (it changes the
-#              model, the data, the sampler's batches or what the history
-#              means, so the run could not continue exactly);
-#   "invocation": says how to start this invocation; not part of the run.
-RESUME_POLICY = {
-    "data": "fixed",  # compared as given, a directory by its resolved path
-    "data_root": "applied",  # where named data sets are kept: the data itself must match
-    "ids": "fixed",
-    "dim": "fixed",
-    "layers": "fixed",
-    "batch_size": "fixed",
-    "seed": "fixed",
-    "topk": "fixed",  # early stopping and the history compare recall@topk[0]
-    "lr": "applied",  # set in the optimizer's parameter groups
-    "reg": "applied",
-    "epochs": "applied",
-    "eval_every": "applied",
-    "patience": "applied",
-    "max_epochs_now": "applied",
-    "progress": "applied",
-    "threads": "applied",
-    "device": "applied",  # the checkpoint is loaded onto the new device
-    "dist_timeout": "applied",
-    "out": "invocation",
-    "resume": "invocation",
-    "overwrite": "invocation",
-}
-
-
-def resume_changes(saved, config, epoch):
-    """The options that a resume changes: saved and config are {option:
-    value} of the run so far and of this invocation, epoch the last
-    completed one. Returns [{"option", "from", "to", "epoch"}] for the
-    applied ones, epoch being the first epoch they hold for; raises
-    ResumeRefused naming every fixed option that differs. An option without
-    a policy is a bug (KeyError)."""
-    refused, changes = [], []
-    for option in config:
-        policy = RESUME_POLICY[option]
-        if policy == "invocation" or option not in saved:
-            continue
-        before, now = saved[option], config[option]
-        if _same(option, before, now):
-            continue
-        if policy == "fixed":
-            refused.append(f"--{option.replace('_', '-')} {_shown(now)} (the run has "
-                           f"{_shown(before)})")
-        else:
-            changes.append({"option": option, "from": before, "to": now, "epoch": epoch + 1})
-    if refused:
-        raise ResumeRefused(f"--resume cannot change {'; '.join(refused)}: resume with the "
-                            f"run's values, or start a new run in another --out")
-    return changes
-
-
-def _same(option, before, now):
-    if isinstance(before, (list, tuple)) and isinstance(now, (list, tuple)):
-        return list(before) == list(now)
-    if option == "data" and isinstance(before, str) and isinstance(now, str) and before != now:
-        a, b = Path(before).expanduser(), Path(now).expanduser()
-        return a.is_dir() and b.is_dir() and a.resolve() == b.resolve()
-    return before == now
-
-
-def _shown(value):
-    if isinstance(value, (list, tuple)):
-        return " ".join(map(str, value))
-    return str(value)
-
-
-def apply_lr(optimizer, lr):
-    """Sets the learning rate of every parameter group: what a resumed run
-    with a new --lr changes (the optimizer's state stays)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr

@@ -1,8 +1,6 @@
-"""lightgcn_ext.run_directory on its own: the lock, the checks before a run
-starts, atomic writes and their temporaries, damaged checkpoints, and the
-resume policy. Fakes stand in for a run: a checkpoint is any torch.save'd
+"""lightgcn_ext.training.run_directory on its own: the lock, the checks before a run
+starts, atomic writes and their temporaries, and damaged checkpoints. Fakes stand in for a run: a checkpoint is any torch.save'd
 dict, a holder any process that opens the directory."""
-import dataclasses
 import json
 import os
 import signal
@@ -14,9 +12,10 @@ import pytest
 import torch
 
 from helpers import REPO
-from lightgcn_ext import run_directory as rd
-from lightgcn_ext.run_directory import (DamagedCheckpoint, ResumeRefused, RunDirectory,
-                                        RunDirectoryError, RunLocked)
+from lightgcn_ext.training import run_dir
+from lightgcn_ext.training import run_directory as rd
+from lightgcn_ext.training.run_dir import DamagedCheckpoint
+from lightgcn_ext.training.run_directory import RunDirectory, RunDirectoryError, RunLocked
 
 
 def fake_run(path, epochs=3):
@@ -55,7 +54,7 @@ def test_a_second_open_fails_at_once_naming_the_directory_and_holder(tmp_path):
 
 HOLDER = """
 import sys, time
-from lightgcn_ext.run_directory import RunDirectory
+from lightgcn_ext.training.run_directory import RunDirectory
 run = RunDirectory.open(sys.argv[1])
 print("locked", flush=True)
 time.sleep(60)
@@ -165,7 +164,7 @@ def test_temporaries_of_two_writers_never_collide(tmp_path, monkeypatch):
 
     monkeypatch.setattr("builtins.open", recording_open)
     for _ in range(2):  # the same process twice: the random token differs
-        rd.write_atomic(tmp_path / "curve.png", lambda f: f.write(b"x"))
+        run_dir.atomic_write(tmp_path / "curve.png", lambda f: f.write(b"x"))
     monkeypatch.undo()
     assert len(set(names)) == 2 and all(n.startswith(f".curve.png.{os.getpid()}.")
                                         for n in names)
@@ -174,14 +173,14 @@ def test_temporaries_of_two_writers_never_collide(tmp_path, monkeypatch):
 
 def test_an_interrupted_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "results.json"
-    rd.write_atomic(path, lambda f: f.write(b"old"))
+    run_dir.atomic_write(path, lambda f: f.write(b"old"))
 
     def failing(f):
         f.write(b"half")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        rd.write_atomic(path, failing)
+        run_dir.atomic_write(path, failing)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
@@ -224,70 +223,3 @@ def test_save_and_load(tmp_path):
         assert run.results_epoch() is None
         with pytest.raises(FileNotFoundError):
             run.load(rd.CHECKPOINT)
-
-
-# ------------------------------------------------------------ resume policy
-def train_config_class():
-    try:
-        from lightgcn_ext.training import TrainConfig
-    except ImportError:
-        from lightgcn_ext.train import TrainConfig
-    return TrainConfig
-
-
-def test_every_option_has_a_resume_policy():
-    options = {field.name for field in dataclasses.fields(train_config_class())}
-    missing = options - set(rd.RESUME_POLICY)
-    assert not missing, f"options without a resume policy: {sorted(missing)}"
-    assert set(rd.RESUME_POLICY.values()) == {"applied", "fixed", "invocation"}
-    for option in ("lr", "reg", "epochs", "eval_every", "patience", "max_epochs_now",
-                   "progress", "threads"):
-        assert rd.RESUME_POLICY[option] == "applied"
-    for option in ("dim", "layers", "batch_size", "seed", "data"):
-        assert rd.RESUME_POLICY[option] == "fixed"
-
-
-SAVED = dict(data="synthetic", dim=64, layers=3, batch_size=2048, seed=0, lr=1e-3, reg=1e-4,
-             epochs=20, topk=[20], out="runs/a", resume=False)
-
-
-def test_applied_changes_are_recorded_with_their_first_epoch():
-    now = dict(SAVED, lr=1e-2, epochs=40, topk=(20,), out="runs/b", resume=True)
-    assert rd.resume_changes(SAVED, now, epoch=5) == [
-        {"option": "lr", "from": 1e-3, "to": 1e-2, "epoch": 6},
-        {"option": "epochs", "from": 20, "to": 40, "epoch": 6}]
-    assert rd.resume_changes(SAVED, dict(SAVED), epoch=5) == []
-
-
-def test_fixed_changes_are_refused_by_name():
-    with pytest.raises(ResumeRefused) as error:
-        rd.resume_changes(SAVED, dict(SAVED, dim=32, seed=1, lr=0.1), epoch=5)
-    assert one_line(error) == ("--resume cannot change --dim 32 (the run has 64); --seed 1 "
-                               "(the run has 0): resume with the run's values, or start a new "
-                               "run in another --out")
-    with pytest.raises(KeyError):
-        rd.resume_changes(SAVED, dict(SAVED, new_option=1), epoch=0)
-
-
-def test_the_same_data_directory_by_another_path_is_no_change(tmp_path, monkeypatch):
-    (tmp_path / "mine").mkdir()
-    monkeypatch.chdir(tmp_path)
-    saved = dict(SAVED, data=str(tmp_path / "mine"))
-    assert rd.resume_changes(saved, dict(saved, data="./mine"), epoch=1) == []
-    with pytest.raises(ResumeRefused, match="--data other"):
-        rd.resume_changes(saved, dict(saved, data="other"), epoch=1)
-
-
-def test_apply_lr_reaches_adams_step():
-    """A resumed optimizer loads the run's lr with its state: apply_lr then
-    sets the new one, and the next step uses it."""
-    weight = torch.nn.Parameter(torch.zeros(3))
-    saved = torch.optim.Adam([weight], lr=1e-3).state_dict()
-    optimizer = torch.optim.Adam([weight], lr=0.5)
-    optimizer.load_state_dict(saved)
-    assert optimizer.param_groups[0]["lr"] == 1e-3  # what --resume did with a new --lr
-    rd.apply_lr(optimizer, 0.5)
-    weight.grad = torch.ones(3)
-    optimizer.step()
-    # Adam's first step moves each weight by lr (the normalized gradient is 1).
-    assert torch.allclose(weight.detach(), torch.full((3,), -0.5), atol=1e-6)
