@@ -278,7 +278,8 @@ def train_loop(config, data, worker):
                 _early_stopping(state, record, scores[key], config.patience, split)
                 if state["best"]["epoch"] == epoch:
                     state["best"]["weights"] = worker.save_best(out, epoch)
-                write(summary_line(record, results["popularity"], ks))
+                if worker.is_main:
+                    write(summary_line(record, results["popularity"], ks))
             state["history"].append(record)
             state["epoch"] = epoch
             epochs_now += 1
