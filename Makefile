@@ -39,7 +39,7 @@ install: deps
 # The main job: 20 epochs on the embedded synthetic data, recall@20 and ndcg@20 per
 # evaluation beside a popularity baseline.
 demo: build
-	$(PYTHON) -m lightgcn_ext train --data synthetic --epochs 20 --out $(DEMO_OUT)
+	$(PYTHON) -m lightgcn_ext train --data synthetic --epochs 20 --out $(DEMO_OUT) --overwrite
 
 test: build
 	$(PYTHON) -m pytest -q tests

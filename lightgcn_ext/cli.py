@@ -24,8 +24,9 @@ def _parser():
         "train", help="train LightGCN with BPR on the fused kernels and evaluate it",
         description="Trains LightGCN (BPR loss, Adam, one fused full-graph propagation per "
                     "step), evaluates recall/ndcg/precision/hit@k over the full item ranking "
-                    "beside a popularity baseline, and writes results.json, curve.png and "
-                    "checkpoint.pt into --out. Under torchrun --nproc-per-node P it trains across the "
+                    "beside a popularity baseline, and writes results.json, curve.png, "
+                    "checkpoint.pt (the last epoch) and best.pt (the best epoch's weights) into "
+                    "--out, which it locks for the run. Under torchrun --nproc-per-node P it trains across the "
                     "P processes, each owning a block of the nodes (gloo on CPU, NCCL on CUDA).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.add_argument("--data", default=DEFAULTS.data,

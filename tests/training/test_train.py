@@ -156,7 +156,8 @@ def test_cli_help_documents_every_option():
     assert result.returncode == 0
     for option in ("--data", "--dim", "--layers", "--epochs", "--batch-size", "--lr", "--reg",
                    "--device", "--out", "--resume", "--seed", "--eval-every", "--patience",
-                   "--topk", "--max-epochs-now", "--threads", "--no-progress"):
+                   "--topk", "--max-epochs-now", "--threads", "--no-progress", "--overwrite",
+                   "--keep-ids"):
         assert option in result.stdout, option
 
 
