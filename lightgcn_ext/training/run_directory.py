@@ -1,9 +1,8 @@
 """The run directory of a training run: who may write it, and what a run may
 do with what it holds (what a resumed run may change: `resume`).
 
-    with RunDirectory.open("runs/x", resume=False, overwrite=False) as run:
-        ...                                  # before any data is read
-        run.write_atomic(CHECKPOINT, lambda f: torch.save(checkpoint, f))
+    with RunDirectory.open("runs/x", resume=False, overwrite=False):
+        ...                                  # load the data, train: the run
 
 `RunDirectory.open` makes the directory, checks that it can be written,
 and locks it for the life of the run (fcntl.flock on its `.lock` file: the
@@ -36,10 +35,7 @@ import socket
 import time
 from pathlib import Path
 
-import torch
-
-from .run_dir import (BEST, CHECKPOINT, CURVE, DIST_INDEX, IDS, RESULTS, atomic_write,
-                      load_file, results_epoch)
+from .run_dir import BEST, CHECKPOINT, CURVE, DIST_INDEX, IDS, RESULTS, results_epoch
 
 # The shards of a checkpoint written by several processes.
 DIST_SHARDS = "checkpoint.epoch*.rank*-of-*.pt"
@@ -101,28 +97,13 @@ class RunDirectory:
     def __exit__(self, *exc):
         self.release()
 
-    def __truediv__(self, name):
-        return self.path / name
-
     # -------------------------------------------------------------- files
-    def write_atomic(self, name, content):
-        atomic_write(self.path / name, content)
-
-    def save(self, name, obj):
-        """torch.save(obj) into the file `name`, atomically."""
-        self.write_atomic(name, lambda f: torch.save(obj, f))
-
     def has_checkpoint(self):
         return (self.path / CHECKPOINT).exists() or (self.path / DIST_INDEX).exists()
 
     def results_epoch(self):
         """The number of completed epochs results.json records, or None."""
         return results_epoch(self.path)
-
-    def load(self, name=CHECKPOINT):
-        """What the file `name` holds (run_dir.load_file: DamagedCheckpoint,
-        one line, when it cannot be read)."""
-        return load_file(self.path / name)
 
     # --------------------------------------------------------------- checks
     def _check_writable(self, option):
