@@ -405,7 +405,9 @@ class Runtime {
                    : "ready";
       }
       if (u > 0 && (u == block_ || here != last)) {
-        report += "\n  threads " + std::to_string(from) + "-" + std::to_string(u - 1) + ": " + last;
+        report += from == u - 1 ? "\n  thread " + std::to_string(from)
+                                : "\n  threads " + std::to_string(from) + "-" + std::to_string(u - 1);
+        report += ": " + last;
       }
       if (u == 0 || here != last) {
         from = u;
