@@ -23,21 +23,12 @@
 namespace lightgcn_ext {
 namespace {
 
-// Positions (edges + row ends) per work item. Larger items split fewer rows
-// (a row of average length a is cut with probability ~a / size) but give
-// fewer items to spread; LIGHTGCN_EXT_CUDA_ITEM_SIZE overrides it, for
-// tuning on a GPU.
-constexpr int64_t kDefaultItemSize = 128;
-
 int64_t item_size() {
   const char* env = std::getenv("LIGHTGCN_EXT_CUDA_ITEM_SIZE");
-  if (env == nullptr || *env == '\0') return kDefaultItemSize;
-  char* end = nullptr;
-  const long long value = std::strtoll(env, &end, 10);
-  TORCH_CHECK_VALUE(*end == '\0' && value >= 1 && value <= (1 << 20),
-                    "LIGHTGCN_EXT_CUDA_ITEM_SIZE must be an integer in [1, 1048576], got '", env,
-                    "'");
-  return value;
+  const int64_t size = cuda_kernels::item_size_from(env);
+  TORCH_CHECK_VALUE(size > 0, "LIGHTGCN_EXT_CUDA_ITEM_SIZE must be an integer in [1, ",
+                    cuda_kernels::kMaxItemSize, "], got '", env, "'");
+  return size;
 }
 
 // Device memory for one call's scratch and intermediate layers, from the

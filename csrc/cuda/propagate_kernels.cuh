@@ -36,6 +36,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <initializer_list>
 #include <utility>
 
@@ -50,6 +51,23 @@ namespace cuda_kernels {
 
 namespace mp = merge_path;
 
+// Positions (edges + row ends) per work item. Larger items split fewer rows
+// (a row of average length a is cut with probability ~a / size) but give
+// fewer items to spread; LIGHTGCN_EXT_CUDA_ITEM_SIZE overrides it, for
+// tuning on a GPU.
+constexpr int64_t kDefaultItemSize = 128;
+constexpr int64_t kMaxItemSize = int64_t{1} << 20;
+
+// The item size that LIGHTGCN_EXT_CUDA_ITEM_SIZE's value `env` asks for (null:
+// unset): the default when unset or empty, -1 when it is not an integer in
+// [1, kMaxItemSize].
+inline int64_t item_size_from(const char* env) {
+  if (env == nullptr || *env == '\0') return kDefaultItemSize;
+  char* end = nullptr;
+  const long long value = std::strtoll(env, &end, 10);
+  return *end == '\0' && value >= 1 && value <= kMaxItemSize ? value : -1;
+}
+
 constexpr int kThreads = 256;
 // Neighbour rows a lane requests before it sums any: the loads of a batch are
 // independent, which hides the gather latency.
@@ -57,22 +75,6 @@ constexpr int kBatch = 8;
 // Grid cap (items are visited with a grid-stride loop); it also bounds the
 // number of per-block partials of layer_dots.
 constexpr int64_t kMaxBlocks = 8192;
-// Positions (edges + row ends) per work item. Larger items split fewer rows
-// (a row of average length a is cut with probability ~a / size) but give
-// fewer items to spread; LIGHTGCN_EXT_CUDA_ITEM_SIZE overrides it, for
-// tuning on a GPU.
-constexpr int64_t kDefaultItemSize = 128;
-
-int64_t item_size() {
-  const char* env = std::getenv("LIGHTGCN_EXT_CUDA_ITEM_SIZE");
-  if (env == nullptr || *env == '\0') return kDefaultItemSize;
-  char* end = nullptr;
-  const long long value = std::strtoll(env, &end, 10);
-  TORCH_CHECK_VALUE(*end == '\0' && value >= 1 && value <= (1 << 20),
-                    "LIGHTGCN_EXT_CUDA_ITEM_SIZE must be an integer in [1, 1048576], got '", env,
-                    "'");
-  return value;
-}
 
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {

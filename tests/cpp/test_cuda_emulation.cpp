@@ -36,6 +36,7 @@
 #include <memory>
 #include <new>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -248,14 +249,19 @@ void run_case(const Case& c, std::mt19937_64& rng) {
 
   const kernels::DeviceGraph<scalar_t, index_t> graph{
       rowptr.data(), col.data(), c.weighted ? weight.data() : nullptr, dinv.data(), n, e};
+  // The item size as the CUDA entry points read it, from LIGHTGCN_EXT_CUDA_ITEM_SIZE.
+  setenv("LIGHTGCN_EXT_CUDA_ITEM_SIZE", std::to_string(c.item_size).c_str(), 1);
+  const int64_t item_size = kernels::item_size_from(std::getenv("LIGHTGCN_EXT_CUDA_ITEM_SIZE"));
+  unsetenv("LIGHTGCN_EXT_CUDA_ITEM_SIZE");
+  if (item_size != c.item_size) fail(name + ": LIGHTGCN_EXT_CUDA_ITEM_SIZE read as " + std::to_string(item_size));
   {
     CallMemory memory;
-    kernels::propagate_sweeps(graph, d, c.item_size, x.data(), alpha.data(), L, out.data(),
+    kernels::propagate_sweeps(graph, d, item_size, x.data(), alpha.data(), L, out.data(),
                               memory, nullptr);
   }
   {
     CallMemory memory;
-    kernels::layer_dots_sweeps(graph, d, c.item_size, x.data(), grad.data(), L, dots.data(),
+    kernels::layer_dots_sweeps(graph, d, item_size, x.data(), grad.data(), L, dots.data(),
                                memory, nullptr);
   }
 
@@ -370,6 +376,41 @@ int main(int argc, char** argv) {
   // The hub with d = 64 in float32: one layer, vectorized, items of 128.
   for (Case& c : cases) {
     if (c.graph == &hub && c.d == 64) c = {c.graph, 64, 1, Type::f32, false, true, 128, false};
+  }
+
+  // Every kernel the CUDA build instantiates must run: each dtype and column type with
+  // vectorized and scalar loads, and L = 1 (the first sweep is the last), 2 (a sweep from x,
+  // then one from the buffer) and 3 or more (sweeps from one buffer into the other). What
+  // the rotation above leaves out runs on the directed graph with d = 8 (every dtype's vector
+  // divides it).
+  auto vectorized = [](const Case& c) {
+    const int64_t v = c.type == Type::f64 ? 2 : c.type == Type::f32 ? 4 : 8;
+    return c.d % v == 0 && !c.misaligned;
+  };
+  auto kernels_of = [&](const Case& c) {
+    return std::to_string(static_cast<int>(c.type)) + (c.int64_col ? "/64" : "/32") +
+           (vectorized(c) ? "/vec" : "/scalar") + "/L" + std::to_string(std::min<int64_t>(c.L, 3));
+  };
+  std::set<std::string> covered;
+  for (const Case& c : cases) covered.insert(kernels_of(c));
+  for (const Type t : types) {
+    for (const bool int64_col : {false, true}) {
+      for (const bool misaligned : {false, true}) {
+        for (int64_t L = 1; L <= 3; ++L) {
+          const Case c{&directed, 8, L, t, int64_col, L != 2, 7, misaligned};
+          if (covered.insert(kernels_of(c)).second) cases.push_back(c);
+        }
+      }
+    }
+  }
+  if (covered.size() != 4 * 2 * 2 * 3) fail("the corpus misses a kernel instantiation");
+
+  // LIGHTGCN_EXT_CUDA_ITEM_SIZE's parser: the default, the values it takes, the ones it refuses.
+  if (kernels::item_size_from(nullptr) != 128 || kernels::item_size_from("") != 128 ||
+      kernels::item_size_from("100000") != 100000 || kernels::item_size_from("1") != 1 ||
+      kernels::item_size_from("0") != -1 || kernels::item_size_from("1048577") != -1 ||
+      kernels::item_size_from("7x") != -1 || kernels::item_size_from("-3") != -1) {
+    fail("item_size_from: LIGHTGCN_EXT_CUDA_ITEM_SIZE parsed wrong");
   }
 
   int ran = 0;
