@@ -1,28 +1,9 @@
-// CUDA kernels of `propagate` and `layer_dots`; the CPU kernels in
-// ../cpu/propagate_cpu.cpp define the semantics, and these follow them.
-//
-// Each op is L sweeps of one CSR SpMM with a fused epilogue. As on the CPU,
-// the sweeps carry the source-scaled features s = dinv * h, so a row of M h is
-// dinv[r] * sum_k w_k s[col_k] and no dinv is gathered per edge; the first
-// sweep gathers x itself, times dinv[col_k], which saves a scaling pass over
-// N x d. The buffers s are stored in x's dtype: float16 and bfloat16 sweeps
-// gather half the bytes of float32 ones (sums are float32 whatever the type).
-//
-// Schedule: merge path (../merge_path.h). Work items of the same number of
-// (row end + edge) positions are spread over groups of G lanes (a power of
-// two <= 32, sized to d): a sweep no longer waits for its longest row, and
-// rows cut by item boundaries are finished by a second, small kernel that
-// adds their pieces in a fixed order. Within an item a group loads up to G
-// edges (col, weight) at once, one per lane, broadcasts them with shuffles,
-// and gathers kBatch neighbour rows before summing any (one vector of V
-// values per lane: 16-byte loads when d and the pointers allow).
-// Offsets into [N, d] arrays are int64.
-//
-// layer_dots reduces deterministically: every block writes one partial per
-// layer, and a last kernel adds them in a fixed order. The grid depends only
-// on N, E, d and the item size, never on the device.
+// The CUDA entry points of `propagate` and `layer_dots`: checks, dtype
+// dispatch, the cases that need no kernel, and device memory from ATen's
+// caching allocator. The kernels and the host code that sequences them are in
+// propagate_kernels.cuh, which the CPU emulation of tests/cpp also builds.
 #include "../checks.h"
-#include "../merge_path.h"
+#include "propagate_kernels.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -31,443 +12,50 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <string>
+#include <vector>
 
 namespace lightgcn_ext {
 namespace {
 
-namespace mp = merge_path;
-
-constexpr int kThreads = 256;
-// Neighbour rows a lane requests before it sums any: the loads of a batch are
-// independent, which hides the gather latency.
-constexpr int kBatch = 8;
-// Grid cap (items are visited with a grid-stride loop); it also bounds the
-// number of per-block partials of layer_dots.
-constexpr int64_t kMaxBlocks = 8192;
-// Positions (edges + row ends) per work item. Larger items split fewer rows
-// (a row of average length a is cut with probability ~a / size) but give
-// fewer items to spread; LIGHTGCN_EXT_CUDA_ITEM_SIZE overrides it, for
-// tuning on a GPU.
-constexpr int64_t kDefaultItemSize = 128;
-
 int64_t item_size() {
   const char* env = std::getenv("LIGHTGCN_EXT_CUDA_ITEM_SIZE");
-  if (env == nullptr || *env == '\0') return kDefaultItemSize;
-  char* end = nullptr;
-  const long long value = std::strtoll(env, &end, 10);
-  TORCH_CHECK_VALUE(*end == '\0' && value >= 1 && value <= (1 << 20),
-                    "LIGHTGCN_EXT_CUDA_ITEM_SIZE must be an integer in [1, 1048576], got '", env,
-                    "'");
-  return value;
+  const int64_t size = cuda_kernels::item_size_from(env);
+  TORCH_CHECK_VALUE(size > 0, "LIGHTGCN_EXT_CUDA_ITEM_SIZE must be an integer in [1, ",
+                    cuda_kernels::kMaxItemSize, "], got '", env, "'");
+  return size;
 }
 
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Vec {
-  T v[N];
-};
-
-template <typename T, int N>
-__device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
-  return *reinterpret_cast<const Vec<T, N>*>(p);
-}
-
-template <typename T, int N>
-__device__ __forceinline__ void store_vec(T* p, const Vec<T, N>& v) {
-  *reinterpret_cast<Vec<T, N>*>(p) = v;
-}
-
-// Sum of v over the block, written by thread 0 to *out. Every thread of the
-// block must call it; it may be called again right after. The order of the
-// additions is fixed.
-template <typename acc_t>
-__device__ void block_sum(acc_t v, acc_t* out) {
-  __shared__ acc_t warp_sums[kThreads / 32];
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = v;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    acc_t total = 0;
-    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
-    *out = total;
+// Device memory for one call's scratch and intermediate layers, from the
+// caching allocator (aligned far beyond a vector); it is released when the
+// call returns, and the current stream orders its reuse after the kernels.
+class CallMemory {
+ public:
+  explicit CallMemory(const at::Tensor& like) : options_(like.options().dtype(at::kByte)) {}
+  void* operator()(int64_t bytes) {
+    tensors_.push_back(at::empty({bytes}, options_));
+    return tensors_.back().mutable_data_ptr();
   }
-  __syncthreads();  // warp_sums is free again
-}
 
-enum class Epilogue {
-  kNext,   // s_out = dinv * (alpha_l x + dinv * acc): a middle step of propagate
-  kFinal,  // out = alpha_0 x + dinv * acc: the last step of propagate
-  kDots,   // h = dinv * acc; dot += <h, grad>; s_out = dinv * h: layer_dots
+ private:
+  at::TensorOptions options_;
+  std::vector<at::Tensor> tensors_;
 };
-
-// Everything one sweep reads and writes.
-template <typename scalar_t, typename index_t>
-struct Sweep {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t* __restrict__ rowptr;
-  const index_t* __restrict__ col;
-  const acc_t* __restrict__ weight;  // null: every edge has weight 1
-  const acc_t* __restrict__ dinv;
-  int64_t num_rows, num_edges, d, item_size;
-  // The gathered rows: s (a previous sweep's output), or x for the first
-  // sweep, which multiplies each by dinv[col] and the sum by *src_scale
-  // (alpha_L for propagate, null for 1).
-  const scalar_t* __restrict__ src;
-  const acc_t* __restrict__ src_scale;
-  const scalar_t* __restrict__ x;    // the epilogue's own rows: x, or grad for layer_dots
-  const acc_t* __restrict__ alpha;   // &alpha[l] for kNext and kFinal
-  scalar_t* __restrict__ s_out;      // kNext, kDots (null: not needed)
-  scalar_t* __restrict__ out;        // kFinal
-  // The first sweep of layer_dots also sums <x, grad> (layer 0) from here.
-  const scalar_t* __restrict__ dot0_x;
-  // Pieces of rows cut by item boundaries ([items, d], in acc_t) and, per
-  // item, the row it must finish in the fix-up kernel (-1: none).
-  acc_t* __restrict__ carry;
-  acc_t* __restrict__ tail;
-  int64_t* __restrict__ pending;
-  // kDots: per-block partial sums of this layer's dot and of layer 0's; the
-  // sweep kernel writes [0, grid), the fix-up kernel [grid, 2 * grid).
-  acc_t* __restrict__ partial;
-  acc_t* __restrict__ partial0;
-};
-
-// A thread's place in a sweep: its group of G lanes takes the work items
-// first_item, first_item + item_stride, ...; in each pass over the columns,
-// lane `lane` holds columns [first, first + V) when first < d.
-struct Lanes {
-  int group;
-  int lane;
-  unsigned mask;  // the group's lanes within the warp, for the shuffles
-  int64_t first_item, item_stride, num_items;
-  int64_t pass_width;  // columns per pass: G * V
-};
-
-template <int V, typename S>
-__device__ __forceinline__ Lanes lanes(int log2_group, const S& s) {
-  const int group = 1 << log2_group;
-  const int lane = threadIdx.x & (group - 1);
-  const unsigned mask =
-      group == 32 ? 0xffffffffu : ((1u << group) - 1u) << ((threadIdx.x & 31) & ~(group - 1));
-  const int64_t groups_per_block = kThreads >> log2_group;
-  return {group,
-          lane,
-          mask,
-          blockIdx.x * groups_per_block + (threadIdx.x >> log2_group),
-          static_cast<int64_t>(gridDim.x) * groups_per_block,
-          merge_path::num_items(s.num_rows, s.num_edges, s.item_size),
-          static_cast<int64_t>(group) * V};
-}
-
-// layer_dots: the block's sums of <h_l, grad> (and of <x, grad> in the first
-// sweep) to partial slot `slot`. Every thread of the block must call it.
-template <Epilogue kEpilogue, typename S, typename acc_t>
-__device__ __forceinline__ void write_block_dots(const S& s, acc_t dot, acc_t dot0, int64_t slot) {
-  if constexpr (kEpilogue == Epilogue::kDots) {
-    block_sum(dot, s.partial + slot);
-    if (s.dot0_x != nullptr) block_sum(dot0, s.partial0 + slot);
-  }
-}
-
-// Row r is complete: its sum is acc (its columns [first, first + V)). Writes
-// what the epilogue makes of it and adds to the dots.
-template <Epilogue kEpilogue, int V, typename scalar_t, typename index_t>
-__device__ __forceinline__ void finish_row(const Sweep<scalar_t, index_t>& s, int64_t r,
-                                           int64_t first, at::opmath_type<scalar_t> (&acc)[V],
-                                           at::opmath_type<scalar_t>& dot,
-                                           at::opmath_type<scalar_t>& dot0) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const acc_t dr = s.dinv[r];
-  const acc_t scale = s.src_scale != nullptr ? *s.src_scale : acc_t(1);
-  const int64_t o = r * s.d + first;
-  const auto xv = load_vec<scalar_t, V>(s.x + o);
-  if constexpr (kEpilogue == Epilogue::kFinal) {
-    const acc_t a = *s.alpha;
-    Vec<scalar_t, V> ov;
-#pragma unroll
-    for (int i = 0; i < V; ++i)
-      ov.v[i] = static_cast<scalar_t>(a * static_cast<acc_t>(xv.v[i]) + dr * scale * acc[i]);
-    store_vec(s.out + o, ov);
-  } else if constexpr (kEpilogue == Epilogue::kNext) {
-    const acc_t a = *s.alpha;
-    Vec<scalar_t, V> sv;
-#pragma unroll
-    for (int i = 0; i < V; ++i)
-      sv.v[i] = static_cast<scalar_t>(dr * (a * static_cast<acc_t>(xv.v[i]) + dr * scale * acc[i]));
-    store_vec(s.s_out + o, sv);
-  } else {
-    Vec<scalar_t, V> sv;
-#pragma unroll
-    for (int i = 0; i < V; ++i) {
-      const acc_t h = dr * scale * acc[i];
-      dot += h * static_cast<acc_t>(xv.v[i]);
-      sv.v[i] = static_cast<scalar_t>(dr * h);
-    }
-    if (s.s_out != nullptr) store_vec(s.s_out + o, sv);
-    if (s.dot0_x != nullptr) {
-      const auto x0 = load_vec<scalar_t, V>(s.dot0_x + o);
-#pragma unroll
-      for (int i = 0; i < V; ++i) dot0 += static_cast<acc_t>(x0.v[i]) * static_cast<acc_t>(xv.v[i]);
-    }
-  }
-}
-
-template <typename T, int V>
-__device__ __forceinline__ void store_acc(T* p, const T (&acc)[V]) {
-  Vec<T, V> v;
-#pragma unroll
-  for (int i = 0; i < V; ++i) v.v[i] = acc[i];
-  store_vec(p, v);
-}
-
-// One sweep over the work items: for every row that begins and ends in an
-// item, acc = sum_k w_k src[col_k] (times dinv[col_k] from x), then the
-// epilogue; the pieces of the other rows go to carry / tail.
-template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue, bool kFromX>
-__global__ void __launch_bounds__(kThreads)
-    sweep_kernel(const Sweep<scalar_t, index_t> s, int log2_group) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const Lanes g = lanes<V>(log2_group, s);
-  const int64_t d = s.d;
-  acc_t dot = 0, dot0 = 0;
-
-  for (int64_t item = g.first_item; item < g.num_items; item += g.item_stride) {
-    const mp::Item span = mp::item_span(s.rowptr, s.num_rows, s.num_edges, s.item_size, item);
-    if (g.lane == 0) s.pending[item] = span.first_row_pending ? span.begin.row : -1;
-
-    for (int64_t j0 = 0; j0 < d; j0 += g.pass_width) {
-      const int64_t first = j0 + static_cast<int64_t>(g.lane) * V;
-      const bool active = first < d;
-      acc_t acc[V];
-#pragma unroll
-      for (int i = 0; i < V; ++i) acc[i] = 0;
-      auto finish = [&](int64_t row, bool began_here) {
-        if (active) {
-          if (began_here) {
-            finish_row<kEpilogue, V>(s, row, first, acc, dot, dot0);
-          } else {
-            store_acc(s.tail + item * d + first, acc);
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < V; ++i) acc[i] = 0;
-      };
-      mp::RowCursor cursor = mp::start_cursor(s.rowptr, span);
-
-      for (int64_t k0 = span.begin.edge; k0 < span.end.edge; k0 += g.group) {
-        // One edge per lane, broadcast below; lanes past the item's end
-        // hold (node 0, weight 0), so that every load of a batch is valid.
-        index_t my_col = 0;
-        acc_t my_w = 0;
-        if (k0 + g.lane < span.end.edge) {
-          my_col = s.col[k0 + g.lane];
-          my_w = s.weight != nullptr ? s.weight[k0 + g.lane] : acc_t(1);
-          if constexpr (kFromX) my_w *= s.dinv[my_col];
-        }
-        const int count = span.end.edge - k0 < g.group ? static_cast<int>(span.end.edge - k0)
-                                                       : g.group;
-        for (int t0 = 0; t0 < count; t0 += kBatch) {
-          Vec<scalar_t, V> rows[kBatch];
-          acc_t w[kBatch];
-#pragma unroll
-          for (int b = 0; b < kBatch; ++b) {
-            const int64_t c = __shfl_sync(g.mask, my_col, t0 + b, g.group);
-            w[b] = __shfl_sync(g.mask, my_w, t0 + b, g.group);
-            if (active) rows[b] = load_vec<scalar_t, V>(s.src + c * d + first);
-          }
-#pragma unroll
-          for (int b = 0; b < kBatch; ++b) {
-            if (t0 + b >= count) break;
-            mp::advance_past(s.rowptr, cursor, k0 + t0 + b, finish);
-            if (active) {
-#pragma unroll
-              for (int i = 0; i < V; ++i) acc[i] += w[b] * static_cast<acc_t>(rows[b].v[i]);
-            }
-          }
-        }
-      }
-      mp::finish_until(cursor, span.end.row, finish);
-      if (span.end.row < s.num_rows && active) store_acc(s.carry + item * d + first, acc);
-    }
-  }
-  write_block_dots<kEpilogue>(s, dot, dot0, blockIdx.x);
-}
-
-// The rows that the sweep left pending: each one's pieces added in item
-// order, then the epilogue.
-template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue>
-__global__ void __launch_bounds__(kThreads)
-    fixup_kernel(const Sweep<scalar_t, index_t> s, int log2_group) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const Lanes g = lanes<V>(log2_group, s);
-  const int64_t d = s.d;
-  acc_t dot = 0, dot0 = 0;
-  for (int64_t item = g.first_item; item < g.num_items; item += g.item_stride) {
-    const int64_t row = s.pending[item];
-    if (row < 0) continue;
-    const int64_t first_item = mp::first_item_of_row(s.rowptr, row, s.item_size);
-    for (int64_t j0 = 0; j0 < d; j0 += g.pass_width) {
-      const int64_t first = j0 + static_cast<int64_t>(g.lane) * V;
-      if (first >= d) continue;
-      acc_t acc[V];
-#pragma unroll
-      for (int i = 0; i < V; ++i) acc[i] = 0;
-      for (int64_t piece = first_item; piece <= item; ++piece) {
-        const auto v = load_vec<acc_t, V>((piece < item ? s.carry : s.tail) + piece * d + first);
-#pragma unroll
-        for (int i = 0; i < V; ++i) acc[i] += v.v[i];
-      }
-      finish_row<kEpilogue, V>(s, row, first, acc, dot, dot0);
-    }
-  }
-  write_block_dots<kEpilogue>(s, dot, dot0, gridDim.x + blockIdx.x);
-}
-
-// dots[l] = sum of partial[l, 0 : num_partials], in a fixed order; one block per l.
-template <typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    sum_partials_kernel(const acc_t* __restrict__ partial, int64_t num_partials,
-                        acc_t* __restrict__ dots) {
-  const acc_t* row = partial + blockIdx.x * num_partials;
-  acc_t sum = 0;
-  for (int64_t i = threadIdx.x; i < num_partials; i += kThreads) sum += row[i];
-  block_sum(sum, dots + blockIdx.x);
-}
-
-// The launch geometry of a graph's sweeps.
-struct Plan {
-  int log2_group;
-  int64_t blocks;
-  int64_t items;
-};
-
-Plan make_plan(int64_t n, int64_t num_edges, int64_t d, int vec, int64_t size) {
-  const int64_t vectors = (d + vec - 1) / vec;
-  int log2_group = 0;
-  while ((int64_t{1} << log2_group) < std::min<int64_t>(vectors, 32)) ++log2_group;
-  const int64_t groups_per_block = kThreads >> log2_group;
-  const int64_t items = mp::num_items(n, num_edges, size);
-  const int64_t blocks =
-      std::min((items + groups_per_block - 1) / groups_per_block, kMaxBlocks);
-  return {log2_group, std::max<int64_t>(blocks, 1), items};
-}
-
-// Runs one sweep and its fix-up.
-template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue, bool kFromX>
-void launch_sweep(const Sweep<scalar_t, index_t>& s, const Plan& plan, cudaStream_t stream) {
-  sweep_kernel<scalar_t, index_t, V, kEpilogue, kFromX>
-      <<<plan.blocks, kThreads, 0, stream>>>(s, plan.log2_group);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  fixup_kernel<scalar_t, index_t, V, kEpilogue>
-      <<<plan.blocks, kThreads, 0, stream>>>(s, plan.log2_group);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// V values per vector: 16 bytes of x's dtype where d is a multiple of it and
-// every [N, d] array of the call is aligned to a vector; else 1.
-template <typename scalar_t>
-constexpr int kVec = 16 / sizeof(scalar_t);
-
-template <typename scalar_t>
-bool can_vectorize(int64_t d, std::initializer_list<const at::Tensor*> tensors) {
-  constexpr int V = kVec<scalar_t>;
-  if (d % V != 0) return false;
-  for (const at::Tensor* t : tensors) {
-    if (reinterpret_cast<std::uintptr_t>(t->const_data_ptr()) % (V * sizeof(scalar_t)) != 0)
-      return false;
-  }
-  return true;
-}
-
-// The scratch of a call's sweeps: the pieces of cut rows and the pending rows.
-struct Scratch {
-  at::Tensor carry, tail, pending;
-};
-
-Scratch make_scratch(const Plan& plan, int64_t d, const at::TensorOptions& acc_options) {
-  return {at::empty({plan.items, d}, acc_options), at::empty({plan.items, d}, acc_options),
-          at::empty({plan.items}, acc_options.dtype(at::kLong))};
-}
 
 template <typename scalar_t, typename index_t>
-Sweep<scalar_t, index_t> base_sweep(const GraphOperands& graph, int64_t d, int64_t size,
-                                    Scratch& scratch) {
+cuda_kernels::DeviceGraph<scalar_t, index_t> device_graph(const GraphOperands& graph) {
   using acc_t = at::opmath_type<scalar_t>;
-  Sweep<scalar_t, index_t> s{};
-  s.rowptr = graph.rowptr.const_data_ptr<int64_t>();
-  s.col = graph.col.const_data_ptr<index_t>();
-  s.weight = graph.weight.has_value() ? graph.weight->const_data_ptr<acc_t>() : nullptr;
-  s.dinv = graph.dinv.const_data_ptr<acc_t>();
-  s.num_rows = graph.dinv.numel();
-  s.num_edges = graph.col.numel();
-  s.d = d;
-  s.item_size = size;
-  s.carry = scratch.carry.mutable_data_ptr<acc_t>();
-  s.tail = scratch.tail.mutable_data_ptr<acc_t>();
-  s.pending = scratch.pending.mutable_data_ptr<int64_t>();
-  return s;
-}
-
-template <typename scalar_t, typename index_t, int V>
-void propagate_launch(Sweep<scalar_t, index_t> s, const Plan& plan, const scalar_t* x,
-                      const at::opmath_type<scalar_t>* alpha, int64_t L, scalar_t* buf_a,
-                      scalar_t* buf_b, scalar_t* out, cudaStream_t stream) {
-  // Horner: h_L = alpha_L x; h_l = alpha_l x + M h_{l+1}; out = h_0. The
-  // first sweep gathers x (h_L = alpha_L x); the others gather s_l = dinv h_l.
-  s.x = x;
-  s.out = out;
-  for (int64_t l = L - 1; l >= 0; --l) {
-    const bool from_x = l == L - 1;
-    s.src = from_x ? x : buf_a;
-    s.src_scale = from_x ? alpha + L : nullptr;
-    s.alpha = alpha + l;
-    s.s_out = buf_b;
-    if (l > 0 && from_x) {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kNext, true>(s, plan, stream);
-    } else if (l > 0) {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kNext, false>(s, plan, stream);
-    } else if (from_x) {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kFinal, true>(s, plan, stream);
-    } else {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kFinal, false>(s, plan, stream);
-    }
-    std::swap(buf_a, buf_b);
-  }
-}
-
-template <typename scalar_t, typename index_t, int V>
-void layer_dots_launch(Sweep<scalar_t, index_t> s, const Plan& plan, const scalar_t* x,
-                       const scalar_t* grad, int64_t L, scalar_t* buf_a, scalar_t* buf_b,
-                       at::opmath_type<scalar_t>* partial, at::opmath_type<scalar_t>* dots,
-                       cudaStream_t stream) {
-  using acc_t = at::opmath_type<scalar_t>;
-  // Sweep l makes h_l = M h_{l-1} (h_0 = x) and adds <h_l, grad> to dots[l];
-  // the first also adds <x, grad> to dots[0].
-  const int64_t per_layer = 2 * plan.blocks;
-  s.x = grad;
-  s.partial0 = partial;
-  for (int64_t l = 1; l <= L; ++l) {
-    const bool from_x = l == 1;
-    s.src = from_x ? x : buf_a;
-    s.dot0_x = from_x ? x : nullptr;
-    s.s_out = l < L ? buf_b : nullptr;  // the last layer's s is never read
-    s.partial = partial + l * per_layer;
-    if (from_x) {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kDots, true>(s, plan, stream);
-    } else {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kDots, false>(s, plan, stream);
-    }
-    std::swap(buf_a, buf_b);
-  }
-  sum_partials_kernel<acc_t><<<L + 1, kThreads, 0, stream>>>(partial, per_layer, dots);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {graph.rowptr.const_data_ptr<int64_t>(),
+          graph.col.const_data_ptr<index_t>(),
+          graph.weight.has_value() ? graph.weight->const_data_ptr<acc_t>() : nullptr,
+          graph.dinv.const_data_ptr<acc_t>(),
+          graph.dinv.numel(),
+          graph.col.numel()};
 }
 
 at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
@@ -488,30 +76,14 @@ at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
   // alpha stays on the device: the kernels read alpha[l] themselves.
   const auto alpha = alpha_in.to(acc_type).contiguous();
   auto out = at::empty_like(x);
-  // Sweep outputs that a later sweep gathers: none for L = 1, one for L = 2.
-  auto buf_a = L > 1 ? at::empty({n, d}, x.options()) : at::Tensor();
-  auto buf_b = L > 2 ? at::empty_like(buf_a) : buf_a;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  CallMemory memory(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "propagate_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const bool vec = can_vectorize<scalar_t>(d, {&x, &out});
-    const Plan plan = make_plan(n, graph.col.numel(), d, vec ? kVec<scalar_t> : 1, size);
-    auto scratch = make_scratch(plan, d, x.options().dtype(acc_type));
     AT_DISPATCH_INDEX_TYPES(graph.col.scalar_type(), "propagate_cuda_col", [&] {
-      const auto s = base_sweep<scalar_t, index_t>(graph, d, size, scratch);
-      const auto* x_ptr = x.const_data_ptr<scalar_t>();
-      const auto* alpha_ptr = alpha.const_data_ptr<acc_t>();
-      auto* a_ptr = buf_a.defined() ? buf_a.mutable_data_ptr<scalar_t>() : nullptr;
-      auto* b_ptr = buf_b.defined() ? buf_b.mutable_data_ptr<scalar_t>() : nullptr;
-      auto* out_ptr = out.mutable_data_ptr<scalar_t>();
-      // The first sweep writes b: swap so that every sweep reads a, writes b.
-      if (vec) {
-        propagate_launch<scalar_t, index_t, kVec<scalar_t>>(s, plan, x_ptr, alpha_ptr, L, b_ptr,
-                                                            a_ptr, out_ptr, stream);
-      } else {
-        propagate_launch<scalar_t, index_t, 1>(s, plan, x_ptr, alpha_ptr, L, b_ptr, a_ptr,
-                                               out_ptr, stream);
-      }
+      cuda_kernels::propagate_sweeps(device_graph<scalar_t, index_t>(graph), d, size,
+                                     x.const_data_ptr<scalar_t>(), alpha.const_data_ptr<acc_t>(),
+                                     L, out.mutable_data_ptr<scalar_t>(), memory, stream);
     });
   });
   return out;
@@ -535,32 +107,15 @@ at::Tensor layer_dots_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in
   }
   const int64_t size = item_size();
   auto dots = at::empty({num_layers + 1}, x.options().dtype(acc_type));
-  auto buf_a = num_layers > 1 ? at::empty({n, d}, x.options()) : at::Tensor();
-  auto buf_b = num_layers > 2 ? at::empty_like(buf_a) : buf_a;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  CallMemory memory(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "layer_dots_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const bool vec = can_vectorize<scalar_t>(d, {&x, &grad});
-    const Plan plan = make_plan(n, graph.col.numel(), d, vec ? kVec<scalar_t> : 1, size);
-    auto scratch = make_scratch(plan, d, x.options().dtype(acc_type));
-    // Every block of every sweep and fix-up writes its partials: no zeroing.
-    auto partial = at::empty({(num_layers + 1) * 2 * plan.blocks}, x.options().dtype(acc_type));
     AT_DISPATCH_INDEX_TYPES(graph.col.scalar_type(), "layer_dots_cuda_col", [&] {
-      const auto s = base_sweep<scalar_t, index_t>(graph, d, size, scratch);
-      const auto* x_ptr = x.const_data_ptr<scalar_t>();
-      const auto* grad_ptr = grad.const_data_ptr<scalar_t>();
-      auto* a_ptr = buf_a.defined() ? buf_a.mutable_data_ptr<scalar_t>() : nullptr;
-      auto* b_ptr = buf_b.defined() ? buf_b.mutable_data_ptr<scalar_t>() : nullptr;
-      auto* partial_ptr = partial.mutable_data_ptr<acc_t>();
-      auto* dots_ptr = dots.mutable_data_ptr<acc_t>();
-      if (vec) {
-        layer_dots_launch<scalar_t, index_t, kVec<scalar_t>>(s, plan, x_ptr, grad_ptr, num_layers,
-                                                             b_ptr, a_ptr, partial_ptr, dots_ptr,
-                                                             stream);
-      } else {
-        layer_dots_launch<scalar_t, index_t, 1>(s, plan, x_ptr, grad_ptr, num_layers, b_ptr,
-                                                a_ptr, partial_ptr, dots_ptr, stream);
-      }
+      cuda_kernels::layer_dots_sweeps(device_graph<scalar_t, index_t>(graph), d, size,
+                                      x.const_data_ptr<scalar_t>(),
+                                      grad.const_data_ptr<scalar_t>(), num_layers,
+                                      dots.mutable_data_ptr<acc_t>(), memory, stream);
     });
   });
   return dots;

@@ -1,0 +1,550 @@
+// The kernels of `propagate` and `layer_dots` on CUDA, and the host code that
+// sequences them (plan, vector width, scratch, sweeps and fix-ups, buffer
+// swaps, partial sums). One source for two compilers: nvcc builds it for the
+// GPU (propagate_cuda.cu, whose ATen entry points call propagate_sweeps and
+// layer_dots_sweeps), and the host compiler builds it against the CPU
+// emulation of the CUDA execution model, tests/cpp/cuda_emulation.h, which
+// the emulated tests include first. Every launch goes through launch_kernel.
+//
+// The CPU kernels in ../cpu/propagate_cpu.cpp define the semantics, and these
+// follow them. Each op is L sweeps of one CSR SpMM with a fused epilogue. As
+// on the CPU, the sweeps carry the source-scaled features s = dinv * h, so a
+// row of M h is dinv[r] * sum_k w_k s[col_k] and no dinv is gathered per
+// edge; the first sweep gathers x itself, times dinv[col_k], which saves a
+// scaling pass over N x d. The buffers s are stored in x's dtype: float16 and
+// bfloat16 sweeps gather half the bytes of float32 ones (sums are float32
+// whatever the type).
+//
+// Schedule: merge path (../merge_path.h). Work items of the same number of
+// (row end + edge) positions are spread over groups of G lanes (a power of
+// two <= 32, sized to d): a sweep no longer waits for its longest row, and
+// rows cut by item boundaries are finished by a second, small kernel that
+// adds their pieces in a fixed order. Within an item a group loads up to G
+// edges (col, weight) at once, one per lane, broadcasts them with shuffles,
+// and gathers kBatch neighbour rows before summing any (one vector of V
+// values per lane: 16-byte loads when d and the pointers allow).
+// Offsets into [N, d] arrays are int64.
+//
+// layer_dots reduces deterministically: every block writes one partial per
+// layer, and a last kernel adds them in a fixed order. The grid depends only
+// on N, E, d and the item size, never on the device.
+#pragma once
+
+#include "../merge_path.h"
+
+#include <ATen/OpMathType.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
+#include <utility>
+
+#if defined(__CUDACC__)
+#include <c10/cuda/CUDAException.h>
+#elif !defined(LIGHTGCN_EXT_CUDA_EMULATION)
+#error "propagate_kernels.cuh: compile it with nvcc, or include tests/cpp/cuda_emulation.h first"
+#endif
+
+namespace lightgcn_ext {
+namespace cuda_kernels {
+
+namespace mp = merge_path;
+
+// Positions (edges + row ends) per work item. Larger items split fewer rows
+// (a row of average length a is cut with probability ~a / size) but give
+// fewer items to spread; LIGHTGCN_EXT_CUDA_ITEM_SIZE overrides it, for
+// tuning on a GPU.
+constexpr int64_t kDefaultItemSize = 128;
+constexpr int64_t kMaxItemSize = int64_t{1} << 20;
+
+// The item size that LIGHTGCN_EXT_CUDA_ITEM_SIZE's value `env` asks for (null:
+// unset): the default when unset or empty, -1 when it is not an integer in
+// [1, kMaxItemSize].
+inline int64_t item_size_from(const char* env) {
+  if (env == nullptr || *env == '\0') return kDefaultItemSize;
+  char* end = nullptr;
+  const long long value = std::strtoll(env, &end, 10);
+  return *end == '\0' && value >= 1 && value <= kMaxItemSize ? value : -1;
+}
+
+constexpr int kThreads = 256;
+// Neighbour rows a lane requests before it sums any: the loads of a batch are
+// independent, which hides the gather latency.
+constexpr int kBatch = 8;
+// Grid cap (items are visited with a grid-stride loop); it also bounds the
+// number of per-block partials of layer_dots.
+constexpr int64_t kMaxBlocks = 8192;
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T v[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
+  return *reinterpret_cast<const Vec<T, N>*>(p);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_vec(T* p, const Vec<T, N>& v) {
+  *reinterpret_cast<Vec<T, N>*>(p) = v;
+}
+
+// Sum of v over the block, written by thread 0 to *out. Every thread of the
+// block must call it; it may be called again right after. The order of the
+// additions is fixed.
+template <typename acc_t>
+__device__ void block_sum(acc_t v, acc_t* out) {
+  __shared__ acc_t warp_sums[kThreads / 32];
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    acc_t total = 0;
+    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
+    *out = total;
+  }
+  __syncthreads();  // warp_sums is free again
+}
+
+enum class Epilogue {
+  kNext,   // s_out = dinv * (alpha_l x + dinv * acc): a middle step of propagate
+  kFinal,  // out = alpha_0 x + dinv * acc: the last step of propagate
+  kDots,   // h = dinv * acc; dot += <h, grad>; s_out = dinv * h: layer_dots
+};
+
+// Everything one sweep reads and writes.
+template <typename scalar_t, typename index_t>
+struct Sweep {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t* __restrict__ rowptr;
+  const index_t* __restrict__ col;
+  const acc_t* __restrict__ weight;  // null: every edge has weight 1
+  const acc_t* __restrict__ dinv;
+  int64_t num_rows, num_edges, d, item_size;
+  // The gathered rows: s (a previous sweep's output), or x for the first
+  // sweep, which multiplies each by dinv[col] and the sum by *src_scale
+  // (alpha_L for propagate, null for 1).
+  const scalar_t* __restrict__ src;
+  const acc_t* __restrict__ src_scale;
+  const scalar_t* __restrict__ x;    // the epilogue's own rows: x, or grad for layer_dots
+  const acc_t* __restrict__ alpha;   // &alpha[l] for kNext and kFinal
+  scalar_t* __restrict__ s_out;      // kNext, kDots (null: not needed)
+  scalar_t* __restrict__ out;        // kFinal
+  // The first sweep of layer_dots also sums <x, grad> (layer 0) from here.
+  const scalar_t* __restrict__ dot0_x;
+  // Pieces of rows cut by item boundaries ([items, d], in acc_t) and, per
+  // item, the row it must finish in the fix-up kernel (-1: none).
+  acc_t* __restrict__ carry;
+  acc_t* __restrict__ tail;
+  int64_t* __restrict__ pending;
+  // kDots: per-block partial sums of this layer's dot and of layer 0's; the
+  // sweep kernel writes [0, grid), the fix-up kernel [grid, 2 * grid).
+  acc_t* __restrict__ partial;
+  acc_t* __restrict__ partial0;
+};
+
+// A thread's place in a sweep: its group of G lanes takes the work items
+// first_item, first_item + item_stride, ...; in each pass over the columns,
+// lane `lane` holds columns [first, first + V) when first < d.
+struct Lanes {
+  int group;
+  int lane;
+  unsigned mask;  // the group's lanes within the warp, for the shuffles
+  int64_t first_item, item_stride, num_items;
+  int64_t pass_width;  // columns per pass: G * V
+};
+
+template <int V, typename S>
+__device__ __forceinline__ Lanes lanes(int log2_group, const S& s) {
+  const int group = 1 << log2_group;
+  const int lane = threadIdx.x & (group - 1);
+  const unsigned mask =
+      group == 32 ? 0xffffffffu : ((1u << group) - 1u) << ((threadIdx.x & 31) & ~(group - 1));
+  const int64_t groups_per_block = kThreads >> log2_group;
+  return {group,
+          lane,
+          mask,
+          blockIdx.x * groups_per_block + (threadIdx.x >> log2_group),
+          static_cast<int64_t>(gridDim.x) * groups_per_block,
+          merge_path::num_items(s.num_rows, s.num_edges, s.item_size),
+          static_cast<int64_t>(group) * V};
+}
+
+// layer_dots: the block's sums of <h_l, grad> (and of <x, grad> in the first
+// sweep) to partial slot `slot`. Every thread of the block must call it.
+template <Epilogue kEpilogue, typename S, typename acc_t>
+__device__ __forceinline__ void write_block_dots(const S& s, acc_t dot, acc_t dot0, int64_t slot) {
+  if constexpr (kEpilogue == Epilogue::kDots) {
+    block_sum(dot, s.partial + slot);
+    if (s.dot0_x != nullptr) block_sum(dot0, s.partial0 + slot);
+  }
+}
+
+// Row r is complete: its sum is acc (its columns [first, first + V)). Writes
+// what the epilogue makes of it and adds to the dots.
+template <Epilogue kEpilogue, int V, typename scalar_t, typename index_t>
+__device__ __forceinline__ void finish_row(const Sweep<scalar_t, index_t>& s, int64_t r,
+                                           int64_t first, at::opmath_type<scalar_t> (&acc)[V],
+                                           at::opmath_type<scalar_t>& dot,
+                                           at::opmath_type<scalar_t>& dot0) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t dr = s.dinv[r];
+  const acc_t scale = s.src_scale != nullptr ? *s.src_scale : acc_t(1);
+  const int64_t o = r * s.d + first;
+  const auto xv = load_vec<scalar_t, V>(s.x + o);
+  if constexpr (kEpilogue == Epilogue::kFinal) {
+    const acc_t a = *s.alpha;
+    Vec<scalar_t, V> ov;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      ov.v[i] = static_cast<scalar_t>(a * static_cast<acc_t>(xv.v[i]) + dr * scale * acc[i]);
+    store_vec(s.out + o, ov);
+  } else if constexpr (kEpilogue == Epilogue::kNext) {
+    const acc_t a = *s.alpha;
+    Vec<scalar_t, V> sv;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      sv.v[i] = static_cast<scalar_t>(dr * (a * static_cast<acc_t>(xv.v[i]) + dr * scale * acc[i]));
+    store_vec(s.s_out + o, sv);
+  } else {
+    Vec<scalar_t, V> sv;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const acc_t h = dr * scale * acc[i];
+      dot += h * static_cast<acc_t>(xv.v[i]);
+      sv.v[i] = static_cast<scalar_t>(dr * h);
+    }
+    if (s.s_out != nullptr) store_vec(s.s_out + o, sv);
+    if (s.dot0_x != nullptr) {
+      const auto x0 = load_vec<scalar_t, V>(s.dot0_x + o);
+#pragma unroll
+      for (int i = 0; i < V; ++i) dot0 += static_cast<acc_t>(x0.v[i]) * static_cast<acc_t>(xv.v[i]);
+    }
+  }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store_acc(T* p, const T (&acc)[V]) {
+  Vec<T, V> v;
+#pragma unroll
+  for (int i = 0; i < V; ++i) v.v[i] = acc[i];
+  store_vec(p, v);
+}
+
+// One sweep over the work items: for every row that begins and ends in an
+// item, acc = sum_k w_k src[col_k] (times dinv[col_k] from x), then the
+// epilogue; the pieces of the other rows go to carry / tail.
+template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue, bool kFromX>
+__global__ void __launch_bounds__(kThreads)
+    sweep_kernel(const Sweep<scalar_t, index_t> s, int log2_group) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Lanes g = lanes<V>(log2_group, s);
+  const int64_t d = s.d;
+  acc_t dot = 0, dot0 = 0;
+
+  for (int64_t item = g.first_item; item < g.num_items; item += g.item_stride) {
+    const mp::Item span = mp::item_span(s.rowptr, s.num_rows, s.num_edges, s.item_size, item);
+    if (g.lane == 0) s.pending[item] = span.first_row_pending ? span.begin.row : -1;
+
+    for (int64_t j0 = 0; j0 < d; j0 += g.pass_width) {
+      const int64_t first = j0 + static_cast<int64_t>(g.lane) * V;
+      const bool active = first < d;
+      acc_t acc[V];
+#pragma unroll
+      for (int i = 0; i < V; ++i) acc[i] = 0;
+      auto finish = [&](int64_t row, bool began_here) {
+        if (active) {
+          if (began_here) {
+            finish_row<kEpilogue, V>(s, row, first, acc, dot, dot0);
+          } else {
+            store_acc(s.tail + item * d + first, acc);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < V; ++i) acc[i] = 0;
+      };
+      mp::RowCursor cursor = mp::start_cursor(s.rowptr, span);
+
+      for (int64_t k0 = span.begin.edge; k0 < span.end.edge; k0 += g.group) {
+        // One edge per lane, broadcast below; lanes past the item's end
+        // hold (node 0, weight 0), so that every load of a batch is valid.
+        index_t my_col = 0;
+        acc_t my_w = 0;
+        if (k0 + g.lane < span.end.edge) {
+          my_col = s.col[k0 + g.lane];
+          my_w = s.weight != nullptr ? s.weight[k0 + g.lane] : acc_t(1);
+          if constexpr (kFromX) my_w *= s.dinv[my_col];
+        }
+        const int count = span.end.edge - k0 < g.group ? static_cast<int>(span.end.edge - k0)
+                                                       : g.group;
+        for (int t0 = 0; t0 < count; t0 += kBatch) {
+          Vec<scalar_t, V> rows[kBatch];
+          acc_t w[kBatch];
+#pragma unroll
+          for (int b = 0; b < kBatch; ++b) {
+            const int64_t c = __shfl_sync(g.mask, my_col, t0 + b, g.group);
+            w[b] = __shfl_sync(g.mask, my_w, t0 + b, g.group);
+            if (active) rows[b] = load_vec<scalar_t, V>(s.src + c * d + first);
+          }
+#pragma unroll
+          for (int b = 0; b < kBatch; ++b) {
+            if (t0 + b >= count) break;
+            mp::advance_past(s.rowptr, cursor, k0 + t0 + b, finish);
+            if (active) {
+#pragma unroll
+              for (int i = 0; i < V; ++i) acc[i] += w[b] * static_cast<acc_t>(rows[b].v[i]);
+            }
+          }
+        }
+      }
+      mp::finish_until(cursor, span.end.row, finish);
+      if (span.end.row < s.num_rows && active) store_acc(s.carry + item * d + first, acc);
+    }
+  }
+  write_block_dots<kEpilogue>(s, dot, dot0, blockIdx.x);
+}
+
+// The rows that the sweep left pending: each one's pieces added in item
+// order, then the epilogue.
+template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue>
+__global__ void __launch_bounds__(kThreads)
+    fixup_kernel(const Sweep<scalar_t, index_t> s, int log2_group) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Lanes g = lanes<V>(log2_group, s);
+  const int64_t d = s.d;
+  acc_t dot = 0, dot0 = 0;
+  for (int64_t item = g.first_item; item < g.num_items; item += g.item_stride) {
+    const int64_t row = s.pending[item];
+    if (row < 0) continue;
+    const int64_t first_item = mp::first_item_of_row(s.rowptr, row, s.item_size);
+    for (int64_t j0 = 0; j0 < d; j0 += g.pass_width) {
+      const int64_t first = j0 + static_cast<int64_t>(g.lane) * V;
+      if (first >= d) continue;
+      acc_t acc[V];
+#pragma unroll
+      for (int i = 0; i < V; ++i) acc[i] = 0;
+      for (int64_t piece = first_item; piece <= item; ++piece) {
+        const auto v = load_vec<acc_t, V>((piece < item ? s.carry : s.tail) + piece * d + first);
+#pragma unroll
+        for (int i = 0; i < V; ++i) acc[i] += v.v[i];
+      }
+      finish_row<kEpilogue, V>(s, row, first, acc, dot, dot0);
+    }
+  }
+  write_block_dots<kEpilogue>(s, dot, dot0, gridDim.x + blockIdx.x);
+}
+
+// dots[l] = sum of partial[l, 0 : num_partials], in a fixed order; one block per l.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    sum_partials_kernel(const acc_t* __restrict__ partial, int64_t num_partials,
+                        acc_t* __restrict__ dots) {
+  const acc_t* row = partial + blockIdx.x * num_partials;
+  acc_t sum = 0;
+  for (int64_t i = threadIdx.x; i < num_partials; i += kThreads) sum += row[i];
+  block_sum(sum, dots + blockIdx.x);
+}
+
+// The launch geometry of a graph's sweeps.
+struct Plan {
+  int log2_group;
+  int64_t blocks;
+  int64_t items;
+};
+
+inline Plan make_plan(int64_t n, int64_t num_edges, int64_t d, int vec, int64_t size) {
+  const int64_t vectors = (d + vec - 1) / vec;
+  int log2_group = 0;
+  while ((int64_t{1} << log2_group) < std::min<int64_t>(vectors, 32)) ++log2_group;
+  const int64_t groups_per_block = kThreads >> log2_group;
+  const int64_t items = mp::num_items(n, num_edges, size);
+  const int64_t blocks =
+      std::min((items + groups_per_block - 1) / groups_per_block, kMaxBlocks);
+  return {log2_group, std::max<int64_t>(blocks, 1), items};
+}
+
+// Launches kernel(args...) on `blocks` blocks of kThreads threads: the one
+// place that launches, with <<<...>>> on the GPU, on CPU threads in the emulator.
+template <typename... Params, typename... Args>
+void launch_kernel(const char* name, void (*kernel)(Params...), int64_t blocks,
+                   cudaStream_t stream, const Args&... args) {
+#if defined(__CUDACC__)
+  (void)name;
+  kernel<<<blocks, kThreads, 0, stream>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#else
+  (void)stream;
+  cuda_emulation::launch(name, blocks, kThreads, [&] { kernel(args...); });
+#endif
+}
+
+// Runs one sweep and its fix-up.
+template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue, bool kFromX>
+void launch_sweep(const Sweep<scalar_t, index_t>& s, const Plan& plan, cudaStream_t stream) {
+  launch_kernel("sweep_kernel", sweep_kernel<scalar_t, index_t, V, kEpilogue, kFromX>,
+                plan.blocks, stream, s, plan.log2_group);
+  launch_kernel("fixup_kernel", fixup_kernel<scalar_t, index_t, V, kEpilogue>, plan.blocks,
+                stream, s, plan.log2_group);
+}
+
+// V values per vector: 16 bytes of x's dtype where d is a multiple of it and
+// every [N, d] array of the call is aligned to a vector; else 1.
+template <typename scalar_t>
+constexpr int kVec = 16 / sizeof(scalar_t);
+
+template <typename scalar_t>
+bool can_vectorize(int64_t d, std::initializer_list<const void*> arrays) {
+  constexpr int V = kVec<scalar_t>;
+  if (d % V != 0) return false;
+  for (const void* p : arrays) {
+    if (reinterpret_cast<std::uintptr_t>(p) % (V * sizeof(scalar_t)) != 0) return false;
+  }
+  return true;
+}
+
+// The graph as the kernels read it (device pointers); weight null: all 1.
+template <typename scalar_t, typename index_t>
+struct DeviceGraph {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t* rowptr;
+  const index_t* col;
+  const acc_t* weight;
+  const acc_t* dinv;
+  int64_t num_rows, num_edges;
+};
+
+// allocate(bytes) returns device memory, aligned for any vector, that lives
+// until the op returns (the caller's stream orders its reuse).
+template <typename T, typename Allocate>
+T* allocate_array(Allocate& allocate, int64_t count) {
+  return static_cast<T*>(allocate(count * static_cast<int64_t>(sizeof(T))));
+}
+
+// A sweep over the graph with its scratch: the pieces of cut rows and the
+// pending rows.
+template <typename scalar_t, typename index_t, typename Allocate>
+Sweep<scalar_t, index_t> base_sweep(const DeviceGraph<scalar_t, index_t>& graph, int64_t d,
+                                    int64_t item_size, const Plan& plan, Allocate& allocate) {
+  using acc_t = at::opmath_type<scalar_t>;
+  Sweep<scalar_t, index_t> s{};
+  s.rowptr = graph.rowptr;
+  s.col = graph.col;
+  s.weight = graph.weight;
+  s.dinv = graph.dinv;
+  s.num_rows = graph.num_rows;
+  s.num_edges = graph.num_edges;
+  s.d = d;
+  s.item_size = item_size;
+  s.carry = allocate_array<acc_t>(allocate, plan.items * d);
+  s.tail = allocate_array<acc_t>(allocate, plan.items * d);
+  s.pending = allocate_array<int64_t>(allocate, plan.items);
+  return s;
+}
+
+template <typename scalar_t, typename index_t, int V>
+void propagate_launch(Sweep<scalar_t, index_t> s, const Plan& plan, const scalar_t* x,
+                      const at::opmath_type<scalar_t>* alpha, int64_t L, scalar_t* buf_a,
+                      scalar_t* buf_b, scalar_t* out, cudaStream_t stream) {
+  // Horner: h_L = alpha_L x; h_l = alpha_l x + M h_{l+1}; out = h_0. The
+  // first sweep gathers x (h_L = alpha_L x); the others gather s_l = dinv h_l.
+  s.x = x;
+  s.out = out;
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const bool from_x = l == L - 1;
+    s.src = from_x ? x : buf_a;
+    s.src_scale = from_x ? alpha + L : nullptr;
+    s.alpha = alpha + l;
+    s.s_out = buf_b;
+    if (l > 0 && from_x) {
+      launch_sweep<scalar_t, index_t, V, Epilogue::kNext, true>(s, plan, stream);
+    } else if (l > 0) {
+      launch_sweep<scalar_t, index_t, V, Epilogue::kNext, false>(s, plan, stream);
+    } else if (from_x) {
+      launch_sweep<scalar_t, index_t, V, Epilogue::kFinal, true>(s, plan, stream);
+    } else {
+      launch_sweep<scalar_t, index_t, V, Epilogue::kFinal, false>(s, plan, stream);
+    }
+    std::swap(buf_a, buf_b);
+  }
+}
+
+// out = sum_l alpha[l] M^l x for l = 0..L, on the graph's N x d rows, with
+// alpha (L + 1 values) on the device. Needs L >= 1, N >= 1, d >= 1: the
+// entry points answer the other cases without a kernel.
+template <typename scalar_t, typename index_t, typename Allocate>
+void propagate_sweeps(const DeviceGraph<scalar_t, index_t>& graph, int64_t d, int64_t item_size,
+                      const scalar_t* x, const at::opmath_type<scalar_t>* alpha, int64_t L,
+                      scalar_t* out, Allocate&& allocate, cudaStream_t stream) {
+  const int64_t n = graph.num_rows;
+  const bool vec = can_vectorize<scalar_t>(d, {x, out});
+  const Plan plan = make_plan(n, graph.num_edges, d, vec ? kVec<scalar_t> : 1, item_size);
+  const auto s = base_sweep(graph, d, item_size, plan, allocate);
+  // Sweep outputs that a later sweep gathers: none for L = 1, one for L = 2.
+  scalar_t* buf_a = L > 1 ? allocate_array<scalar_t>(allocate, n * d) : nullptr;
+  scalar_t* buf_b = L > 2 ? allocate_array<scalar_t>(allocate, n * d) : buf_a;
+  // The first sweep writes b: swap so that every sweep reads a, writes b.
+  if (vec) {
+    propagate_launch<scalar_t, index_t, kVec<scalar_t>>(s, plan, x, alpha, L, buf_b, buf_a, out,
+                                                        stream);
+  } else {
+    propagate_launch<scalar_t, index_t, 1>(s, plan, x, alpha, L, buf_b, buf_a, out, stream);
+  }
+}
+
+template <typename scalar_t, typename index_t, int V>
+void layer_dots_launch(Sweep<scalar_t, index_t> s, const Plan& plan, const scalar_t* x,
+                       const scalar_t* grad, int64_t L, scalar_t* buf_a, scalar_t* buf_b,
+                       at::opmath_type<scalar_t>* partial, at::opmath_type<scalar_t>* dots,
+                       cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  // Sweep l makes h_l = M h_{l-1} (h_0 = x) and adds <h_l, grad> to dots[l];
+  // the first also adds <x, grad> to dots[0].
+  const int64_t per_layer = 2 * plan.blocks;
+  s.x = grad;
+  s.partial0 = partial;
+  for (int64_t l = 1; l <= L; ++l) {
+    const bool from_x = l == 1;
+    s.src = from_x ? x : buf_a;
+    s.dot0_x = from_x ? x : nullptr;
+    s.s_out = l < L ? buf_b : nullptr;  // the last layer's s is never read
+    s.partial = partial + l * per_layer;
+    if (from_x) {
+      launch_sweep<scalar_t, index_t, V, Epilogue::kDots, true>(s, plan, stream);
+    } else {
+      launch_sweep<scalar_t, index_t, V, Epilogue::kDots, false>(s, plan, stream);
+    }
+    std::swap(buf_a, buf_b);
+  }
+  launch_kernel("sum_partials_kernel", sum_partials_kernel<acc_t>, L + 1, stream,
+                static_cast<const acc_t*>(partial), per_layer, dots);
+}
+
+// dots[l] = <M^l x, grad> for l = 0..L (L + 1 values of x's accumulation
+// type, on the device). Needs L >= 1, N >= 1, d >= 1, as propagate_sweeps.
+template <typename scalar_t, typename index_t, typename Allocate>
+void layer_dots_sweeps(const DeviceGraph<scalar_t, index_t>& graph, int64_t d, int64_t item_size,
+                       const scalar_t* x, const scalar_t* grad, int64_t L,
+                       at::opmath_type<scalar_t>* dots, Allocate&& allocate,
+                       cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n = graph.num_rows;
+  const bool vec = can_vectorize<scalar_t>(d, {x, grad});
+  const Plan plan = make_plan(n, graph.num_edges, d, vec ? kVec<scalar_t> : 1, item_size);
+  const auto s = base_sweep(graph, d, item_size, plan, allocate);
+  // Every block of every sweep and fix-up writes its partials: no zeroing.
+  acc_t* partial = allocate_array<acc_t>(allocate, (L + 1) * 2 * plan.blocks);
+  scalar_t* buf_a = L > 1 ? allocate_array<scalar_t>(allocate, n * d) : nullptr;
+  scalar_t* buf_b = L > 2 ? allocate_array<scalar_t>(allocate, n * d) : buf_a;
+  if (vec) {
+    layer_dots_launch<scalar_t, index_t, kVec<scalar_t>>(s, plan, x, grad, L, buf_b, buf_a,
+                                                         partial, dots, stream);
+  } else {
+    layer_dots_launch<scalar_t, index_t, 1>(s, plan, x, grad, L, buf_b, buf_a, partial, dots,
+                                            stream);
+  }
+}
+
+}  // namespace cuda_kernels
+}  // namespace lightgcn_ext
