@@ -60,23 +60,9 @@ check-cuda:
 gpu-check:
 	PYTHON=$(PYTHON) bash tools/gpu_check.sh
 
-bench-propagate: build
-	$(PYTHON) -m bench.bench_propagate $(ARGS)
-
-bench-model: build
-	$(PYTHON) -m bench.bench_model $(ARGS)
-
-bench-train: build
-	$(PYTHON) -m bench.bench_train $(ARGS)
-
-bench-scaling: build
-	$(PYTHON) -m bench.bench_scaling $(ARGS)
-
-bench-cuda: build
-	$(PYTHON) -m bench.bench_cuda $(ARGS)
-
-bench-distributed: build
-	$(PYTHON) -m bench.bench_distributed $(ARGS)
+# Each benchmark: make bench-NAME runs python -m bench.bench_NAME $(ARGS).
+bench-propagate bench-model bench-train bench-scaling bench-cuda bench-distributed: bench-%: build
+	$(PYTHON) -m bench.bench_$* $(ARGS)
 
 clean:
 	rm -rf build lightgcn_ext/_C*.so *.egg-info

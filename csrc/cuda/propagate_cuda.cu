@@ -58,6 +58,22 @@ cuda_kernels::DeviceGraph<scalar_t, index_t> device_graph(const GraphOperands& g
           graph.col.numel()};
 }
 
+// Runs sweeps(scalar_t{}, device graph, item size, memory, stream) for x's
+// floating type and the graph's column index type: the dispatch and the setup
+// that both entry points share.
+template <typename Sweeps>
+void run_sweeps(const at::Tensor& x, const GraphOperands& graph, const char* name,
+                const Sweeps& sweeps) {
+  const int64_t size = item_size();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  CallMemory memory(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), name, [&] {
+    AT_DISPATCH_INDEX_TYPES(graph.col.scalar_type(), name, [&] {
+      sweeps(scalar_t{}, device_graph<scalar_t, index_t>(graph), size, memory, stream);
+    });
+  });
+}
+
 at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
                           const OptTensor& weight_in, const at::Tensor& dinv_in,
                           const OptTensor& /*rowptr_t*/, const OptTensor& /*col_t*/,
@@ -72,20 +88,18 @@ at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
   const int64_t n = x.size(0), d = x.size(1);
   const auto acc_type = at::toOpMathType(x.scalar_type());
   if (L == 0 || n == 0 || d == 0) return alpha0_times_x(x, alpha_in);
-  const int64_t size = item_size();
   // alpha stays on the device: the kernels read alpha[l] themselves.
   const auto alpha = alpha_in.to(acc_type).contiguous();
   auto out = at::empty_like(x);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  CallMemory memory(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "propagate_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    AT_DISPATCH_INDEX_TYPES(graph.col.scalar_type(), "propagate_cuda_col", [&] {
-      cuda_kernels::propagate_sweeps(device_graph<scalar_t, index_t>(graph), d, size,
-                                     x.const_data_ptr<scalar_t>(), alpha.const_data_ptr<acc_t>(),
-                                     L, out.mutable_data_ptr<scalar_t>(), memory, stream);
-    });
-  });
+  run_sweeps(x, graph, "propagate_cuda",
+             [&](auto scalar, const auto& device, int64_t size, CallMemory& memory,
+                 cudaStream_t stream) {
+               using scalar_t = decltype(scalar);
+               cuda_kernels::propagate_sweeps(
+                   device, d, size, x.const_data_ptr<scalar_t>(),
+                   alpha.const_data_ptr<at::opmath_type<scalar_t>>(), L,
+                   out.mutable_data_ptr<scalar_t>(), memory, stream);
+             });
   return out;
 }
 
@@ -105,19 +119,16 @@ at::Tensor layer_dots_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in
   if (num_layers == 0) {  // no sweep: dots[0] = <x, grad>
     return at::dot(x.to(acc_type).flatten(), grad.to(acc_type).flatten()).reshape({1});
   }
-  const int64_t size = item_size();
   auto dots = at::empty({num_layers + 1}, x.options().dtype(acc_type));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  CallMemory memory(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "layer_dots_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    AT_DISPATCH_INDEX_TYPES(graph.col.scalar_type(), "layer_dots_cuda_col", [&] {
-      cuda_kernels::layer_dots_sweeps(device_graph<scalar_t, index_t>(graph), d, size,
-                                      x.const_data_ptr<scalar_t>(),
-                                      grad.const_data_ptr<scalar_t>(), num_layers,
-                                      dots.mutable_data_ptr<acc_t>(), memory, stream);
-    });
-  });
+  run_sweeps(x, graph, "layer_dots_cuda",
+             [&](auto scalar, const auto& device, int64_t size, CallMemory& memory,
+                 cudaStream_t stream) {
+               using scalar_t = decltype(scalar);
+               cuda_kernels::layer_dots_sweeps(
+                   device, d, size, x.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
+                   num_layers, dots.mutable_data_ptr<at::opmath_type<scalar_t>>(), memory,
+                   stream);
+             });
   return dots;
 }
 
