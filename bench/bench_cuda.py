@@ -37,7 +37,7 @@ from bench.timing import sync, time_interleaved
 from bench.reference import GOWALLA_SIZES, normalized_adjacency, sparse_propagate
 from lightgcn_ext.data import BPRSampler, read_dir, synthetic
 from lightgcn_ext.training import bpr_step
-from lightgcn_ext.training.run_dir import atomic_write, git_commit
+from lightgcn_ext.training.run_files import atomic_write, git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 ITEM_SIZE_ENV = "LIGHTGCN_EXT_CUDA_ITEM_SIZE"

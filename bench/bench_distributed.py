@@ -50,7 +50,7 @@ from lightgcn_ext import Graph, distributed, propagate
 from lightgcn_ext.data import read_dir, synthetic
 from lightgcn_ext.distributed.graph import Block
 from lightgcn_ext.training import LocalWorker, TrainConfig
-from lightgcn_ext.training.run_dir import atomic_write, git_commit
+from lightgcn_ext.training.run_files import atomic_write, git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"

@@ -38,7 +38,7 @@ from bench.timing import run_times_ms, sync, time_interleaved, verdict
 from bench.reference import GOWALLA_SIZES, normalized_adjacency, sparse_propagate
 from lightgcn_ext import BPRLoss
 from lightgcn_ext.data import find, read_dir, synthetic
-from lightgcn_ext.training.run_dir import atomic_write
+from lightgcn_ext.training.run_files import atomic_write
 
 OPS = torch.ops.lightgcn_ext
 REPO = Path(__file__).resolve().parents[1]

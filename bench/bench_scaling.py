@@ -43,7 +43,7 @@ import torch
 import lightgcn_ext
 from bench import bench_propagate as bp
 from bench.output import results_stem
-from lightgcn_ext.training.run_dir import atomic_write
+from lightgcn_ext.training.run_files import atomic_write
 
 MODE_LABELS = {"forward": "forward", "fwd_bwd": "forward + backward", "bpr": "BPR step"}
 SIZES = {"cpu": [10**4, 3 * 10**4, 10**5, 3 * 10**5, 10**6, 3 * 10**6, 10**7],

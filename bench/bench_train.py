@@ -34,7 +34,7 @@ from lightgcn_ext import LightGCN
 from lightgcn_ext.data import BPRSampler
 from lightgcn_ext.evaluation import ranking_metrics
 from lightgcn_ext.training import bpr_step
-from lightgcn_ext.training.run_dir import atomic_write
+from lightgcn_ext.training.run_files import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 # Minimum epoch speedup of ours over each reference (the training issue's targets).

@@ -1,5 +1,5 @@
 """Where the benchmarks write: files named by device and date, written with the
-package's atomic writer (lightgcn_ext.training.run_dir.atomic_write: a reader
+package's atomic writer (lightgcn_ext.training.run_files.atomic_write: a reader
 never sees half a table)."""
 import time
 

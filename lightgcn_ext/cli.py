@@ -12,7 +12,7 @@ import sys
 from .data import DownloadError
 from .training import Interrupted, TrainConfig, train
 from .training.results import best_line
-from .training.run_dir import CHECKPOINT
+from .training.run_files import CHECKPOINT
 
 DEFAULTS = TrainConfig()
 

@@ -62,13 +62,12 @@ cuda_kernels::DeviceGraph<scalar_t, index_t> device_graph(const GraphOperands& g
 // floating type and the graph's column index type: the dispatch and the setup
 // that both entry points share.
 template <typename Sweeps>
-void run_sweeps(const at::Tensor& x, const GraphOperands& graph, const char* name,
-                const Sweeps& sweeps) {
+void run_sweeps(const at::Tensor& x, const GraphOperands& graph, const Sweeps& sweeps) {
   const int64_t size = item_size();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   CallMemory memory(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), name, [&] {
-    AT_DISPATCH_INDEX_TYPES(graph.col.scalar_type(), name, [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cuda_sweeps", [&] {
+    AT_DISPATCH_INDEX_TYPES(graph.col.scalar_type(), "cuda_sweeps_col", [&] {
       sweeps(scalar_t{}, device_graph<scalar_t, index_t>(graph), size, memory, stream);
     });
   });
@@ -91,7 +90,7 @@ at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
   // alpha stays on the device: the kernels read alpha[l] themselves.
   const auto alpha = alpha_in.to(acc_type).contiguous();
   auto out = at::empty_like(x);
-  run_sweeps(x, graph, "propagate_cuda",
+  run_sweeps(x, graph,
              [&](auto scalar, const auto& device, int64_t size, CallMemory& memory,
                  cudaStream_t stream) {
                using scalar_t = decltype(scalar);
@@ -120,7 +119,7 @@ at::Tensor layer_dots_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in
     return at::dot(x.to(acc_type).flatten(), grad.to(acc_type).flatten()).reshape({1});
   }
   auto dots = at::empty({num_layers + 1}, x.options().dtype(acc_type));
-  run_sweeps(x, graph, "layer_dots_cuda",
+  run_sweeps(x, graph,
              [&](auto scalar, const auto& device, int64_t size, CallMemory& memory,
                  cudaStream_t stream) {
                using scalar_t = decltype(scalar);

@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..model import LightGCN
-from ..training import make_optimizer, make_sampler, run_dir
+from ..training import make_optimizer, make_sampler, run_files
 from ..training.resume import apply_lr
 from .exchange import collective, fetch_rows
 from .graph import DistributedGraph
@@ -84,7 +84,7 @@ class DistributedWorker:
         return None
 
     def describe_device(self):
-        return dict(run_dir.describe_device(self.device), world_size=self.world_size,
+        return dict(run_files.describe_device(self.device), world_size=self.world_size,
                     backend=dist.get_backend(self.group))
 
     # ------------------------------------------------------------ checkpoints
@@ -96,17 +96,17 @@ class DistributedWorker:
         shards of older epochs go only once the new index is in place, so a
         kill at any moment leaves a complete checkpoint."""
         epoch = state["epoch"]
-        shard = dict(format=run_dir.CHECKPOINT_FORMAT, epoch=epoch, weight=self.weight.detach(),
+        shard = dict(format=run_files.CHECKPOINT_FORMAT, epoch=epoch, weight=self.weight.detach(),
                      optimizer=self.optimizer.state_dict(),
-                     rng=run_dir.rng_state(self.generator))
-        run_dir.atomic_write(out / self._shard_name(epoch), lambda f: torch.save(shard, f))
+                     rng=run_files.rng_state(self.generator))
+        run_files.atomic_write(out / self._shard_name(epoch), lambda f: torch.save(shard, f))
         collective(dist.barrier, group=self.group)
         if self.is_main:
-            index = dict(format=run_dir.CHECKPOINT_FORMAT, world_size=self.world_size,
+            index = dict(format=run_files.CHECKPOINT_FORMAT, world_size=self.world_size,
                          bounds=self.graph.bounds, epoch=epoch, fingerprint=fingerprint,
                          state=state, shards=[self._shard_name(epoch).replace(
                              f"rank{self.rank}-", f"rank{r}-") for r in range(self.world_size)])
-            run_dir.atomic_write(out / run_dir.DIST_INDEX, json.dumps(index))
+            run_files.atomic_write(out / run_files.DIST_INDEX, json.dumps(index))
         collective(dist.barrier, group=self.group)
         self._remove_shards(out, keep=self._shard_name(epoch))
 
@@ -116,9 +116,9 @@ class DistributedWorker:
                 path.unlink()
 
     def load(self, out, fingerprint):
-        path = out / run_dir.DIST_INDEX
+        path = out / run_files.DIST_INDEX
         if not path.exists():
-            if (out / run_dir.CHECKPOINT).exists():
+            if (out / run_files.CHECKPOINT).exists():
                 raise ValueError(f"{out} holds a checkpoint of a single process: resume it "
                                  f"without torchrun (its rows and optimizer state are not "
                                  f"partitioned for {self.world_size} processes)")
@@ -126,22 +126,22 @@ class DistributedWorker:
         try:
             index = json.loads(path.read_text())
         except ValueError as error:
-            raise run_dir.DamagedCheckpoint(run_dir.damaged_message(path, error)) from None
+            raise run_files.DamagedCheckpoint(run_files.damaged_message(path, error)) from None
         if index.get("world_size") != self.world_size:
             raise ValueError(
                 f"{path} was written by {index.get('world_size')} processes, but this run has "
                 f"{self.world_size} (WORLD_SIZE): resume it with torchrun --nproc-per-node "
                 f"{index.get('world_size')}; rows and optimizer state are partitioned per "
                 f"process")
-        run_dir.check_fingerprint(path, index["fingerprint"], fingerprint)
+        run_files.check_fingerprint(path, index["fingerprint"], fingerprint)
         if index["bounds"] != self.graph.bounds:
             raise ValueError(f"{path} partitions the nodes as {index['bounds']}, this run as "
                              f"{self.graph.bounds}: the data changed")
         shard_path = out / index["shards"][self.rank]
-        shard = run_dir.load_file(shard_path)
+        shard = run_files.load_file(shard_path)
         with torch.no_grad():
             self.weight.copy_(shard["weight"])
         self.optimizer.load_state_dict(shard["optimizer"])
-        run_dir.set_rng_state(self.generator, shard["rng"])
+        run_files.set_rng_state(self.generator, shard["rng"])
         self._remove_shards(out, keep=shard_path.name)
         return index["state"]

@@ -5,7 +5,7 @@
 
 config.py (TrainConfig), step.py (the BPR step, the optimizer, the sampler),
 loop.py (the loop, over a written-down `Worker` interface, and the
-single-process `LocalWorker`), run_dir.py (the run directory's files and the
+single-process `LocalWorker`), run_files.py (the run directory's files and the
 one atomic writer), run_directory.py (the lock on a run directory and the
 checks before a run starts), resume.py (what a resumed run may change),
 results.py (results.json and the learning curve), cuda_graph.py

@@ -35,7 +35,7 @@ import torch
 from ..evaluation import popularity_baseline, test_users
 from ..graph import Graph
 from ..model import LightGCN
-from . import run_dir
+from . import run_files
 from .config import data_source, load_data, resolve_device
 from .results import final_results, start_results, summary_line, write_results
 from .resume import apply_lr, resume_changes, run_options
@@ -180,23 +180,23 @@ class LocalWorker:
         return evaluate_model(self.model, self.graph, self.data, tuple(self.config.topk), split)
 
     def describe_device(self):
-        return run_dir.describe_device(self.device)
+        return run_files.describe_device(self.device)
 
     def save(self, out, fingerprint, state):
-        run_dir.save_checkpoint(out / run_dir.CHECKPOINT, fingerprint, self.model,
+        run_files.save_checkpoint(out / run_files.CHECKPOINT, fingerprint, self.model,
                                 self.optimizer, self.generator, state)
 
     def set_lr(self, lr):
         apply_lr(self.optimizer, lr)
 
     def save_best(self, out, epoch):
-        run_dir.atomic_write(out / run_dir.BEST, lambda f: torch.save(
-            dict(format=run_dir.CHECKPOINT_FORMAT, epoch=epoch, model=self.model.state_dict()),
+        run_files.atomic_write(out / run_files.BEST, lambda f: torch.save(
+            dict(format=run_files.CHECKPOINT_FORMAT, epoch=epoch, model=self.model.state_dict()),
             f))
-        return run_dir.BEST
+        return run_files.BEST
 
     def load(self, out, fingerprint):
-        path, index = out / run_dir.CHECKPOINT, out / run_dir.DIST_INDEX
+        path, index = out / run_files.CHECKPOINT, out / run_files.DIST_INDEX
         if not path.exists() and index.exists():
             world_size = json.loads(index.read_text())["world_size"]
             raise ValueError(f"{out} holds a checkpoint of {world_size} processes: resume it "
@@ -204,10 +204,10 @@ class LocalWorker:
                              f"cannot continue it exactly)")
         if not path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint in {out} ({path} is missing)")
-        checkpoint = run_dir.read_checkpoint(path, fingerprint)
+        checkpoint = run_files.read_checkpoint(path, fingerprint)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        run_dir.set_rng_state(self.generator, checkpoint["rng"])
+        run_files.set_rng_state(self.generator, checkpoint["rng"])
         return checkpoint["state"]
 
 
@@ -223,7 +223,7 @@ def train_loop(config, data, worker):
     options = run_options(config)
     state = dict(epoch=0, history=[], best=None, stale=0, stopped_early=False, options=options,
                  changes=[])
-    fingerprint = run_dir.fingerprint(data, config)
+    fingerprint = run_files.fingerprint(data, config)
     say = print if worker.is_main else (lambda *args, **kwargs: None)
     if config.resume:
         state = worker.load(out, fingerprint)  # refuses the options a resume cannot change
@@ -321,7 +321,7 @@ def _describe_data(data, out, say):
     evaluation can only give 0."""
     if data.id_map is not None:
         say(data.id_map.describe())
-        run_dir.atomic_write(out / run_dir.IDS,
+        run_files.atomic_write(out / run_files.IDS,
                              lambda f: torch.save(data.id_map.state_dict(), f))
     valid = [] if data.valid is None else [data.valid]
     for split, pairs, exclude in (("valid", data.valid, [data.train]),

@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from .run_dir import CURVE, RESULTS, atomic_write, git_commit
+from .run_files import CURVE, RESULTS, atomic_write, git_commit
 
 
 def start_results(config, data, device_description, num_parameters):

@@ -13,7 +13,7 @@ another run's checkpoint unless the user says --resume (continue it) or
 --overwrite (delete it first). All of this happens before any data is read,
 so a mistake costs seconds, not an epoch.
 
-Every file is written all or nothing (`run_dir.atomic_write`): into a
+Every file is written all or nothing (`run_files.atomic_write`): into a
 temporary file beside it whose name no other process uses, then renamed over
 it. Only the lock holder removes temporaries that a killed run left behind.
 
@@ -35,7 +35,7 @@ import socket
 import time
 from pathlib import Path
 
-from .run_dir import BEST, CHECKPOINT, CURVE, DIST_INDEX, IDS, RESULTS, results_epoch
+from .run_files import BEST, CHECKPOINT, CURVE, DIST_INDEX, IDS, RESULTS, results_epoch
 
 # The shards of a checkpoint written by several processes.
 DIST_SHARDS = "checkpoint.epoch*.rank*-of-*.pt"

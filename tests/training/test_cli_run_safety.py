@@ -18,7 +18,7 @@ import torch
 
 from helpers import REPO, toy_interactions
 from lightgcn_ext import cli
-from lightgcn_ext.training import run_dir
+from lightgcn_ext.training import run_files
 
 TINY = ["--dim", "8", "--batch-size", "256", "--no-progress", "--threads", "1"]
 
@@ -68,7 +68,7 @@ def one_error_line(code, err):
 
 
 def results(out):
-    return json.loads((out / run_dir.RESULTS).read_text())
+    return json.loads((out / run_files.RESULTS).read_text())
 
 
 # --------------------------------------------------- a forgotten --resume
@@ -76,12 +76,12 @@ def test_a_forgotten_resume_leaves_the_earlier_run_whole(tmp_path, data_dir, cap
     out = tmp_path / "r"
     base = ["train", "--data", str(data_dir), "--out", str(out), *TINY]
     assert run_main(base + ["--epochs", "2"], capsys)[0] == 0
-    checkpoint = (out / run_dir.CHECKPOINT).read_bytes()
+    checkpoint = (out / run_files.CHECKPOINT).read_bytes()
     message = one_error_line(*run_main(base + ["--epochs", "1"], capsys)[::2])
     assert message == (f"--out {out} holds another run's checkpoint (2 completed epochs): "
                        f"continue it with --resume, delete it and start again with "
                        f"--overwrite, or choose another --out")
-    assert (out / run_dir.CHECKPOINT).read_bytes() == checkpoint
+    assert (out / run_files.CHECKPOINT).read_bytes() == checkpoint
     assert results(out)["epochs_done"] == 2
     assert run_main(base + ["--epochs", "1", "--overwrite"], capsys)[0] == 0
     assert results(out)["epochs_done"] == 1 and results(out)["history"][0]["epoch"] == 1
@@ -96,7 +96,7 @@ def test_a_resume_applies_a_new_lr_and_records_every_change(tmp_path, data_dir, 
                                        "--reg", "0.001"], capsys)
     assert code == 0
     assert "--resume: lr 0.001 -> 0.01 from epoch 2" in stdout.splitlines()
-    checkpoint = torch.load(out / run_dir.CHECKPOINT, weights_only=True)
+    checkpoint = torch.load(out / run_files.CHECKPOINT, weights_only=True)
     assert [g["lr"] for g in checkpoint["optimizer"]["param_groups"]] == [0.01]
     saved = results(out)
     assert saved["config"]["lr"] == 0.01 and saved["epochs_done"] == 2
@@ -121,7 +121,7 @@ def test_a_second_run_into_a_busy_out_fails_at_once_and_harms_nothing(tmp_path, 
                              text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (out / run_dir.RESULTS).exists() and time.monotonic() < deadline:
+        while not (out / run_files.RESULTS).exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         started = time.monotonic()
         second = run_cli(["train", "--data", str(data_dir), "--out", str(out), "--resume",
@@ -146,7 +146,7 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tmp_path, data_dir):
     run = subprocess.Popen([sys.executable, "-m", "lightgcn_ext", *argv], cwd=REPO,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (out / run_dir.RESULTS).exists() and time.monotonic() < deadline:
+    while not (out / run_files.RESULTS).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=120)
@@ -154,7 +154,7 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tmp_path, data_dir):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     done = results(out)["epochs_done"]
-    assert torch.load(out / run_dir.CHECKPOINT, weights_only=True)["state"]["epoch"] == done
+    assert torch.load(out / run_files.CHECKPOINT, weights_only=True)["state"]["epoch"] == done
     resume = (f"python -m lightgcn_ext train --data {data_dir} --out {out} --epochs 200 "
               f"{' '.join(TINY)} --resume")
     assert lines[0] == (f"lightgcn-ext train: interrupted during epoch {done + 1}: the "
@@ -224,7 +224,7 @@ def test_a_damaged_checkpoint_is_one_line(tmp_path, data_dir, capsys):
     out = tmp_path / "r"
     base = ["train", "--data", str(data_dir), "--out", str(out), *TINY]
     assert run_main(base + ["--epochs", "2"], capsys)[0] == 0
-    path = out / run_dir.CHECKPOINT
+    path = out / run_files.CHECKPOINT
     whole = path.read_bytes()
     for damaged in (whole[:len(whole) // 3], b"\x80\x04garbage" * 100):
         path.write_bytes(damaged)
@@ -259,9 +259,9 @@ def test_offset_ids_are_renumbered_and_their_map_kept(tmp_path, capsys):
                                              "2,000,000 unused) and 200 items")
     saved = results(out)
     assert (saved["data"]["num_users"], saved["data"]["num_items"]) == (300, 200)
-    ids = torch.load(out / run_dir.IDS, weights_only=True)
+    ids = torch.load(out / run_files.IDS, weights_only=True)
     assert ids["users"].tolist() == list(range(2_000_000, 2_000_300))
-    checkpoint = torch.load(out / run_dir.CHECKPOINT, weights_only=True)
+    checkpoint = torch.load(out / run_files.CHECKPOINT, weights_only=True)
     assert checkpoint["model"]["embedding.weight"].shape == (500, 8)
 
 
@@ -327,8 +327,8 @@ def test_the_best_epochs_weights_are_kept_beside_the_last(tmp_path, data_dir, ca
     code, stdout, _ = run_main(base + ["--epochs", "3", "--resume", "--lr", "50"], capsys)
     assert code == 0
     saved = results(out)
-    best = torch.load(out / run_dir.BEST, weights_only=True)
-    last = torch.load(out / run_dir.CHECKPOINT, weights_only=True)
+    best = torch.load(out / run_files.BEST, weights_only=True)
+    last = torch.load(out / run_files.CHECKPOINT, weights_only=True)
     assert best["epoch"] == saved["best"]["epoch"] and saved["best"]["weights"] == "best.pt"
     assert f"best epoch's weights: {out}/best.pt" in stdout
     from lightgcn_ext import LightGCN

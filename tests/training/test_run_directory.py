@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from helpers import REPO
-from lightgcn_ext.training import run_dir
+from lightgcn_ext.training import run_files
 from lightgcn_ext.training import run_directory as rd
-from lightgcn_ext.training.run_dir import DamagedCheckpoint
+from lightgcn_ext.training.run_files import DamagedCheckpoint
 from lightgcn_ext.training.run_directory import RunDirectory, RunDirectoryError, RunLocked
 
 
@@ -164,7 +164,7 @@ def test_temporaries_of_two_writers_never_collide(tmp_path, monkeypatch):
 
     monkeypatch.setattr("builtins.open", recording_open)
     for _ in range(2):  # the same process twice: the random token differs
-        run_dir.atomic_write(tmp_path / "curve.png", lambda f: f.write(b"x"))
+        run_files.atomic_write(tmp_path / "curve.png", lambda f: f.write(b"x"))
     monkeypatch.undo()
     assert len(set(names)) == 2 and all(n.startswith(f".curve.png.{os.getpid()}.")
                                         for n in names)
@@ -173,14 +173,14 @@ def test_temporaries_of_two_writers_never_collide(tmp_path, monkeypatch):
 
 def test_an_interrupted_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "results.json"
-    run_dir.atomic_write(path, lambda f: f.write(b"old"))
+    run_files.atomic_write(path, lambda f: f.write(b"old"))
 
     def failing(f):
         f.write(b"half")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_dir.atomic_write(path, failing)
+        run_files.atomic_write(path, failing)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
@@ -207,8 +207,8 @@ def test_a_damaged_checkpoint_is_reported_in_one_line(tmp_path, damage):
                       "empty": b""}[damage])
     with RunDirectory.open(out, resume=True):
         with pytest.raises(DamagedCheckpoint) as error:
-            run_dir.load_file(path)
-        assert run_dir.load_file(out / rd.BEST)["weights"].tolist() == [1.0, 1.0]
+            run_files.load_file(path)
+        assert run_files.load_file(out / rd.BEST)["weights"].tolist() == [1.0, 1.0]
     message = one_line(error)
     assert message.startswith(f"--resume: {path} is damaged (truncated or not a checkpoint: ")
     assert "results.json records 3 completed epochs" in message

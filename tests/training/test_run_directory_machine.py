@@ -28,7 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from helpers import REPO, toy_interactions
 from lightgcn_ext import cli
-from lightgcn_ext.training import run_dir
+from lightgcn_ext.training import run_files
 
 TINY = ["--dim", "8", "--batch-size", "512", "--no-progress", "--patience", "0"]
 LONG = 10_000  # epochs of a run that is stopped by a signal, never by its end
@@ -102,17 +102,17 @@ class RunDirectoryMachine(RuleBasedStateMachine):
 
     def epochs_in_results(self):
         try:
-            return json.loads((self.out / run_dir.RESULTS).read_text())["epochs_done"]
+            return json.loads((self.out / run_files.RESULTS).read_text())["epochs_done"]
         except (OSError, ValueError):
             return None
 
     def observe(self):
         """The completed epochs the directory holds now, after checking that
         nothing completed before was lost."""
-        if not (self.out / run_dir.CHECKPOINT).exists():
+        if not (self.out / run_files.CHECKPOINT).exists():
             assert not self.completed, f"the checkpoint of epoch {self.completed} is gone"
             return self.completed
-        checkpoint = torch.load(self.out / run_dir.CHECKPOINT, weights_only=True)
+        checkpoint = torch.load(self.out / run_files.CHECKPOINT, weights_only=True)
         epoch = checkpoint["state"]["epoch"]
         assert epoch >= (self.completed or 0), (epoch, self.completed)
         done = self.epochs_in_results()
