@@ -141,3 +141,19 @@ def launch(config):
 
         return train_distributed(config)
     return train(config)
+
+
+def console_main():
+    """The process's entry point (`python -m lightgcn_ext`, `lightgcn-ext`): main's
+    status becomes the exit status. After a Ctrl-C that main handled (130), the
+    process ends with os._exit: CPython can flag a KeyboardInterrupt as unhandled
+    although it was caught (one raised inside code run through PyRun_*), and then
+    ends the process by SIGINT instead of with 130; a loaded test machine showed
+    exactly that, after main had printed its message. The run's files are whole
+    by then, and its lock goes with the process."""
+    status = main()
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(status)
