@@ -69,7 +69,8 @@ def read_in_child(path, threads):
                                  min_item_interactions=5, split="temporal")
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_bytes": peak, "baseline_bytes": baseline,
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_bytes": peak,
+                      "baseline_bytes": baseline,
                       "interactions": repr(interactions), "users": len(ids.users),
                       "items": len(ids.items)}))
 

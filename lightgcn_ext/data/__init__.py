@@ -29,7 +29,8 @@ passed as item ids) are a `ValueError`, never a wrong metric later.
 """
 from .download import DATA_ENV, NAMED, ChecksumError, DownloadError, data_dir, find, load
 from .interactions import Interactions, bipartite_edge_index
-from .logs import IdMap, describe, format_description, read_log
+from .id_map import IdMap
+from .logs import describe, format_description, read_log
 from .pyg import from_pyg
 from .sampling import BPRSampler
 from .synthetic import synthetic

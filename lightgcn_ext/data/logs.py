@@ -20,8 +20,8 @@ ids are all canonical integers (`12`, not `012`) counts as integers.
 
 From the rows to the data a run sees, in this order: interactions with a
 rating below `min_rating` are dropped (implicit feedback); one interaction is
-kept per (user, item) pair, at its earliest time; the k-core keeps users with at least `min_user_interactions`
-and items with at least `min_item_interactions`, repeated until it holds for
+kept per (user, item) pair, at its earliest time; the k-core keeps users
+with at least `min_user_interactions` and items with at least `min_item_interactions`, repeated until it holds for
 both; the remaining users and items get dense ids 0, 1, ... in the **sorted
 order of their raw ids** (numerically for integer ids, by code point for
 strings), so the ids do not depend on the order of the lines; and each user's
@@ -38,13 +38,9 @@ Reading uses pyarrow's multithreaded CSV reader (an optional dependency:
 tens of bytes per line: ten million lines take about 10 s of CPU time and
 1.3 GB at the peak, the interpreter included (`python -m bench.bench_read_log`).
 """
-import json
 import math
 import numbers
-import os
 import re
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +48,7 @@ import torch
 
 from .. import validation
 from . import log_split
+from .id_map import IdMap
 from .interactions import Interactions
 from .text_format import FormatError
 
@@ -66,7 +63,6 @@ COLUMN_NAMES = {
 }
 SEPARATORS = {".csv": ",", ".tsv": "\t", ".inter": "\t", ".dat": "::"}
 DAT_COLUMNS = ("user", "item", "rating", "timestamp")  # ratings.dat has no header
-ID_MAP_FORMAT = "lightgcn_ext.id_map"
 
 
 class LogFormatError(FormatError):
@@ -75,73 +71,6 @@ class LogFormatError(FormatError):
     def __init__(self, path, message):
         ValueError.__init__(self, f"{path}: {message}")
         self.path, self.line = Path(path), None
-
-
-@dataclass(frozen=True)
-class IdMap:
-    """The raw ids of the dense ids: `users[u]` is the raw id of user u,
-    `items[i]` that of item i (int64 arrays for integer ids, object arrays of
-    str otherwise), each sorted and without repeats."""
-
-    users: np.ndarray
-    items: np.ndarray
-
-    def dense(self, side, raw_ids):
-        """The dense ids of raw ids of side ('users' or 'items'), as int64.
-        A raw id that is not in the map is an ArgumentError naming it."""
-        known = getattr(self, validation.choice(side, "side", ("users", "items")))
-        raw = np.asarray(list(raw_ids), dtype=known.dtype if known.dtype != object else object)
-        at = np.minimum(np.searchsorted(known, raw), max(known.size - 1, 0))
-        found = known.size > 0 and known[at] == raw if raw.size else np.ones(0, dtype=bool)
-        if not np.all(found):
-            missing = raw[~np.asarray(found, dtype=bool)][:5].tolist()
-            raise validation.ArgumentError(side, f"raw ids of the data's {side}", missing)
-        return at.astype(np.int64)
-
-    def to_json(self):
-        return json.dumps({"format": ID_MAP_FORMAT, "version": 1,
-                           "users": self.users.tolist(), "items": self.items.tolist()})
-
-    @classmethod
-    def from_json(cls, text, source="id map"):
-        try:
-            content = json.loads(text)
-            assert content["format"] == ID_MAP_FORMAT and content["version"] == 1
-            return cls(_id_array(content["users"]), _id_array(content["items"]))
-        except (ValueError, KeyError, TypeError, AssertionError):
-            raise FormatError(source, 1, f"not an id map ({ID_MAP_FORMAT} version 1 JSON)") \
-                from None
-
-    def save(self, path, write=None):
-        """Writes the map as JSON to path: through write(path, bytes) when
-        given (a run directory's atomic writer), else through a temporary file
-        in the same folder and os.replace, so that no half-written map exists."""
-        data = self.to_json().encode()
-        if write is not None:
-            return write(path, data)
-        path = Path(path)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(descriptor, "wb") as out:
-                out.write(data)
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
-
-    @classmethod
-    def load(cls, path):
-        return cls.from_json(Path(path).read_text(), source=path)
-
-
-def _id_array(values):
-    if not isinstance(values, list):
-        raise TypeError(values)
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return np.array(values, dtype=np.int64)
-    if all(isinstance(v, str) for v in values):
-        return np.array(values, dtype=object)
-    raise TypeError(values)
 
 
 def read_log(path, *, user=None, item=None, rating=None, time=None, sep=None, min_rating=None,

@@ -94,7 +94,8 @@ def test_the_id_map_saves_loads_and_looks_up(tmp_path, csv_log):
         assert loaded.users.tolist() == id_map.users.tolist()
         assert loaded.items.tolist() == id_map.items.tolist()
         assert loaded.users.dtype == id_map.users.dtype
-    assert numeric.dense("users", [42, 3]).tolist() == [2, 0]
+    assert numeric.dense("users", [42, np.int64(3), "7"]).tolist() == [2, 0, 1]
+    assert numeric.dense("items", []).tolist() == []
     assert ids.dense("items", ids.items[::-1]).tolist() == list(range(len(ids.items)))[::-1]
     with pytest.raises(ArgumentError, match=r"users must be raw ids of the data's users, "
                                             r"got \[5\]"):
@@ -102,9 +103,11 @@ def test_the_id_map_saves_loads_and_looks_up(tmp_path, csv_log):
     written = {}
     numeric.save("run/ids.json", write=lambda path, data: written.update({path: data}))
     assert IdMap.from_json(written["run/ids.json"]).users.tolist() == [3, 7, 42]
-    (tmp_path / "bad.json").write_text("[1, 2]")
-    with pytest.raises(FormatError, match="not an id map"):
-        IdMap.load(tmp_path / "bad.json")
+    for bad in ("[1, 2]", '{"format": "lightgcn_ext.id_map", "version": 1, "users": [1, "a"], '
+                '"items": []}', "{"):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(FormatError, match="bad.json:1: not an id map"):
+            IdMap.load(tmp_path / "bad.json")
 
 
 # -------------------------------------------------- threshold and the k-core
