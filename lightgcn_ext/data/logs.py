@@ -14,15 +14,17 @@ Formats, by suffix (`sep` overrides the separator for any other name):
 Columns. `user` and `item` name their columns; by default the first header
 name that is a usual one (compared in lower case, without `_`, `-` and
 spaces: user, user_id, userId, uid, ...; item, item_id, itemId, movieId,
-...). `rating` and `time` are optional columns (default names rating, score;
-timestamp, time, ...) and must be numeric. Ids may be anything: a side whose
-ids are all canonical integers (`12`, not `012`) counts as integers.
+...). `rating` and `time` name numeric columns (default names rating, score,
+...; timestamp, time, ts, unixtime), read only when used: the rating by
+`min_rating`, the time by the temporal split. Ids may be anything: a side
+whose ids are all canonical integers (`12`, not `012`) counts as integers.
 
 From the rows to the data a run sees, in this order: interactions with a
 rating below `min_rating` are dropped (implicit feedback); one interaction is
-kept per (user, item) pair, at its earliest time; the k-core keeps users
-with at least `min_user_interactions` and items with at least `min_item_interactions`, repeated until it holds for
-both; the remaining users and items get dense ids 0, 1, ... in the **sorted
+kept per (user, item) pair (at its earliest time, for the temporal split);
+the k-core keeps users with at least `min_user_interactions` and items with
+at least `min_item_interactions`, repeated until it holds for both; the
+remaining users and items get dense ids 0, 1, ... in the **sorted
 order of their raw ids** (numerically for integer ids, by code point for
 strings), so the ids do not depend on the order of the lines; and each user's
 interactions are split by `ratios` (train, valid, test): the last ones go to
@@ -59,7 +61,7 @@ COLUMN_NAMES = {
     "item": ("item", "itemid", "iid", "items", "movieid", "movie", "productid", "product",
              "businessid", "asin", "bookid", "isbn", "trackid", "poiid", "locationid"),
     "rating": ("rating", "ratings", "score", "rate", "stars"),
-    "time": ("timestamp", "time", "ts", "unixtime", "datetime", "date"),
+    "time": ("timestamp", "time", "ts", "unixtime"),
 }
 SEPARATORS = {".csv": ",", ".tsv": "\t", ".inter": "\t", ".dat": "::"}
 DAT_COLUMNS = ("user", "item", "rating", "timestamp")  # ratings.dat has no header
@@ -220,8 +222,8 @@ def _column(path, fields, role, given, required, why=""):
 
 def _read(path, sep, given, needs_rating, needs_time):
     """{role: column} of the log: user and item as (codes in the sorted order
-    of the raw ids, the sorted distinct raw ids), rating and time (when the
-    file has them) as float64 arrays."""
+    of the raw ids, the sorted distinct raw ids), rating and time (when
+    needed) as float64 arrays."""
     if sep is None:
         if path.suffix not in SEPARATORS:
             raise validation.ArgumentError(
@@ -233,12 +235,15 @@ def _read(path, sep, given, needs_rating, needs_time):
     pa = _arrow()
     fields, has_header = _header(path, sep)
     roles = {"user": _column(path, fields, "user", given["user"], True),
-             "item": _column(path, fields, "item", given["item"], True),
-             "rating": _column(path, fields, "rating", given["rating"], needs_rating,
-                               " (min_rating needs one)"),
-             "time": _column(path, fields, "time", given["time"], needs_time,
-                             " (the temporal split needs one)")}
-    roles = {role: index for role, index in roles.items() if index is not None}
+             "item": _column(path, fields, "item", given["item"], True)}
+    # The rating and the time are read only when used: a log's other columns
+    # may hold anything.
+    for role, needed, why in (("rating", needs_rating, " (min_rating needs one)"),
+                              ("time", needs_time, " (the temporal split needs one)")):
+        if needed:
+            roles[role] = _column(path, fields, role, given[role], True, why)
+        elif given[role] is not None:
+            _column(path, fields, role, given[role], False)  # a misspelt name is still named
     if len(set(roles.values())) < len(roles):
         raise validation.ArgumentError("user, item, rating and time", "different columns",
                                        {role: fields[i] for role, i in roles.items()})

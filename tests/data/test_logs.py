@@ -85,6 +85,16 @@ def test_integer_ids_are_sorted_as_numbers_and_kept_as_ints(tmp_path):
     assert ids.items.tolist() == ["007", "100", "2"]  # "007" is not the integer 7: strings
 
 
+def test_columns_that_are_not_used_are_not_read(tmp_path, rows):
+    """A text rating and a date are fine when neither min_rating nor the
+    temporal split asks for them; a misspelt column is named all the same."""
+    path = write_csv(tmp_path / "log.csv", [(u, i, "liked", "2020-01-01") for u, i, *_ in rows],
+                     header="user,item,rating,timestamp")
+    same_data(read_log(path), read_log(write_csv(tmp_path / "ratings.csv", rows)))
+    with pytest.raises(ArgumentError, match="time must be a column of"):
+        read_log(path, time="when")
+
+
 def test_the_id_map_saves_loads_and_looks_up(tmp_path, csv_log):
     _, ids = read_log(csv_log)
     numeric = IdMap(np.array([3, 7, 42]), np.array(["a", "b"], dtype=object))
@@ -287,7 +297,7 @@ BAD = [
     ({}, "alice,10,4.0,100", FormatError, r"ratings.csv:1: no header line: the first line"),
     ({}, "who,what,rating,timestamp", FormatError,
      r"no user column: none of the header's columns .* name it with user=\.\.\. \(--user\)"),
-    ({}, "userId,movieId,rating,timestamp\nalice,10,good,100", FormatError,
+    ({"min_rating": 3}, "userId,movieId,rating,timestamp\nalice,10,good,100", FormatError,
      r"the rating column 'rating' must be numeric, but has an invalid value 'good'"),
     ({"ratios": (0.8, 0.1, 0.2)}, HEADER, ArgumentError,
      r"ratios must be three numbers in \[0, 1\] \(train, valid, test\) that sum to 1, "
