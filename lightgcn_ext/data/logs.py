@@ -271,6 +271,9 @@ def _read(path, sep, given, needs_rating, needs_time):
             role = next(r for r, i in roles.items() if stride * i == int(column.group(1)))
             raise LogFormatError(path, f"the {role} column {fields[roles[role]]!r} must be "
                                          f"numeric, but has an {value.group()}") from None
+        if stride == 2:  # say the fields of the '::' file, not the ':' columns read
+            message = re.sub(r"Expected (\d+) columns, got (\d+)", lambda m: (
+                f"Expected {(int(m[1]) + 1) // 2} fields, got {(int(m[2]) + 1) // 2}"), message)
         raise LogFormatError(path, f"not a well-formed {sep!r}-separated log: "
                                      f"{message}") from None
     if table.num_rows == 0:

@@ -235,6 +235,10 @@ def test_recbole_inter_and_movielens_dat_read_as_the_csv(tmp_path, rows):
                            for u, i, r, t in numeric))
     same_data(expected, read_log(inter, min_rating=2.0))
     same_data(expected, read_log(dat, min_rating=4.0))  # the .dat's ratings are doubled
+    dat.write_text("1::2::3::4\n5::6\n")
+    with pytest.raises(FormatError, match=r"ratings.dat: not a well-formed '::'-separated log: "
+                                          r".*Expected 4 fields, got 2: 5::6"):
+        read_log(dat)
     tsv = write_csv(tmp_path / "log.tsv", rows, sep="\t", header="user\titem\tscore\tts")
     same_data(read_log(write_csv(tmp_path / "b.csv", rows)), read_log(tsv))
 
@@ -306,6 +310,8 @@ BAD = [
      r"no interaction is left of 900 after min_rating=100.0, min_user_interactions=1"),
     ({"split": "temporal", "time": None}, "user,item", FormatError,
      r"no time column \(the temporal split needs one\)"),
+    ({}, "user,item\na,b\nc", FormatError,
+     r"ratings.csv: not a well-formed ','-separated log: .*Expected 2 columns, got 1: c"),
     ({"min_user_interactions": 0}, HEADER, ArgumentError,
      r"min_user_interactions must be a positive int, got 0"),
     ({"split": "time"}, HEADER, ArgumentError, r"split must be one of 'random', 'temporal'"),
