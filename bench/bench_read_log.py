@@ -65,14 +65,14 @@ def read_in_child(path, threads):
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start, cpu = time.perf_counter(), time.process_time()
-    interactions, ids = read_log(path, min_rating=3.0, min_user_interactions=5,
-                                 min_item_interactions=5, split="temporal")
+    interactions = read_log(path, min_rating=3.0, min_user_interactions=5,
+                           min_item_interactions=5, split="temporal")
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_bytes": peak,
                       "baseline_bytes": baseline,
-                      "interactions": repr(interactions), "users": len(ids.users),
-                      "items": len(ids.items)}))
+                      "interactions": repr(interactions),
+                      "ids": interactions.id_map.describe()}))
 
 
 def main(argv=None):
@@ -99,8 +99,7 @@ def main(argv=None):
     result = json.loads(child.stdout.splitlines()[-1])
     seconds, peak_gb = result["seconds"], result["peak_bytes"] / 2**30
     judged = not args.quick
-    print(f"read: {result['interactions']}, {result['users']:,} users and "
-          f"{result['items']:,} items in the id maps")
+    print(f"read: {result['interactions']}; {result['ids']}")
     print(f"baseline RSS (python, torch, pyarrow): {result['baseline_bytes'] / 2**30:.2f} GiB")
     print(f"time {seconds:.1f} s on {args.threads} threads ({result['cpu_seconds']:.1f} s of "
           f"CPU time), target at most {TARGET_S:.0f} s: "

@@ -97,7 +97,7 @@ def test_bench_read_log_quick_runs():
     process, both numbers shown and left unjudged."""
     pytest.importorskip("pyarrow", reason="reading a log needs pyarrow")
     out = run_module("bench.bench_read_log", "--lines", "50000", "--quick")
-    assert "wrote 50,000 lines" in out and "Interactions('log'" in out
+    assert "wrote 50,000 lines" in out and "Interactions('log'" in out and "(string ids)" in out
     assert out.count(QUICK_UNJUDGED) == 2 and not verdicts(out)
 
 

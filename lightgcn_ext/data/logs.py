@@ -1,6 +1,7 @@
 """Interaction logs with raw ids: a user's own data as a table of interactions,
-one per line, read into `Interactions` with dense ids and the maps back to the
-raw ids (`IdMap`).
+one per line, read into `Interactions` with dense ids and, in its `id_map`
+(a `lightgcn_ext.data.ids.IdMap`), the map back to the raw ids, which a run
+directory keeps beside the model.
 
 Formats, by suffix (`sep` overrides the separator for any other name):
 
@@ -50,7 +51,7 @@ import torch
 
 from .. import validation
 from . import log_split
-from .id_map import IdMap
+from .ids import IdMap
 from .interactions import Interactions
 from .text_format import FormatError
 
@@ -79,22 +80,23 @@ def read_log(path, *, user=None, item=None, rating=None, time=None, sep=None, mi
              min_user_interactions=1, min_item_interactions=1, split="random",
              ratios=(0.8, 0.1, 0.1), seed=0, name=None):
     """Reads an interaction log (see the module's doc for the formats and the
-    options). Returns (Interactions, IdMap). Raises ArgumentError for a bad
-    option, FormatError for a malformed file (a missing column, a file with no
-    header, a rating that is not a number), ValueError when nothing is left to
-    train or test on, ImportError when pyarrow is missing."""
-    interactions, ids, _ = prepare_log(
+    options). Returns Interactions whose id_map holds the raw ids. Raises
+    ArgumentError for a bad option, FormatError for a malformed file (a
+    missing column, a file with no header, a rating that is not a number),
+    ValueError when nothing is left to train or test on, ImportError when
+    pyarrow is missing."""
+    interactions, _ = prepare_log(
         path, user=user, item=item, rating=rating, time=time, sep=sep, min_rating=min_rating,
         min_user_interactions=min_user_interactions,
         min_item_interactions=min_item_interactions, split=split, ratios=ratios, seed=seed,
         name=name)
-    return interactions, ids
+    return interactions
 
 
 def prepare_log(path, *, user=None, item=None, rating=None, time=None, sep=None,
                 min_rating=None, min_user_interactions=1, min_item_interactions=1,
                 split="random", ratios=(0.8, 0.1, 0.1), seed=0, name=None):
-    """read_log's work: (Interactions, IdMap, what was dropped at each step)."""
+    """read_log's work: (Interactions, what was dropped at each step)."""
     if min_rating is not None:
         min_rating = _finite(min_rating, "min_rating")
     min_user = validation.positive_int(min_user_interactions, "min_user_interactions")
@@ -142,11 +144,11 @@ def prepare_log(path, *, user=None, item=None, rating=None, time=None, sep=None,
                              f"interactions) after {options}")
     pairs = {kind: torch.from_numpy(np.stack([users[part == number], items[part == number]]))
              for kind, number in (("train", 0), ("valid", 1), ("test", 2))}
+    id_map = IdMap(_raw(columns["user"][1], user_codes), _raw(columns["item"][1], item_codes))
     interactions = Interactions(name or path.stem, int(user_codes.size), int(item_codes.size),
                                 pairs["train"], pairs["test"],
-                                pairs["valid"] if ratios[1] > 0 else None)
-    ids = IdMap(_raw(columns["user"][1], user_codes), _raw(columns["item"][1], item_codes))
-    return interactions, ids, report
+                                pairs["valid"] if ratios[1] > 0 else None, id_map=id_map)
+    return interactions, report
 
 
 def _finite(value, name):
@@ -319,10 +321,11 @@ def _codes(pa, column, path, role):
 
 
 def _raw(sorted_ids, codes):
-    """The raw ids of the given codes (ranks), as a numpy array."""
+    """The raw ids of the given codes (ranks), as an IdMap side: an int64
+    tensor, or a tuple of str."""
     if isinstance(sorted_ids, np.ndarray):
-        return sorted_ids[codes]
-    return np.array(sorted_ids.take(codes).to_pylist(), dtype=object)
+        return torch.from_numpy(sorted_ids[codes])
+    return tuple(sorted_ids.take(codes).to_pylist())
 
 
 def describe(path, **options):
@@ -330,7 +333,7 @@ def describe(path, **options):
     read_log's): counts, density, what each step dropped, the split, and the
     degree distribution (min, median, p90, max) of users and items in the
     training graph."""
-    interactions, _, report = prepare_log(path, **options)
+    interactions, report = prepare_log(path, **options)
     sizes = {kind: 0 if getattr(interactions, kind) is None else
              int(getattr(interactions, kind).shape[1]) for kind in ("train", "valid", "test")}
     total = sum(sizes.values())

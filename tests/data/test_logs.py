@@ -50,28 +50,38 @@ def csv_log(tmp_path, rows):
     return write_csv(tmp_path / "ratings.csv", rows)
 
 
+def read(path, **options):
+    """(Interactions, its id map)."""
+    interactions = read_log(path, **options)
+    return interactions, interactions.id_map
+
+
+def as_list(ids):
+    """An id map's side (an int64 tensor, or a tuple of str) as a list."""
+    return ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+
+
 def raw_pairs(interactions, ids, split):
     pairs = getattr(interactions, split)
-    return list(zip(ids.users[pairs[0].numpy()].tolist(), ids.items[pairs[1].numpy()].tolist()))
+    return list(zip(as_list(ids.raw_users(pairs[0])), as_list(ids.raw_items(pairs[1]))))
 
 
 def all_raw_pairs(interactions, ids):
     return [p for split in ("train", "valid", "test") for p in raw_pairs(interactions, ids, split)]
 
 
-def same_data(a, b):
-    (ia, ida), (ib, idb) = a, b
+def same_data(ia, ib):
     assert (ia.num_users, ia.num_items) == (ib.num_users, ib.num_items)
-    assert ida.users.tolist() == idb.users.tolist() and ida.items.tolist() == idb.items.tolist()
+    assert ia.id_map == ib.id_map
     for split in ("train", "valid", "test"):
         assert torch.equal(getattr(ia, split), getattr(ib, split)), split
 
 
 # ----------------------------------------------------------------- the maps
 def test_the_maps_lose_or_duplicate_no_raw_id(csv_log, rows):
-    interactions, ids = read_log(csv_log)
-    assert ids.users.tolist() == sorted({r[0] for r in rows})  # sorted, each once
-    assert ids.items.tolist() == sorted({r[1] for r in rows})
+    interactions, ids = read(csv_log)
+    assert ids.users == tuple(sorted({r[0] for r in rows}))  # sorted, each once
+    assert ids.items == tuple(sorted({r[1] for r in rows}))
     pairs = all_raw_pairs(interactions, ids)
     assert len(pairs) == len(set(pairs))  # one interaction per pair
     assert set(pairs) == {(r[0], r[1]) for r in rows}
@@ -80,9 +90,9 @@ def test_the_maps_lose_or_duplicate_no_raw_id(csv_log, rows):
 def test_integer_ids_are_sorted_as_numbers_and_kept_as_ints(tmp_path):
     path = write_csv(tmp_path / "log.csv", [(10, 2, 1, 1), (9, 2, 1, 2), (9, 100, 1, 3),
                                             (10, "007", 1, 4)], header="user,item,rating,time")
-    interactions, ids = read_log(path, ratios=(0.5, 0, 0.5))
-    assert ids.users.tolist() == [9, 10] and ids.users.dtype == np.int64
-    assert ids.items.tolist() == ["007", "100", "2"]  # "007" is not the integer 7: strings
+    interactions, ids = read(path, ratios=(0.5, 0, 0.5))
+    assert ids.users.tolist() == [9, 10] and ids.users.dtype == torch.int64
+    assert ids.items == ("007", "100", "2")  # "007" is not the integer 7: strings
 
 
 def test_columns_that_are_not_used_are_not_read(tmp_path, rows):
@@ -95,29 +105,22 @@ def test_columns_that_are_not_used_are_not_read(tmp_path, rows):
         read_log(path, time="when")
 
 
-def test_the_id_map_saves_loads_and_looks_up(tmp_path, csv_log):
-    _, ids = read_log(csv_log)
-    numeric = IdMap(np.array([3, 7, 42]), np.array(["a", "b"], dtype=object))
+def test_the_id_map_round_trips_through_a_saved_state_and_looks_up(tmp_path, csv_log):
+    """The map a run directory saves (torch.save of its state_dict, loaded
+    with weights_only=True), with string ids and with integer ids."""
+    _, ids = read(csv_log)
+    numeric = IdMap(torch.tensor([3, 7, 42]), ("a", "b"))
     for id_map in (ids, numeric):
-        id_map.save(tmp_path / "ids.json")
-        loaded = IdMap.load(tmp_path / "ids.json")
-        assert loaded.users.tolist() == id_map.users.tolist()
-        assert loaded.items.tolist() == id_map.items.tolist()
-        assert loaded.users.dtype == id_map.users.dtype
-    assert numeric.dense("users", [42, np.int64(3), "7"]).tolist() == [2, 0, 1]
-    assert numeric.dense("items", []).tolist() == []
-    assert ids.dense("items", ids.items[::-1]).tolist() == list(range(len(ids.items)))[::-1]
-    with pytest.raises(ArgumentError, match=r"users must be raw ids of the data's users, "
-                                            r"got \[5\]"):
-        numeric.dense("users", [3, 5])
-    written = {}
-    numeric.save("run/ids.json", write=lambda path, data: written.update({path: data}))
-    assert IdMap.from_json(written["run/ids.json"]).users.tolist() == [3, 7, 42]
-    for bad in ("[1, 2]", '{"format": "lightgcn_ext.id_map", "version": 1, "users": [1, "a"], '
-                '"items": []}', "{"):
-        (tmp_path / "bad.json").write_text(bad)
-        with pytest.raises(FormatError, match="bad.json:1: not an id map"):
-            IdMap.load(tmp_path / "bad.json")
+        torch.save(id_map.state_dict(), tmp_path / "ids.pt")
+        loaded = IdMap.from_state_dict(torch.load(tmp_path / "ids.pt", weights_only=True))
+        assert loaded == id_map and loaded != IdMap(torch.tensor([3]), ("a", "b"))
+    assert numeric.dense_users([42, 3]).tolist() == [2, 0]
+    assert numeric.dense_items(["b", "a"]).tolist() == [1, 0]
+    assert numeric.raw_items(torch.tensor([1, 0])) == ["b", "a"]
+    assert ids.dense_items(ids.items[::-1]).tolist() == list(range(len(ids.items)))[::-1]
+    assert f"{len(ids.users)} users (string ids)" in ids.describe() and not ids.is_identity
+    with pytest.raises(ValueError, match="item id 'c' does not occur in the data"):
+        numeric.dense_items(["a", "c"])
 
 
 # -------------------------------------------------- threshold and the k-core
@@ -144,19 +147,19 @@ def test_k_core_reaches_the_fixed_point_of_a_brute_force_reference(csv_log, rows
     kept = [(r[0], r[1]) for r in rows if min_rating is None or r[2] >= min_rating]
     expected = brute_force_core(kept, min_user, min_item)
     assert 0 < len(expected) < len(set(kept)) or (min_user, min_item) == (1, 1)
-    interactions, ids = read_log(csv_log, min_user_interactions=min_user,
+    interactions, ids = read(csv_log, min_user_interactions=min_user,
                                  min_item_interactions=min_item, min_rating=min_rating)
     pairs = all_raw_pairs(interactions, ids)
     assert sorted(pairs) == sorted(expected)
     assert min(Counter(u for u, _ in pairs).values()) >= min_user
     assert min(Counter(i for _, i in pairs).values()) >= min_item
-    assert ids.users.tolist() == sorted({u for u, _ in expected})
+    assert ids.users == tuple(sorted({u for u, _ in expected}))
 
 
 def test_the_first_interaction_of_a_repeated_pair_is_kept(tmp_path):
     path = write_csv(tmp_path / "log.csv", [("a", "x", 5, 30), ("a", "x", 1, 10), ("a", "y", 1, 20),
                                             ("b", "x", 1, 40)])
-    interactions, ids = read_log(path, split="temporal", ratios=(0.5, 0, 0.5))
+    interactions, ids = read(path, split="temporal", ratios=(0.5, 0, 0.5))
     # a's (a, x) at time 10 is its first interaction, (a, y) at 20 its last: test.
     assert raw_pairs(interactions, ids, "test") == [("a", "y")]
     assert sorted(raw_pairs(interactions, ids, "train")) == [("a", "x"), ("b", "x")]
@@ -180,7 +183,7 @@ def per_user(interactions, ids):
 
 
 def test_the_temporal_split_puts_each_users_latest_interactions_in_test(csv_log, rows):
-    interactions, ids = read_log(csv_log, split="temporal", ratios=(0.6, 0.2, 0.2))
+    interactions, ids = read(csv_log, split="temporal", ratios=(0.6, 0.2, 0.2))
     first_time = {}
     for user, item, _, time in rows:
         first_time[(user, item)] = min(time, first_time.get((user, item), time))
@@ -204,8 +207,8 @@ def test_the_random_split_is_seeded_deterministic_and_keeps_the_ratios(csv_log, 
     random.Random(1).shuffle(shuffled)  # the lines' order does not matter
     same_data(first, read_log(write_csv(tmp_path / "shuffled.csv", shuffled), seed=3))
     other = read_log(csv_log, seed=4)
-    assert not torch.equal(first[0].test, other[0].test)
-    interactions, ids = first
+    assert not torch.equal(first.test, other.test)
+    interactions, ids = first, first.id_map
     for user, counts in per_user(interactions, ids).items():
         assert tuple(counts) == expected_counts(sum(counts), 0.1, 0.1)
     sizes = [getattr(interactions, s).shape[1] for s in ("train", "valid", "test")]
@@ -213,7 +216,7 @@ def test_the_random_split_is_seeded_deterministic_and_keeps_the_ratios(csv_log, 
 
 
 def test_no_valid_split_with_a_zero_valid_ratio(csv_log):
-    interactions, _ = read_log(csv_log, ratios=(0.9, 0, 0.1))
+    interactions, _ = read(csv_log, ratios=(0.9, 0, 0.1))
     assert interactions.valid is None and interactions.test.shape[1] > 0
 
 
@@ -265,7 +268,7 @@ def test_a_csv_with_raw_ids_gives_the_interactions_of_the_lightgcn_files(tmp_pat
              for rank, split in enumerate(("train", "valid", "test"))
              for u, i in split_of[split]]
     rng.shuffle(lines)
-    log, ids = read_log(write_csv(tmp_path / "log.csv", lines), split="temporal",
+    log, ids = read(write_csv(tmp_path / "log.csv", lines), split="temporal",
                         ratios=(0.7, 0.1, 0.2))
     assert (log.num_users, log.num_items) == (text.num_users, text.num_items)
     for split in ("train", "valid", "test"):
@@ -277,7 +280,7 @@ def test_a_csv_with_raw_ids_gives_the_interactions_of_the_lightgcn_files(tmp_pat
 def test_describe_counts_what_a_run_sees(csv_log):
     options = dict(min_user_interactions=5, min_item_interactions=5, min_rating=2.5)
     described = describe(csv_log, **options)
-    interactions, _ = read_log(csv_log, **options)
+    interactions, _ = read(csv_log, **options)
     sizes = {s: getattr(interactions, s).shape[1] for s in ("train", "valid", "test")}
     assert {k: described[k] for k in sizes} == sizes
     total = sum(sizes.values())
