@@ -1,7 +1,8 @@
 """What happens to an interaction log between reading and training, on numpy
-arrays of integer codes: the implicit-feedback threshold, one interaction per
-(user, item) pair, the k-core, dense renumbering and the per-user split.
-`lightgcn_ext.data.logs` reads the files and calls these in that order."""
+arrays of integer codes: one interaction per (user, item) pair, the k-core,
+dense renumbering and the per-user split. `lightgcn_ext.data.logs` reads the
+files and calls these in that order; `lightgcn_ext.data.from_pyg` splits with
+`split_per_user` too."""
 import numpy as np
 
 from .. import validation
@@ -9,7 +10,7 @@ from .. import validation
 SPLITS = ("random", "temporal")
 
 
-def first_of_each_pair(users, items, times):
+def one_per_pair(users, items, times):
     """One interaction per (user, item) pair: (users, items, times) of the
     pairs, sorted by (user, item), each pair with its earliest time (times
     may be None). The codes are non-negative ints below 2^31."""
@@ -24,9 +25,10 @@ def first_of_each_pair(users, items, times):
 
 def k_core(users, items, min_user, min_item):
     """The mask of the interactions in the k-core: every kept user has at least
-    min_user kept interactions and every kept item at least min_item. Removing
-    one side's rare nodes can make the other side's nodes rare, so the two
-    filters alternate until neither removes anything (a fixed point)."""
+    min_user kept interactions and every kept item at least min_item. Each
+    round drops the interactions of the users and items below their bound,
+    which can leave others below theirs, so rounds repeat until one drops
+    nothing (a fixed point)."""
     keep = np.ones(users.size, dtype=bool)
     if min_user <= 1 and min_item <= 1:
         return keep

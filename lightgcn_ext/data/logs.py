@@ -127,7 +127,7 @@ def prepare_log(path, *, user=None, item=None, rating=None, time=None, sep=None,
         report["below min_rating"] = int(keep.size - keep.sum())
         left(users)
     read = users.size
-    users, items, times = log_split.first_of_each_pair(users, items, times)
+    users, items, times = log_split.one_per_pair(users, items, times)
     report["repeated pairs"] = int(read - users.size)
     core = log_split.k_core(users, items, min_user, min_item)
     report["outside the k-core"] = int(core.size - core.sum())

@@ -156,7 +156,7 @@ def test_k_core_reaches_the_fixed_point_of_a_brute_force_reference(csv_log, rows
     assert ids.users == tuple(sorted({u for u, _ in expected}))
 
 
-def test_the_first_interaction_of_a_repeated_pair_is_kept(tmp_path):
+def test_a_repeated_pair_is_kept_once_at_its_earliest_time(tmp_path):
     path = write_csv(tmp_path / "log.csv", [("a", "x", 5, 30), ("a", "x", 1, 10), ("a", "y", 1, 20),
                                             ("b", "x", 1, 40)])
     interactions, ids = read(path, split="temporal", ratios=(0.5, 0, 0.5))
