@@ -93,8 +93,10 @@ def _add_log_options(parser):
                                     "userId, uid, ...)")
     log.add_argument("--item", help="the item column (default: the first of item, item_id, "
                                     "itemId, movieId, ...)")
-    log.add_argument("--rating", help="the rating column (default: rating or score, if any)")
-    log.add_argument("--time", help="the time column (default: timestamp or time, if any)")
+    log.add_argument("--rating", help="the rating column, read for --min-rating (default: "
+                                      "rating, score, ...)")
+    log.add_argument("--time", help="the time column, read for --split temporal (default: "
+                                    "timestamp, time, ts, unixtime)")
     log.add_argument("--sep", help="the separator (default by suffix: .csv ',', .tsv and "
                                    ".inter tab, .dat '::')")
     log.add_argument("--min-rating", type=float,

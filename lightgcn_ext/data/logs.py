@@ -38,8 +38,8 @@ interactions for training.
 
 Reading uses pyarrow's multithreaded CSV reader (an optional dependency:
 `pip install pyarrow`), whose ids are dictionary-encoded, so memory stays at
-tens of bytes per line: ten million lines take about 10 s of CPU time and
-1.3 GB at the peak, the interpreter included (`python -m bench.bench_read_log`).
+tens of bytes per line: ten million lines take about 8 s of CPU time and
+1.3 GiB at the peak, the interpreter included (`python -m bench.bench_read_log`).
 """
 import math
 import numbers
