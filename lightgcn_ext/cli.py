@@ -81,11 +81,76 @@ def _parser():
                        help="under torchrun (several processes): seconds a collective waits "
                             "for the others before the run fails with an error")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_data_command(commands)
     return parser
+
+
+def _add_log_options(parser):
+    """The options of reading an interaction log (lightgcn_ext.data.read_log)."""
+    log = parser.add_argument_group("interaction log (.csv, .tsv, RecBole .inter, "
+                                    "MovieLens ratings.dat)")
+    log.add_argument("--user", help="the user column (default: the first of user, user_id, "
+                                    "userId, uid, ...)")
+    log.add_argument("--item", help="the item column (default: the first of item, item_id, "
+                                    "itemId, movieId, ...)")
+    log.add_argument("--rating", help="the rating column, read for --min-rating (default: "
+                                      "rating, score, ...)")
+    log.add_argument("--time", help="the time column, read for --split temporal (default: "
+                                    "timestamp, time, ts, unixtime)")
+    log.add_argument("--sep", help="the separator (default by suffix: .csv ',', .tsv and "
+                                   ".inter tab, .dat '::')")
+    log.add_argument("--min-rating", type=float,
+                     help="keep interactions rated at least this (implicit feedback)")
+    log.add_argument("--min-user-interactions", type=int, default=1,
+                     help="k-core: keep users with at least this many interactions")
+    log.add_argument("--min-item-interactions", type=int, default=1,
+                     help="k-core: keep items with at least this many interactions")
+    log.add_argument("--split", choices=("random", "temporal"), default="random",
+                     help="each user's last interactions go to test, the ones before to "
+                          "valid: in a seeded shuffle, or by time")
+    log.add_argument("--ratios", type=float, nargs=3, default=[0.8, 0.1, 0.1],
+                     metavar=("TRAIN", "VALID", "TEST"), help="the split's fractions")
+    log.add_argument("--seed", type=int, default=0, help="seed of the random split")
+
+
+def _log_options(args):
+    return dict(user=args.user, item=args.item, rating=args.rating, time=args.time, sep=args.sep,
+                min_rating=args.min_rating, min_user_interactions=args.min_user_interactions,
+                min_item_interactions=args.min_item_interactions, split=args.split,
+                ratios=tuple(args.ratios), seed=args.seed)
+
+
+def _add_data_command(commands):
+    data = commands.add_parser("data", help="look at a data set before training on it")
+    actions = data.add_subparsers(dest="action", required=True)
+    describe = actions.add_parser(
+        "describe", help="users, items, interactions, density and degrees after filtering "
+                         "and splitting",
+        description="Prints what a run would see of an interaction log after the rating "
+                    "threshold, the k-core and the split: users, items, interactions, density, "
+                    "the split sizes and the degree distribution of the training graph.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    describe.add_argument("path", help="the interaction log")
+    _add_log_options(describe)
+
+
+def _data_command(args):
+    """`data describe`: a bad file or option is one line on stderr and exit 2."""
+    from .data import describe, format_description
+
+    try:
+        description = describe(args.path, **_log_options(args))
+    except (ValueError, OSError, ImportError) as error:
+        print(f"lightgcn-ext data {args.action}: error: {error}", file=sys.stderr)
+        return 2
+    print(format_description(description))
+    return 0
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    if args.command == "data":
+        return _data_command(args)
     config = TrainConfig(data=args.data, data_root=args.data_root, dim=args.dim,
                          layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, reg=args.reg, device=args.device, out=args.out,

@@ -92,6 +92,16 @@ def test_bench_model_quick_runs():
 
 
 @pytest.mark.slow
+def test_bench_read_log_quick_runs():
+    """A small log through the whole benchmark: written, read in a child
+    process, both numbers shown and left unjudged."""
+    pytest.importorskip("pyarrow", reason="reading a log needs pyarrow")
+    out = run_module("bench.bench_read_log", "--lines", "50000", "--quick")
+    assert "wrote 50,000 lines" in out and "Interactions('log'" in out and "(string ids)" in out
+    assert out.count(QUICK_UNJUDGED) == 2 and not verdicts(out)
+
+
+@pytest.mark.slow
 def test_bench_train_quick_runs(tmp_path):
     out = run_module("bench.bench_train", "--quick", "--threads", "1", "--parity-epochs", "1",
                      "--results-dir", str(tmp_path))

@@ -203,7 +203,8 @@ def make_targets_named(text):
 
 def commands_named(text):
     """(module, subcommand or None, options) of each `python -m lightgcn_ext`,
-    `lightgcn-ext` or `python -m bench.NAME` command line."""
+    `lightgcn-ext` or `python -m bench.NAME` command line; a subcommand of two
+    words (`data describe`) is one string."""
     commands = []
     for line in code_text(text):
         for piece in re.split(r"&&|\|\||;|\|", line):
@@ -219,8 +220,12 @@ def commands_named(text):
                     module, rest = words[i + 1], words[i + 2:]
                 else:
                     continue
-                subcommand = rest[0] if module == "lightgcn_ext" and rest and \
-                    not rest[0].startswith("-") and rest[0] != "..." else None
+                # A subcommand is one or two words (`train`, `data describe`).
+                path = []
+                while module == "lightgcn_ext" and len(path) < 2 and len(rest) > len(path) \
+                        and re.fullmatch(r"[a-z][a-z-]*", rest[len(path)]):
+                    path.append(rest[len(path)])
+                subcommand = " ".join(path) or None
                 options = {w.split("=")[0] for w in rest if re.fullmatch(r"--[\w-]+(=.*)?", w)}
                 commands.append((module, subcommand, options))
                 break
@@ -229,7 +234,7 @@ def commands_named(text):
 
 @functools.lru_cache(maxsize=None)
 def help_text(module, subcommand):
-    args = [sys.executable, "-m", module, *([subcommand] if subcommand else []), "--help"]
+    args = [sys.executable, "-m", module, *(subcommand.split() if subcommand else []), "--help"]
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, f"{' '.join(args[1:])} failed:\n{result.stderr[-2000:]}"
@@ -247,12 +252,14 @@ def test_command_parsers():
             "torchrun --nproc-per-node 4 -m lightgcn_ext train --data gowalla \\\n"
             "    --out runs/x --max-epochs-now=5\n```\nThen `lightgcn-ext --help` and "
             "`python3 -m bench.bench_train --quick`; make sense of it.\n"
+            "`lightgcn-ext data describe log.csv --seed 1`\n"
             "```python\nos.system('make nope')\n```\n")
     assert make_targets_named(page) == {"demo", "test-fast"}
     assert commands_named(page) == [
         ("lightgcn_ext", "train", {"--data", "--out", "--max-epochs-now"}),
         ("lightgcn_ext", None, {"--help"}),
-        ("bench.bench_train", None, {"--quick"})]
+        ("bench.bench_train", None, {"--quick"}),
+        ("lightgcn_ext", "data describe", {"--seed"})]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -265,8 +272,10 @@ def test_make_targets_named_exist(page):
 def test_commands_named_exist(page):
     problems = []
     for module, subcommand, options in commands_named(page.read_text(encoding="utf-8")):
-        if subcommand is not None and not re.search(
-                rf"\b{re.escape(subcommand)}\b", help_text(module, None)):
+        words = subcommand.split() if subcommand else []
+        if any(not re.search(rf"\b{re.escape(word)}\b",
+                             help_text(module, " ".join(words[:k]) or None))
+               for k, word in enumerate(words)):
             problems.append(f"python -m {module} {subcommand}: no such subcommand")
             continue
         listed = help_text(module, subcommand)

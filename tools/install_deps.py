@@ -30,6 +30,8 @@ PACKAGES = [
     ("matplotlib", "matplotlib", True),
     ("pytest", "pytest", True),
     ("hypothesis", "hypothesis", False),
+    # Reading interaction logs (lightgcn_ext.data.read_log) and its tests and benchmark.
+    ("pyarrow", "pyarrow", False),
     ("torch_geometric", "torch_geometric", False),
 ]
 

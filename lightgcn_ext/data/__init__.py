@@ -8,6 +8,8 @@ torch_geometric's recommendation data sets, and the BPR sampler.
     interactions = data.load("path/to/dir")   # train.txt, test.txt (optional valid.txt)
     interactions = data.synthetic(seed=0)     # the embedded default: no files, no network
     interactions = data.from_pyg(AmazonBook(root))  # torch_geometric's AmazonBook, MovieLens1M
+    interactions = data.read_log("ratings.csv")  # a log with raw ids (.csv, .tsv, RecBole
+                                              # .inter, ratings.dat); its id_map: the raw ids
     edge_index = interactions.edge_index()    # the LightGCN graph of the train split, [2, 2n]
 
 Every source gives an `Interactions`: users 0..num_users-1, items 0..num_items-1, and
@@ -27,6 +29,8 @@ passed as item ids) are a `ValueError`, never a wrong metric later.
 """
 from .download import DATA_ENV, NAMED, ChecksumError, DownloadError, data_dir, find, load
 from .interactions import Interactions, bipartite_edge_index
+from .ids import IdMap
+from .logs import describe, format_description, read_log
 from .pyg import from_pyg
 from .sampling import BPRSampler
 from .synthetic import synthetic
@@ -34,4 +38,5 @@ from .text_format import FormatError, read_dir, read_lists
 
 __all__ = ["Interactions", "bipartite_edge_index", "load", "synthetic", "read_dir", "read_lists",
            "from_pyg", "BPRSampler", "FormatError", "DownloadError", "ChecksumError",
-           "data_dir", "find", "NAMED", "DATA_ENV"]
+           "data_dir", "find", "NAMED", "DATA_ENV", "read_log", "IdMap", "describe",
+           "format_description"]

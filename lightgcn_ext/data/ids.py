@@ -10,6 +10,7 @@ what a saved run prints its recommendations with.
 
 Its memory is proportional to the number of pairs, never to the largest id.
 """
+import bisect
 from dataclasses import dataclass
 
 import torch
@@ -22,22 +23,26 @@ ID_MODES = ("dense", "given")
 @dataclass(frozen=True, eq=False)
 class IdMap:
     """The raw id of each dense user and item: users[k] is the raw id of
-    dense user k (int64, strictly increasing), items likewise."""
+    dense user k, items likewise. Each side is an int64 tensor, strictly
+    increasing, when its raw ids are integers, and a tuple of str sorted by
+    code point when they are strings (an interaction log's ids,
+    `lightgcn_ext.data.read_log`)."""
 
-    users: torch.Tensor
-    items: torch.Tensor
+    users: object  # torch.Tensor of int64, or a tuple of str
+    items: object
 
     @property
     def num_users(self):
-        return self.users.numel()
+        return len(self.users)
 
     @property
     def num_items(self):
-        return self.items.numel()
+        return len(self.items)
 
     @property
     def unused_users(self):
-        """Ids from 0 to the largest raw user id that no pair uses."""
+        """Ids from 0 to the largest raw user id that no pair uses (0 for
+        string ids: none is unused)."""
         return _unused(self.users)
 
     @property
@@ -47,14 +52,16 @@ class IdMap:
     @property
     def is_identity(self):
         """Whether the raw ids were already 0..n-1 (nothing was remapped)."""
-        return self.unused_users == 0 and self.unused_items == 0
+        return all(isinstance(ids, torch.Tensor) and _unused(ids) == 0
+                   for ids in (self.users, self.items))
 
     def raw_users(self, dense):
-        """The raw ids of dense user ids (a tensor of any shape)."""
-        return self.users[torch.as_tensor(dense, dtype=torch.int64)]
+        """The raw ids of dense user ids: a tensor of the same shape for
+        integer ids, a list for string ids."""
+        return _raw(self.users, dense)
 
     def raw_items(self, dense):
-        return self.items[torch.as_tensor(dense, dtype=torch.int64)]
+        return _raw(self.items, dense)
 
     def dense_users(self, raw):
         """The dense ids of raw user ids; ValueError for a raw id not in the data."""
@@ -67,6 +74,9 @@ class IdMap:
         """One line: how many ids are in use and how many were unused."""
         parts = []
         for kind, ids in (("user", self.users), ("item", self.items)):
+            if not isinstance(ids, torch.Tensor):
+                parts.append(f"{len(ids):,} {kind}s (string ids)")
+                continue
             largest = int(ids[-1]) if ids.numel() else -1
             parts.append(f"{ids.numel():,} {kind}s (raw ids up to {largest:,}, "
                          f"{_unused(ids):,} unused)")
@@ -74,15 +84,20 @@ class IdMap:
         return f"ids: {' and '.join(parts)}, {action}"
 
     def state_dict(self):
-        return {"users": self.users, "items": self.items}
+        """{"users", "items"}: tensors, or lists of str (torch.save and
+        torch.load(weights_only=True) take both)."""
+        return {side: ids if isinstance(ids, torch.Tensor) else list(ids)
+                for side, ids in (("users", self.users), ("items", self.items))}
 
     @classmethod
     def from_state_dict(cls, state):
-        return cls(users=state["users"], items=state["items"])
+        return cls(**{side: state[side] if isinstance(state[side], torch.Tensor)
+                      else tuple(state[side]) for side in ("users", "items")})
 
     def __eq__(self, other):
-        return (isinstance(other, IdMap) and torch.equal(self.users, other.users)
-                and torch.equal(self.items, other.items))
+        return isinstance(other, IdMap) and all(
+            _same(mine, theirs) for mine, theirs in ((self.users, other.users),
+                                                     (self.items, other.items)))
 
     def __repr__(self):
         return f"IdMap({self.num_users} users, {self.num_items} items)"
@@ -120,10 +135,32 @@ def _renumber(ids, raw):
 
 
 def _unused(ids):
+    if not isinstance(ids, torch.Tensor):
+        return 0
     return int(ids[-1]) + 1 - ids.numel() if ids.numel() else 0
 
 
+def _same(a, b):
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.equal(a, b)
+    return not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a == b
+
+
+def _raw(ids, dense):
+    dense = torch.as_tensor(dense, dtype=torch.int64)
+    if isinstance(ids, torch.Tensor):
+        return ids[dense]
+    return [ids[k] for k in dense.flatten().tolist()]
+
+
 def _lookup(ids, raw, kind):
+    if not isinstance(ids, torch.Tensor):  # string ids: sorted, so a binary search
+        raw = [raw] if isinstance(raw, str) else list(raw)
+        position = [bisect.bisect_left(ids, r) for r in raw]
+        for r, k in zip(raw, position):
+            if k == len(ids) or ids[k] != r:
+                raise ValueError(f"{kind} id {r!r} does not occur in the data")
+        return torch.tensor(position, dtype=torch.int64)
     raw = torch.as_tensor(raw, dtype=torch.int64)
     position = torch.searchsorted(ids, raw).clamp_(max=max(ids.numel() - 1, 0))
     found = ids[position] == raw if ids.numel() else torch.zeros_like(raw, dtype=torch.bool)

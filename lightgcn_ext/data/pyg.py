@@ -1,8 +1,8 @@
 """Interactions from torch_geometric's recommendation data sets (an optional dependency)."""
-import numpy as np
 import torch
 
 from .. import validation
+from . import log_split
 from .interactions import Interactions
 
 
@@ -59,19 +59,11 @@ def from_pyg(dataset, *, name=None, user_type="user", item_type=None, test_fract
             raise ValueError(f"split='time', but {edge_type} has no time")
         validation.choice(split, "split", ("random", "time"))
         pairs = train[:, keep].numpy()
-        rng = np.random.default_rng(seed)
-        within = (store.time[keep].numpy() if split == "time" else rng.random(pairs.shape[1]))
-        order = np.lexsort((within, pairs[0]))  # by user, then earliest / at random
-        users = pairs[0][order]
-        count = np.bincount(users, minlength=int(users.max(initial=-1)) + 1)
-        num_test = np.where(count >= 2, np.maximum(1, np.rint(count * test_fraction)), 0)
-        num_test = np.minimum(num_test, count - 1).astype(np.int64)
-        starts = np.concatenate([[0], np.cumsum(count)[:-1]])
-        position = np.arange(users.size) - starts[users]
-        is_test = np.empty(users.size, dtype=bool)
-        is_test[order] = position >= count[users] - num_test[users]  # the last ones
-        train = torch.from_numpy(pairs[:, ~is_test].copy())
-        test = torch.from_numpy(pairs[:, is_test].copy())
+        times = store.time[keep].numpy() if split == "time" else None
+        part = log_split.split_per_user(pairs[0], times, (1 - test_fraction, 0, test_fraction),
+                                        "temporal" if split == "time" else "random", seed)
+        train = torch.from_numpy(pairs[:, part == 0].copy())
+        test = torch.from_numpy(pairs[:, part == 2].copy())
     both = torch.cat([train, test], dim=1)
     if num_users is None:
         num_users = int(both[0].max()) + 1 if both.numel() else 0
