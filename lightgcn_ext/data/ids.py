@@ -40,14 +40,10 @@ class IdMap:
         return len(self.items)
 
     @property
-    def unused_users(self):
-        """Ids from 0 to the largest raw user id that no pair uses (0 for
-        string ids: none is unused)."""
-        return _unused(self.users)
-
-    @property
-    def unused_items(self):
-        return _unused(self.items)
+    def unused(self):
+        """(users, items): on each side, the ids from 0 to its largest raw id
+        that no pair uses (0 for string ids: none is unused)."""
+        return _unused(self.users), _unused(self.items)
 
     @property
     def is_identity(self):

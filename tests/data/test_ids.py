@@ -33,7 +33,7 @@ def test_densify_renumbers_in_ascending_raw_order():
         assert torch.equal(ids.raw_users(dense[split][0]), raw[0])
         assert torch.equal(ids.raw_items(dense[split][1]), raw[1])
         assert torch.equal(ids.dense_users(raw[0]), dense[split][0])
-    assert ids.unused_users == 2_000_010 - 3 and ids.unused_items == 501 - 3
+    assert ids.unused == (2_000_010 - 3, 501 - 3)
     assert not ids.is_identity
     assert ids.describe() == ("ids: 3 users (raw ids up to 2,000,009, 2,000,007 unused) and "
                               "3 items (raw ids up to 500, 498 unused), renumbered 0..n-1")
@@ -45,7 +45,7 @@ def test_dense_ids_stay_as_they_are():
     train = torch.tensor([[0, 1, 2, 2], [3, 0, 1, 2]])
     dense, ids = densify({"train": train})
     assert torch.equal(dense["train"], train) and ids.is_identity
-    assert ids.unused_users == 0 and ids.describe().endswith("kept as they are")
+    assert ids.unused[0] == 0 and ids.describe().endswith("kept as they are")
 
 
 def test_state_dict_round_trip():
@@ -62,7 +62,7 @@ def test_read_dir_remaps_offset_ids_by_default(tmp_path):
     assert data.train.tolist() == [[0, 0, 1], [0, 1, 1]]
     assert data.test.tolist() == [[0, 1], [2, 0]]
     assert data.id_map.users.tolist() == [2000000, 2000001]
-    assert data.id_map.unused_users == 2000000 and data.id_map.unused_items == 2000003
+    assert data.id_map.unused == (2000000, 2000003)
     given = datasets.read_dir(root, ids="given")
     assert given.id_map is None and (given.num_users, given.num_items) == (2000002, 2000006)
     assert torch.equal(datasets.load(root).train, data.train)
@@ -85,7 +85,7 @@ def test_an_id_of_2e9_allocates_nothing_of_its_size(tmp_path):
                  test="2000000000 1\n")
     script = ("from lightgcn_ext import data as datasets; "
               f"d = datasets.read_dir({str(root)!r}); "
-              "print(d.num_users, d.num_items, d.id_map.unused_users, d.train.tolist())")
+              "print(d.num_users, d.num_items, d.id_map.unused[0], d.train.tolist())")
     limit = 2 << 30
 
     def cap():
