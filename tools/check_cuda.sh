@@ -37,12 +37,12 @@ fi
 PY="$VENV/bin/python"
 if ! "$PY" - "$CUDA_TORCH_VERSION" <<'EOF' 2>/dev/null; then
 import sys
-import torch, numpy, pytest, hypothesis, ninja, setuptools, wheel, tqdm, matplotlib  # noqa: F401
+import torch, numpy, pytest, hypothesis, ninja, setuptools, wheel, tqdm, matplotlib, pyarrow  # noqa: F401
 sys.exit(torch.__version__.split("+")[0] != sys.argv[1] or torch.version.cuda is None)
 EOF
   log "installing torch==$CUDA_TORCH_VERSION and the build/test tools into $VENV"
   "$PY" -m pip install -q "torch==$CUDA_TORCH_VERSION" numpy pytest hypothesis ninja setuptools wheel \
-    tqdm matplotlib
+    tqdm matplotlib pyarrow
 fi
 if ! "$PY" -c "import torch_geometric" 2>/dev/null; then
   "$PY" -m pip install -q torch_geometric || log "torch_geometric not installed (its tests will skip)"
