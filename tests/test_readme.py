@@ -17,6 +17,7 @@ by line:
 
 A block whose first line is `# needs: cuda` runs only where CUDA is available;
 its test id ends in `-cuda`, so that a GPU run of `pytest -k cuda` includes it.
+`# needs: MODULE` (an optional package, such as pyarrow) runs only where it imports.
 
 Commands. Shell blocks are not run. Every `make TARGET` that README.md or a
 page of docs/ names (in a code block or inline code) must be a target of the
@@ -25,6 +26,7 @@ torchrun, or as the `lightgcn-ext` console script) and `python -m bench.NAME
 --option` must name a subcommand and options that its `--help` lists.
 """
 import functools
+import importlib.util
 import os
 import re
 import shlex
@@ -42,6 +44,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```[ \t]*(\S*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 NEEDS_CUDA = "# needs: cuda"
+NEEDS_MODULE = re.compile(r"# needs: ([A-Za-z_]\w*)\n")  # an optional package
 
 
 def fenced_blocks(text):
@@ -124,6 +127,10 @@ def _examples():
             cuda = code.lstrip().startswith(NEEDS_CUDA)
             marks = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")] \
                 if cuda else []
+            module = NEEDS_MODULE.match(code.lstrip())
+            if module and not cuda:
+                marks = [pytest.mark.skipif(importlib.util.find_spec(module.group(1)) is None,
+                                            reason=f"needs {module.group(1)}")]
             params.append(pytest.param(name, line, code, expected, marks=marks,
                                        id=f"{name}:{line}{'-cuda' if cuda else ''}"))
     return params
