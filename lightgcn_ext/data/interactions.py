@@ -70,6 +70,22 @@ class Interactions:
         directions; user u is node u and item i is node num_users + i."""
         return bipartite_edge_index(self.num_users, self.train)
 
+    def state_dict(self):
+        """Everything the data set is, for torch.save (and torch.load with
+        weights_only=True): a run directory keeps its data this way, so that
+        a later command sees the exact split the run trained on."""
+        return dict(name=self.name, num_users=self.num_users, num_items=self.num_items,
+                    train=self.train, test=self.test, valid=self.valid,
+                    id_map=None if self.id_map is None else self.id_map.state_dict())
+
+    @classmethod
+    def from_state_dict(cls, state):
+        id_map = state.get("id_map")
+        return cls(name=state["name"], num_users=state["num_users"],
+                   num_items=state["num_items"], train=state["train"], test=state["test"],
+                   valid=state.get("valid"),
+                   id_map=None if id_map is None else IdMap.from_state_dict(id_map))
+
     def __repr__(self):
         splits = ", ".join(f"{split} {getattr(self, split).shape[1]:,}"
                            for split in ("train", "test", "valid")

@@ -316,13 +316,12 @@ def _interrupts_deferred():
 
 
 def _describe_data(data, out, say):
-    """Says how the ids were read (keeping their map in the run directory),
-    how many users each evaluation averages over, and warns when an
-    evaluation can only give 0."""
+    """Keeps the data (splits and id map) in the run directory, says how the
+    ids were read, how many users each evaluation averages over, and warns
+    when an evaluation can only give 0."""
+    run_files.atomic_write(out / run_files.DATA, lambda f: torch.save(data.state_dict(), f))
     if data.id_map is not None:
         say(data.id_map.describe())
-        run_files.atomic_write(out / run_files.IDS,
-                             lambda f: torch.save(data.id_map.state_dict(), f))
     valid = [] if data.valid is None else [data.valid]
     for split, pairs, exclude in (("valid", data.valid, [data.train]),
                                   ("test", data.test, [data.train] + valid)):

@@ -7,7 +7,8 @@
   named here so that each kind of run can tell the other's checkpoint apart);
 * `results.json` (RESULTS) and `curve.png` (CURVE): see `results`;
 * `best.pt` (BEST): the weights of the best evaluated epoch;
-* `ids.pt` (IDS): the map from the data's dense ids to its raw ones.
+* `data.pt` (DATA): the data the run trains and evaluates on, its splits and
+  the map from its dense ids to the raw ones (`Interactions.state_dict`).
 
 `run_directory` locks the directory for a run and decides what a run may do
 with the files already there.
@@ -29,7 +30,7 @@ CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
 CURVE = "curve.png"
 BEST = "best.pt"
-IDS = "ids.pt"
+DATA = "data.pt"
 DIST_INDEX = "checkpoint.index.json"
 # The version of the checkpoint files' layout (2: the run's options in the
 # fingerprint, what a resume compares).

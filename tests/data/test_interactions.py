@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lightgcn_ext
-from lightgcn_ext.data import Interactions, bipartite_edge_index
+from lightgcn_ext.data import IdMap, Interactions, bipartite_edge_index
 
 
 # ---------------------------------------------------------------- interactions
@@ -47,3 +47,18 @@ def test_bipartite_edge_index_checks_its_input():
         bipartite_edge_index(3, torch.zeros(3, 2, dtype=torch.int64))
     with pytest.raises(TypeError, match="integer"):
         bipartite_edge_index(3, torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("with_valid_and_ids", [False, True])
+def test_state_dict_round_trip_through_torch_save(tmp_path, with_valid_and_ids):
+    pairs = torch.tensor([[0, 0, 1, 2], [1, 2, 0, 1]])
+    extra = dict(valid=torch.tensor([[2], [2]]),
+                 id_map=IdMap(users=("ann", "bob", "cy"), items=torch.tensor([10, 20, 30])))
+    data = Interactions("toy", 3, 3, pairs, pairs[:, :2], **(extra if with_valid_and_ids else {}))
+    torch.save(data.state_dict(), tmp_path / "data.pt")
+    loaded = Interactions.from_state_dict(torch.load(tmp_path / "data.pt", weights_only=True))
+    assert (loaded.name, loaded.num_users, loaded.num_items) == ("toy", 3, 3)
+    for split in ("train", "test", "valid"):
+        mine, theirs = getattr(data, split), getattr(loaded, split)
+        assert (mine is None and theirs is None) or torch.equal(mine, theirs)
+    assert loaded.id_map == data.id_map

@@ -18,6 +18,7 @@ import torch
 
 from helpers import REPO, toy_interactions
 from lightgcn_ext import cli
+from lightgcn_ext.data import Interactions
 from lightgcn_ext.training import run_files
 
 TINY = ["--dim", "8", "--batch-size", "256", "--no-progress", "--threads", "1"]
@@ -259,7 +260,10 @@ def test_offset_ids_are_renumbered_and_their_map_kept(tmp_path, capsys):
                                              "2,000,000 unused) and 200 items")
     saved = results(out)
     assert (saved["data"]["num_users"], saved["data"]["num_items"]) == (300, 200)
-    ids = torch.load(out / run_files.IDS, weights_only=True)
+    saved_data = Interactions.from_state_dict(
+        torch.load(out / run_files.DATA, weights_only=True))
+    assert saved_data.train.shape[1] == saved["data"]["num_train"]
+    ids = saved_data.id_map.state_dict()
     assert ids["users"].tolist() == list(range(2_000_000, 2_000_300))
     checkpoint = torch.load(out / run_files.CHECKPOINT, weights_only=True)
     assert checkpoint["model"]["embedding.weight"].shape == (500, 8)
