@@ -11,6 +11,7 @@ import sys
 
 from .data import DownloadError
 from .training import Interrupted, TrainConfig, train
+from .training.config import LOG_OPTIONS
 from .training.results import best_line
 from .training.run_files import CHECKPOINT
 
@@ -32,9 +33,11 @@ def _parser():
     train.add_argument("--data", default=DEFAULTS.data,
                        help="'synthetic' (embedded, no files), a named data set ('gowalla', "
                             "'yelp2018', 'amazon-book'; downloaded once into $LIGHTGCN_EXT_DATA "
-                            "or ~/.cache/lightgcn_ext), or a directory with train.txt and "
-                            "test.txt (optional valid.txt) in the LightGCN format. A name that "
-                            "is also an existing directory is that directory, unless "
+                            "or ~/.cache/lightgcn_ext), a directory with train.txt and "
+                            "test.txt (optional valid.txt) in the LightGCN format, or an "
+                            "interaction log with raw ids (a .csv, .tsv, RecBole .inter or "
+                            "MovieLens ratings.dat file; see the interaction log options). A "
+                            "name that is also an existing directory is that directory, unless "
                             "--data-root is given")
     train.add_argument("--keep-ids", action="store_true",
                        help="take a data directory's ids as given (id k is row k of the "
@@ -63,8 +66,8 @@ def _parser():
     train.add_argument("--overwrite", action="store_true",
                        help="start over in an --out that holds another run, deleting it")
     train.add_argument("--seed", type=int, default=DEFAULTS.seed,
-                       help="seed of the initialization and the sampler (same seed, same "
-                            "device: same metrics)")
+                       help="seed of the initialization, the sampler and an interaction "
+                            "log's random split (same seed, same device: same metrics)")
     train.add_argument("--eval-every", type=int, default=DEFAULTS.eval_every,
                        help="evaluate every this many epochs (and after the last)")
     train.add_argument("--patience", type=int, default=DEFAULTS.patience,
@@ -81,12 +84,19 @@ def _parser():
                        help="under torchrun (several processes): seconds a collective waits "
                             "for the others before the run fails with an error")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--tensorboard", action="store_true",
+                       help="write the loss, every metric and the step time per epoch for "
+                            "TensorBoard into --out's tensorboard/ (needs `pip install "
+                            "tensorboard`)")
+    _add_log_options(train, seed=False)
     _add_data_command(commands)
     return parser
 
 
-def _add_log_options(parser):
-    """The options of reading an interaction log (lightgcn_ext.data.read_log)."""
+def _add_log_options(parser, seed=True):
+    """The options of reading an interaction log (lightgcn_ext.data.read_log);
+    seed=False where the parser has a --seed of its own, which seeds the
+    split too."""
     log = parser.add_argument_group("interaction log (.csv, .tsv, RecBole .inter, "
                                     "MovieLens ratings.dat)")
     log.add_argument("--user", help="the user column (default: the first of user, user_id, "
@@ -101,23 +111,26 @@ def _add_log_options(parser):
                                    ".inter tab, .dat '::')")
     log.add_argument("--min-rating", type=float,
                      help="keep interactions rated at least this (implicit feedback)")
-    log.add_argument("--min-user-interactions", type=int, default=1,
+    log.add_argument("--min-user-interactions", type=int,
+                     default=DEFAULTS.min_user_interactions,
                      help="k-core: keep users with at least this many interactions")
-    log.add_argument("--min-item-interactions", type=int, default=1,
+    log.add_argument("--min-item-interactions", type=int,
+                     default=DEFAULTS.min_item_interactions,
                      help="k-core: keep items with at least this many interactions")
-    log.add_argument("--split", choices=("random", "temporal"), default="random",
+    log.add_argument("--split", choices=("random", "temporal"), default=DEFAULTS.split,
                      help="each user's last interactions go to test, the ones before to "
                           "valid: in a seeded shuffle, or by time")
-    log.add_argument("--ratios", type=float, nargs=3, default=[0.8, 0.1, 0.1],
+    log.add_argument("--ratios", type=float, nargs=3, default=list(DEFAULTS.ratios),
                      metavar=("TRAIN", "VALID", "TEST"), help="the split's fractions")
-    log.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    if seed:
+        log.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                         help="seed of the random split")
 
 
 def _log_options(args):
-    return dict(user=args.user, item=args.item, rating=args.rating, time=args.time, sep=args.sep,
-                min_rating=args.min_rating, min_user_interactions=args.min_user_interactions,
-                min_item_interactions=args.min_item_interactions, split=args.split,
-                ratios=tuple(args.ratios), seed=args.seed)
+    """The log options of the parsed args, as TrainConfig's fields (and read_log's)."""
+    return {name: tuple(args.ratios) if name == "ratios" else getattr(args, name)
+            for name in LOG_OPTIONS}
 
 
 def _add_data_command(commands):
@@ -139,7 +152,7 @@ def _data_command(args):
     from .data import describe, format_description
 
     try:
-        description = describe(args.path, **_log_options(args))
+        description = describe(args.path, **_log_options(args), seed=args.seed)
     except (ValueError, OSError, ImportError) as error:
         print(f"lightgcn-ext data {args.action}: error: {error}", file=sys.stderr)
         return 2
@@ -158,7 +171,8 @@ def main(argv=None):
                          patience=args.patience, topk=tuple(args.topk),
                          max_epochs_now=args.max_epochs_now, progress=not args.no_progress,
                          dist_timeout=args.dist_timeout, overwrite=args.overwrite,
-                         ids="given" if args.keep_ids else "dense", threads=args.threads)
+                         ids="given" if args.keep_ids else "dense", threads=args.threads,
+                         tensorboard=args.tensorboard, **_log_options(args))
     try:
         results = launch(config)
     except Interrupted as stopped:

@@ -1,6 +1,6 @@
 """What a training run does (`TrainConfig`, the CLI's options one for one), and
 resolving its device and data."""
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -8,6 +8,13 @@ import torch
 from .. import data as data_sources
 from .. import validation
 from ..data.ids import ID_MODES
+from ..data.logs import SEPARATORS as LOG_SUFFIXES
+
+# The options of reading an interaction log (lightgcn_ext.data.read_log's,
+# TrainConfig's fields of the same names); the random split's seed is the
+# run's seed.
+LOG_OPTIONS = ("user", "item", "rating", "time", "sep", "min_rating", "min_user_interactions",
+               "min_item_interactions", "split", "ratios")
 
 
 @dataclass
@@ -43,9 +50,30 @@ class TrainConfig:
     # or "given" (id k is row k of the model: --keep-ids).
     ids: str = "dense"
     threads: int = None  # CPU threads (torch.set_num_threads); None: torch's default
+    # Curves for TensorBoard in <out>/tensorboard (needs the tensorboard package).
+    tensorboard: bool = False
+    # Reading an interaction log (data a .csv, .tsv, .inter or .dat file):
+    # read_log's options (LOG_OPTIONS), checked by read_log itself. Other data
+    # refuses values other than these defaults.
+    user: str = None  # the user column; None: the first usual name
+    item: str = None
+    rating: str = None
+    time: str = None
+    sep: str = None  # None: by the file's suffix
+    min_rating: float = None
+    min_user_interactions: int = 1
+    min_item_interactions: int = 1
+    split: str = "random"
+    ratios: tuple = (0.8, 0.1, 0.1)
+
+    def log_options(self):
+        """The keyword arguments of read_log for this run's log."""
+        return dict({name: getattr(self, name) for name in LOG_OPTIONS}, seed=self.seed)
 
     def check(self):
-        """self, each field checked (ArgumentError, a ValueError, naming the first bad one)."""
+        """self, each field checked (ArgumentError, a ValueError, naming the
+        first bad one), and the options that do not apply to the data refused,
+        before anything is read or written."""
         for name in ("dim", "layers", "epochs", "batch_size", "eval_every"):
             validation.positive_int(getattr(self, name), name)
         for name in ("patience", "max_epochs_now"):
@@ -57,7 +85,38 @@ class TrainConfig:
         validation.choice(self.ids, "ids", ID_MODES)
         if self.threads is not None:
             validation.positive_int(self.threads, "threads")
+        if self.tensorboard:
+            check_tensorboard()
+        self._check_data_options()
         return self
+
+    def _check_data_options(self):
+        path = Path(self.data).expanduser()
+        if not is_log(self.data):
+            defaults = {f.name: f.default for f in fields(self)}
+            given = [name for name in LOG_OPTIONS
+                     if _listed(getattr(self, name)) != _listed(defaults[name])]
+            if given:
+                options = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+                raise ValueError(f"{options} {'apply' if len(given) > 1 else 'applies'} to an "
+                                 f"interaction log (--data a {', '.join(LOG_SUFFIXES)} file), "
+                                 f"not to --data {self.data}")
+            return
+        if not path.is_file():
+            raise FileNotFoundError(f"--data {self.data}: no such file (an interaction log "
+                                    f"was expected)")
+        if path.suffix not in LOG_SUFFIXES and self.sep is None:
+            raise ValueError(f"--data {self.data} is a file, but not an interaction log by "
+                             f"its suffix ({', '.join(LOG_SUFFIXES)}): give --sep to read it "
+                             f"as one, or for the LightGCN text format the directory that "
+                             f"holds train.txt and test.txt")
+        if self.ids == "given":
+            raise ValueError(f"--keep-ids applies to a directory in the LightGCN text format; "
+                             f"an interaction log's raw ids (--data {self.data}) are always "
+                             f"numbered 0, 1, ..., and data.pt keeps their map")
+        if self.data_root is not None:
+            raise ValueError(f"--data-root applies to the named data sets, not to the "
+                             f"interaction log --data {self.data}")
 
 
 def resolve_device(name):
@@ -95,9 +154,39 @@ def data_source(spec, root=None):
     return spec, None
 
 
-def load_data(spec, root=None, ids="dense"):
-    """The Interactions a --data value names (see data_source)."""
+def is_log(spec):
+    """Whether a --data value is an interaction log: a file, or a name ending
+    in a log's suffix (read_log says when there is no such file)."""
+    if spec == "synthetic" or spec in data_sources.NAMED:  # names win, as in data_source
+        return False
+    path = Path(spec).expanduser()
+    return path.is_file() or (path.suffix in LOG_SUFFIXES and not path.is_dir())
+
+
+def load_data(spec, root=None, ids="dense", log_options=None):
+    """The Interactions a --data value names (see data_source); an
+    interaction log is read by read_log with log_options (its keyword
+    arguments, TrainConfig.log_options)."""
+    if is_log(spec):
+        try:
+            return data_sources.read_log(spec, **(log_options or {}))
+        except ImportError as error:  # pyarrow, an optional dependency
+            raise ValueError(f"--data {spec}: {error}") from None
     source, _ = data_source(spec, root)
     if source == "synthetic":
         return data_sources.synthetic()
     return data_sources.load(source, root=root, ids=ids)
+
+
+def check_tensorboard():
+    """Raises ValueError, in one line, when --tensorboard cannot write
+    (the tensorboard package is an optional dependency)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install "
+                         "tensorboard") from None
+
+
+def _listed(value):
+    return list(value) if isinstance(value, (list, tuple)) else value

@@ -36,11 +36,12 @@ from ..evaluation import popularity_baseline, test_users
 from ..graph import Graph
 from ..model import LightGCN
 from . import run_files
-from .config import data_source, load_data, resolve_device
+from .config import data_source, is_log, load_data, resolve_device
 from .results import final_results, start_results, summary_line, write_results
 from .resume import apply_lr, resume_changes, run_options
 from .run_directory import RunDirectory
 from .step import bpr_step, evaluate_model, make_optimizer, make_sampler
+from .tensorboard_log import TensorBoardLog
 
 
 class Worker(Protocol):
@@ -107,7 +108,8 @@ def train(config, data=None):
 
     The run directory is locked, and checked (writable, free of another
     run's checkpoint unless config.resume or config.overwrite) before
-    anything is loaded (`RunDirectory.open`).
+    anything is loaded (`RunDirectory.open`); only an interaction log is
+    read before, so that a mistake in it leaves the directory untouched.
 
     Under torchrun with several processes, use
     lightgcn_ext.distributed.train_distributed (the CLI chooses for you)."""
@@ -120,6 +122,8 @@ def train(config, data=None):
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    if data is None and is_log(config.data):
+        data = load_run_data(config)
     with RunDirectory.open(config.out, resume=config.resume, overwrite=config.overwrite):
         data = load_run_data(config) if data is None else data
         check_table_fits(data, config, device)
@@ -132,7 +136,7 @@ def load_run_data(config):
     _, note = data_source(config.data, config.data_root)
     if note:
         print(note, flush=True)
-    return load_data(config.data, config.data_root, config.ids)
+    return load_data(config.data, config.data_root, config.ids, config.log_options())
 
 
 def check_table_fits(data, config, device):
@@ -251,6 +255,8 @@ def train_loop(config, data, worker):
     epochs_now = 0
     epoch_bar = tqdm(total=config.epochs, initial=state["epoch"], desc="epochs", unit="epoch",
                      disable=disable)
+    board = TensorBoardLog(out, fresh=not config.resume) if (
+        config.tensorboard and worker.is_main) else None
     try:
         while state["epoch"] < config.epochs and not state["stopped_early"]:
             if config.max_epochs_now and epochs_now >= config.max_epochs_now:
@@ -287,11 +293,16 @@ def train_loop(config, data, worker):
                 worker.save(out, fingerprint, state)
                 if worker.is_main:
                     write_results(out, results, state)
+                if board:
+                    board.write(record, len(sampler))
             epoch_bar.update(1)
             epoch_bar.set_postfix(loss=f"{loss:.4f}")
     except KeyboardInterrupt:
         epoch_bar.close()
         raise Interrupted(state["epoch"] + 1, out) from None
+    finally:
+        if board:
+            board.close()
     epoch_bar.close()
     return write_results(out, results, state) if worker.is_main else \
         final_results(results, state)

@@ -18,7 +18,7 @@ class ResumeRefused(ValueError):
 #              means, so the run could not continue exactly);
 #   "invocation": says how to start this invocation; not part of the run.
 RESUME_POLICY = {
-    "data": "fixed",  # compared as given, a directory by its resolved path
+    "data": "fixed",  # compared as given, a directory or a file by its resolved path
     "data_root": "applied",  # where named data sets are kept: the data itself must match
     "ids": "fixed",
     "dim": "fixed",
@@ -36,6 +36,18 @@ RESUME_POLICY = {
     "threads": "applied",
     "device": "applied",  # the checkpoint is loaded onto the new device
     "dist_timeout": "applied",
+    "tensorboard": "applied",  # the curves written from the first epoch of the resume on
+    # Reading an interaction log: they make the data.
+    "user": "fixed",
+    "item": "fixed",
+    "rating": "fixed",
+    "time": "fixed",
+    "sep": "fixed",
+    "min_rating": "fixed",
+    "min_user_interactions": "fixed",
+    "min_item_interactions": "fixed",
+    "split": "fixed",
+    "ratios": "fixed",
     "out": "invocation",
     "resume": "invocation",
     "overwrite": "invocation",
@@ -73,7 +85,7 @@ def _same(option, before, now):
         return list(before) == list(now)
     if option == "data" and isinstance(before, str) and isinstance(now, str) and before != now:
         a, b = Path(before).expanduser(), Path(now).expanduser()
-        return a.is_dir() and b.is_dir() and a.resolve() == b.resolve()
+        return a.exists() and b.exists() and a.resolve() == b.resolve()
     return before == now
 
 
