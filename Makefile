@@ -37,9 +37,10 @@ install: deps
 	$(PYTHON) -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
 
 # The main job: 20 epochs on the embedded synthetic data, recall@20 and ndcg@20 per
-# evaluation beside a popularity baseline.
+# evaluation beside a popularity baseline; then the command to try next on the run.
 demo: build
 	$(PYTHON) -m lightgcn_ext train --data synthetic --epochs 20 --out $(DEMO_OUT) --overwrite
+	@$(PYTHON) tools/demo_next.py $(DEMO_OUT) $(PYTHON)
 
 test: build
 	$(PYTHON) -m pytest -q tests

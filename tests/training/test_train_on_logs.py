@@ -9,12 +9,14 @@ pairs); every mistake in the log or its options is one line that leaves
 import csv
 import json
 import random
+import shlex
+import subprocess
 import sys
 
 import pytest
 import torch
 
-from helpers import toy_interactions
+from helpers import REPO, toy_interactions
 from lightgcn_ext.data import Interactions
 from lightgcn_ext.training import run_files
 from test_cli_run_safety import TINY, one_error_line, run_main, write_dir
@@ -138,6 +140,26 @@ def test_a_movielens_log_trains_end_to_end_and_keeps_every_raw_id(tmp_path, caps
     saved = results(out)
     assert saved["config"]["split"] == "temporal" and saved["data"]["name"] == "ratings"
     assert saved["data"]["num_test"] == data.test.shape[1]
+
+
+def test_make_demo_ends_with_a_recommend_for_a_raw_user_id_of_the_run(tmp_path, toy_log,
+                                                                       capsys):
+    out = tmp_path / "run"
+    assert run_main(["train", "--data", str(toy_log), "--out", str(out), "--epochs", "1",
+                     *TINY], capsys)[0] == 0
+    assert "\t@$(PYTHON) tools/demo_next.py $(DEMO_OUT) $(PYTHON)\n" in (
+        REPO / "Makefile").read_text()
+    shown = subprocess.run([sys.executable, "tools/demo_next.py", str(out), "python3"],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    heading, command = shown.stdout.splitlines()
+    assert heading == "next, the top 10 items for a user of the demo data:"
+    words = shlex.split(command)
+    assert words[:6] == ["python3", "-m", "lightgcn_ext", "recommend", "--run", str(out)]
+    assert words[6] == "--users" and words[8:] == ["--k", "10"]
+    data = saved_data(out)
+    user = data.id_map.dense_users([words[7]])  # a raw id of the run, not a dense one
+    assert bool((data.test[0] == user).any())
 
 
 # ------------------------------------------------------------ bad input
