@@ -353,6 +353,47 @@ def assert_same_topk(ours, ref, scores, *, sorted=True, rtol=1e-5):
     torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * max(scale, 1e-30))
 
 
+# ---------------------------------------------------- the command line
+# Small training runs for the command-line tests: fast, one thread, quiet.
+TINY = ["--dim", "8", "--batch-size", "256", "--no-progress", "--threads", "1"]
+
+
+def write_dir(path, data, offset=0, valid=None):
+    """data (Interactions) as a LightGCN-format directory, ids + offset."""
+    path.mkdir(parents=True, exist_ok=True)
+    splits = dict(train=data.train, test=data.test, **({} if valid is None else {"valid": valid}))
+    for split, pairs in splits.items():
+        lines = {}
+        for user, item in pairs.t().tolist():
+            lines.setdefault(user + offset, []).append(item + offset)
+        (path / f"{split}.txt").write_text(
+            "".join(f"{u} {' '.join(map(str, items))}\n" for u, items in sorted(lines.items())))
+    return path
+
+
+def run_main(argv, capsys):
+    """(exit code, stdout, stderr) of lightgcn_ext.cli.main(argv) in this process."""
+    from lightgcn_ext import cli
+
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 1
+        if isinstance(exit.code, str):
+            print(exit.code, file=sys.stderr)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(code, err):
+    """The one line a user mistake in `train` prints, after checking the exit code."""
+    assert code not in (0, None), err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("lightgcn-ext train: error: "), err
+    return lines[0][len("lightgcn-ext train: error: "):]
+
+
 # ------------------------------------------------------------- processes
 def run_python(code, timeout=120):
     """Runs code in a fresh interpreter with the repo on the path (a crash

@@ -41,7 +41,7 @@ from .results import final_results, start_results, summary_line, write_results
 from .resume import apply_lr, resume_changes, run_options
 from .run_directory import RunDirectory
 from .step import bpr_step, evaluate_model, make_optimizer, make_sampler
-from .tensorboard_log import TensorBoardLog
+from .tensorboard_log import TensorBoardLog, remove_curves
 
 
 class Worker(Protocol):
@@ -255,8 +255,9 @@ def train_loop(config, data, worker):
     epochs_now = 0
     epoch_bar = tqdm(total=config.epochs, initial=state["epoch"], desc="epochs", unit="epoch",
                      disable=disable)
-    board = TensorBoardLog(out, fresh=not config.resume) if (
-        config.tensorboard and worker.is_main) else None
+    if worker.is_main and not config.resume:
+        remove_curves(out)
+    board = TensorBoardLog(out) if config.tensorboard and worker.is_main else None
     try:
         while state["epoch"] < config.epochs and not state["stopped_early"]:
             if config.max_epochs_now and epochs_now >= config.max_epochs_now:

@@ -20,19 +20,21 @@ DIRECTORY = "tensorboard"
 _EVENTS = "events.out.tfevents.*"
 
 
-class TensorBoardLog:
-    """Writes each epoch's record as TensorBoard scalars into out/tensorboard.
-    A run that starts afresh (fresh=True) first removes the event files that
-    an earlier run of the directory left, whose curves would mix with its own."""
+def remove_curves(out):
+    """Removes the event files that an earlier run left in out/tensorboard:
+    a run that starts afresh in out (--overwrite, or after a run killed in
+    its first epoch) would mix its curves with theirs."""
+    for events in (Path(out) / DIRECTORY).glob(_EVENTS):
+        events.unlink()
 
-    def __init__(self, out, fresh):
+
+class TensorBoardLog:
+    """Writes each epoch's record as TensorBoard scalars into out/tensorboard."""
+
+    def __init__(self, out):
         from torch.utils.tensorboard import SummaryWriter
 
-        directory = Path(out) / DIRECTORY
-        if fresh:
-            for events in directory.glob(_EVENTS):
-                events.unlink()
-        self._writer = SummaryWriter(log_dir=str(directory))
+        self._writer = SummaryWriter(log_dir=str(Path(out) / DIRECTORY))
 
     def write(self, record, steps):
         """The scalars of an epoch's record (train_loop's), whose training

@@ -16,56 +16,18 @@ import time
 import pytest
 import torch
 
-from helpers import REPO, toy_interactions
-from lightgcn_ext import cli
+from helpers import REPO, TINY, one_error_line, run_main, toy_interactions, write_dir
 from lightgcn_ext.data import Interactions
 from lightgcn_ext.training import run_files
-
-TINY = ["--dim", "8", "--batch-size", "256", "--no-progress", "--threads", "1"]
-
-
-def write_dir(path, data, offset=0, valid=None):
-    """data (Interactions) as a LightGCN-format directory, ids + offset."""
-    path.mkdir(parents=True, exist_ok=True)
-    splits = dict(train=data.train, test=data.test, **({} if valid is None else {"valid": valid}))
-    for split, pairs in splits.items():
-        lines = {}
-        for user, item in pairs.t().tolist():
-            lines.setdefault(user + offset, []).append(item + offset)
-        (path / f"{split}.txt").write_text(
-            "".join(f"{u} {' '.join(map(str, items))}\n" for u, items in sorted(lines.items())))
-    return path
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return write_dir(tmp_path_factory.mktemp("data") / "toy", toy_interactions())
 
 
-def run_main(argv, capsys):
-    """(exit code, stdout, stderr) of cli.main(argv) in this process."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else 1
-        if isinstance(exit.code, str):
-            print(exit.code, file=sys.stderr)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def run_cli(argv, **kwargs):
     return subprocess.run([sys.executable, "-m", "lightgcn_ext", *argv], cwd=REPO, text=True,
                           capture_output=True, timeout=300, **kwargs)
-
-
-def one_error_line(code, err):
-    """The one line a user mistake prints, after checking the exit code."""
-    assert code not in (0, None), err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("lightgcn-ext train: error: "), err
-    return lines[0][len("lightgcn-ext train: error: "):]
 
 
 def results(out):

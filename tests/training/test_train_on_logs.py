@@ -16,10 +16,9 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO, toy_interactions
+from helpers import REPO, TINY, one_error_line, run_main, toy_interactions, write_dir
 from lightgcn_ext.data import Interactions
 from lightgcn_ext.training import run_files
-from test_cli_run_safety import TINY, one_error_line, run_main, write_dir
 
 pytest.importorskip("pyarrow")  # read_log's reader, an optional dependency
 
@@ -242,8 +241,8 @@ def test_a_resume_refuses_other_log_options_by_name(tmp_path, toy_log, capsys):
 
 # ------------------------------------------------------------ TensorBoard
 def test_tensorboard_gets_loss_metrics_and_step_time_per_epoch(tmp_path, toy_log, capsys):
-    """Rank 0's curves equal results.json's numbers; a resume continues them
-    without repeating an epoch."""
+    """The curves equal results.json's numbers; a resume continues them
+    without repeating an epoch, a run started over replaces them."""
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -252,10 +251,10 @@ def test_tensorboard_gets_loss_metrics_and_step_time_per_epoch(tmp_path, toy_log
             "--eval-every", "2", *TINY]
     assert run_main(base + ["--epochs", "3"], capsys)[0] == 0
     assert run_main(base + ["--epochs", "4", "--resume"], capsys)[0] == 0
-    events = EventAccumulator(str(out / "tensorboard"))
-    events.Reload()
 
     def curve(tag):
+        events = EventAccumulator(str(out / "tensorboard"))
+        events.Reload()
         return [(event.step, event.value) for event in events.Scalars(tag)]
 
     history = results(out)["history"]
@@ -271,3 +270,5 @@ def test_tensorboard_gets_loss_metrics_and_step_time_per_epoch(tmp_path, toy_log
                                            for r in evaluated]
         assert curve(f"valid/{metric}") == [
             (r["epoch"], pytest.approx(r["valid"][metric], **float32)) for r in evaluated]
+    assert run_main(base + ["--epochs", "1", "--overwrite"], capsys)[0] == 0
+    assert curve("loss") == [(1, pytest.approx(results(out)["history"][0]["loss"], **float32))]
