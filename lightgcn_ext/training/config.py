@@ -156,7 +156,7 @@ def data_source(spec, root=None):
 
 def is_log(spec):
     """Whether a --data value is an interaction log: a file, or a name ending
-    in a log's suffix (read_log says when there is no such file)."""
+    in a log's suffix (TrainConfig.check says when there is no such file)."""
     if spec == "synthetic" or spec in data_sources.NAMED:  # names win, as in data_source
         return False
     path = Path(spec).expanduser()

@@ -164,7 +164,8 @@ def test_make_demo_ends_with_a_recommend_for_a_raw_user_id_of_the_run(tmp_path, 
 # ------------------------------------------------------------ bad input
 @pytest.mark.parametrize("case", ["missing column", "no header", "rating not a number",
                                   "ratios", "unknown suffix", "no such file",
-                                  "log option without a log", "keep-ids", "no tensorboard"])
+                                  "log option without a log", "keep-ids", "no pyarrow",
+                                  "no tensorboard"])
 def test_a_mistake_is_one_line_and_leaves_out_untouched(tmp_path, toy_log, capsys, monkeypatch,
                                                         case):
     """Each mistake is one line naming the option or the file and the value,
@@ -209,6 +210,12 @@ def test_a_mistake_is_one_line_and_leaves_out_untouched(tmp_path, toy_log, capsy
         expected = (f"--keep-ids applies to a directory in the LightGCN text format; an "
                     f"interaction log's raw ids (--data {toy_log}) are always numbered 0, 1, "
                     f"..., and data.pt keeps their map")
+    elif case == "no pyarrow":
+        for module in ("pyarrow", "pyarrow.compute", "pyarrow.csv"):
+            monkeypatch.setitem(sys.modules, module, None)  # import fails: not installed
+        data = toy_log
+        expected = (f"--data {toy_log}: reading an interaction log needs pyarrow: pip install "
+                    f"pyarrow")
     else:
         for module in ("tensorboard", "torch.utils.tensorboard"):
             monkeypatch.setitem(sys.modules, module, None)  # import fails: not installed
