@@ -10,6 +10,7 @@ import shlex
 import sys
 
 from .data import DownloadError
+from .inference.commands import COMMANDS as RUN_COMMANDS, add_commands, run_command
 from .training import Interrupted, TrainConfig, train
 from .training.results import best_line
 from .training.run_files import CHECKPOINT
@@ -82,6 +83,7 @@ def _parser():
                             "for the others before the run fails with an error")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_data_command(commands)
+    add_commands(commands)
     return parser
 
 
@@ -151,6 +153,8 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     if args.command == "data":
         return _data_command(args)
+    if args.command in RUN_COMMANDS:
+        return run_command(args)
     config = TrainConfig(data=args.data, data_root=args.data_root, dim=args.dim,
                          layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, reg=args.reg, device=args.device, out=args.out,
