@@ -11,6 +11,9 @@ from ..evaluation import popularity_baseline
 from ..training import evaluate_model
 
 SPLITS = ("test", "valid")
+# Metrics this close to results.json's differ only in the order their averages
+# were summed in (a run of several processes sums per process).
+ROUNDING = 1e-9
 
 
 def evaluate_run(run, split="test", ks=None):
@@ -59,10 +62,14 @@ def format_evaluation(run, split, evaluation):
                      f"{evaluation['popularity'][name]:>10.4f}  {saved:>12}")
     if not recorded:
         lines.append(f"results.json records no {split} metrics of epoch {run.epoch}")
-    elif all(recorded[name] == metrics[name] for name in recorded):
-        lines.append(f"the same as results.json records for epoch {run.epoch}")
     else:
         worst = max(abs(recorded[name] - metrics[name]) for name in recorded)
-        lines.append(f"differs from results.json's epoch {run.epoch} by up to {worst:.2g} "
-                     f"(another device, or a run of several processes)")
+        if worst == 0:
+            lines.append(f"the same as results.json records for epoch {run.epoch}")
+        elif worst <= ROUNDING:
+            lines.append(f"the same as results.json records for epoch {run.epoch}, to float "
+                         f"rounding ({worst:.2g})")
+        else:
+            lines.append(f"differs from results.json's epoch {run.epoch} by up to {worst:.2g} "
+                         f"(evaluated on another device than the run's?)")
     return lines

@@ -334,3 +334,38 @@ def test_the_top_level_import_stays_light():
                       "print(lightgcn_ext.load_run.__module__)\n")
     assert done.stdout.split() == ["False", "lightgcn_ext.inference.run"], done.stderr
     assert sys.modules["lightgcn_ext"].load_run is load_run
+
+
+# ------------------------------------------------- a run of several processes
+def test_a_run_of_two_processes_loads_its_last_epoch_from_the_shards(tmp_path, capsys):
+    """torchrun's shards joined into one model: the last epoch's weights, the
+    metrics of results.json to float rounding (the run evaluated across its
+    processes); best.pt, which such a run does not keep, is refused in one line."""
+    import os
+    import socket
+    import subprocess
+
+    from helpers import REPO
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = toy_interactions(num_pairs=3000)
+    data_dir = write_dir(tmp_path / "toy", dict(train=data.train, test=data.test))
+    out = tmp_path / "run"
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", str(port), "-m", "lightgcn_ext", "train", "--data", str(data_dir),
+         "--out", str(out), "--epochs", "2", *map(str, TINY)],
+        cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+        timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert (out / "checkpoint.index.json").exists() and not (out / "best.pt").exists()
+    run = load_run(out, checkpoint="last")
+    assert run.epoch == 2 and run.model.embedding.weight.shape == (run.data.num_nodes, 16)
+    evaluation = evaluate_run(run)
+    for name, value in evaluation["recorded"].items():
+        assert abs(evaluation["metrics"][name] - value) <= 1e-9, name
+    assert len(evaluation["recorded"]) == 8
+    code, _, err = run_main(["recommend", "--run", out, "--users", USER_ID(0)], capsys)
+    assert_one_line_error(code, err, "is a run of several processes", "--checkpoint last")
