@@ -112,16 +112,17 @@ def _recommend(args):
                          f"({len(unknown):,} given: {_some(unknown)}); give raw user ids of "
                          f"its data")
     if unknown:
-        print(f"lightgcn-ext recommend: {len(unknown):,} of the {len(unknown) + len(users):,} "
-              f"users are not in the run's data and get no recommendation: {_some(unknown)}",
-              file=sys.stderr)
+        print(f"lightgcn-ext recommend: skipped {len(unknown):,} of the "
+              f"{_count(len(unknown) + len(users), 'user')} given, not in the run's data: "
+              f"{_some(unknown)}", file=sys.stderr)
     items, scores = top_items(run, users, args.k, include_seen=args.include_seen)
     rows = recommendation_rows(run, users, items, scores)
     if output is None:
         print(format_table(rows))
     else:
         write_recommendations(output, rows)
-        print(f"{len(rows['rank']):,} recommendations for {len(users):,} users: {output}")
+        print(f"{_count(len(rows['rank']), 'recommendation')} for "
+              f"{_count(len(users), 'user')}: {output}")
     return 0
 
 
@@ -137,6 +138,10 @@ def _read_users(path):
         raise ValueError(f"--users-file {path} names no user (expected one raw user id per "
                          f"line)")
     return names
+
+
+def _count(number, noun):
+    return f"{number:,} {noun}{'s' * (number != 1)}"
 
 
 def _some(names):

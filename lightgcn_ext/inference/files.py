@@ -36,8 +36,9 @@ def write_csv(path, columns):
     atomic_write(path, text.getvalue())
 
 
-def write_json(path, value):
-    atomic_write(path, json.dumps(value, indent=1) + "\n")
+def write_json(path, entries):
+    """A JSON list, one entry a line."""
+    atomic_write(path, "[\n" + ",\n".join(json.dumps(entry) for entry in entries) + "\n]\n")
 
 
 def write_parquet(path, columns):

@@ -205,7 +205,7 @@ def test_recommend_prints_a_table_and_names_unknown_users(trained, capsys):
     assert lines[0].split() == ["user", "rank", "item", "score"] and len(lines) == 1 + 2 * 3
     assert [line.split()[:2] for line in lines[1:4]] == [["1000", "1"], ["1000", "2"],
                                                         ["1000", "3"]]
-    assert err.count("\n") == 1 and "2 of the 4 users are not in the run's data" in err
+    assert err.count("\n") == 1 and "skipped 2 of the 4 users given, not in the run's data" in err
     assert "'3', 'x'" in err
 
 
