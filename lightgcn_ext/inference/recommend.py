@@ -13,6 +13,7 @@ whole users x items matrix.
 import numpy as np
 import torch
 
+from .. import validation
 from .files import write_csv, write_json, write_parquet
 from .ids import raw_ids
 
@@ -27,9 +28,9 @@ def top_items(run, users, k, *, include_seen=False, chunk_size=None):
     with fewer than k items gets item -1 (score -inf) in the places it cannot
     fill. ValueError when k is not in [1, number of items]."""
     data = run.data
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= data.num_items:
-        raise ValueError(f"--k must be an int from 1 to {data.num_items:,} (the run's number "
-                         f"of items), got {k!r}")
+    expected = f"an int from 1 to {data.num_items:,} (the run's number of items)"
+    if validation.as_int(k, "--k", expected) not in range(1, data.num_items + 1):
+        raise validation.ArgumentError("--k", expected, k)
     device = run.graph.device
     users = torch.as_tensor(users, dtype=torch.int64).to(device)
     item_nodes = torch.arange(data.num_users, data.num_nodes, device=device)

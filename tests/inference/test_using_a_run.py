@@ -197,7 +197,7 @@ def test_export_holds_every_raw_id_once_with_its_embedding(trained, tmp_path, ca
     assert np.allclose(table["embedding"][0], arrays["user_embeddings"][0])
 
 
-def test_recommend_prints_a_table_and_names_unknown_users(trained, capsys):
+def test_recommend_prints_a_table_and_names_unknown_users(trained, tmp_path, capsys):
     code, out, err = run_main(["recommend", "--run", trained, "--users", 1000, 3, "x", 1007,
                                "--k", 3, "--device", "cpu"], capsys)
     assert code == 0
@@ -207,6 +207,11 @@ def test_recommend_prints_a_table_and_names_unknown_users(trained, capsys):
                                                         ["1000", "3"]]
     assert err.count("\n") == 1 and "skipped 2 of the 4 users given, not in the run's data" in err
     assert "'3', 'x'" in err
+    users_file = tmp_path / "users.txt"
+    users_file.write_text("1000\n\n  3\nx\n1007\n")  # blank lines and spaces are skipped
+    code, from_file, err = run_main(["recommend", "--run", trained, "--users-file", users_file,
+                                     "--k", 3, "--device", "cpu"], capsys)
+    assert code == 0 and from_file == out and "'3', 'x'" in err
 
 
 # ---------------------------------------------- other runs: no map, string ids
@@ -369,3 +374,13 @@ def test_a_run_of_two_processes_loads_its_last_epoch_from_the_shards(tmp_path, c
     assert len(evaluation["recorded"]) == 8
     code, _, err = run_main(["recommend", "--run", out, "--users", USER_ID(0)], capsys)
     assert_one_line_error(code, err, "is a run of several processes", "--checkpoint last")
+
+
+def test_parquet_without_pyarrow_is_one_line(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    for argv in (["recommend", "--users", 1000], ["export"]):
+        code, out, err = run_main([*argv, "--run", trained, "--output",
+                                   tmp_path / "out.parquet"], capsys)
+        assert_one_line_error(code, err, "writing parquet needs pyarrow (pip install pyarrow)")
+    assert not list(tmp_path.iterdir())
