@@ -38,9 +38,10 @@ install: deps
 	$(PYTHON) -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
 
 # The main job: 20 epochs on the embedded synthetic data, recall@20 and ndcg@20 per
-# evaluation beside a popularity baseline.
+# evaluation beside a popularity baseline; then the command that recommends from the run.
 demo: build
 	$(PYTHON) -m lightgcn_ext train --data synthetic --epochs 20 --out $(DEMO_OUT) --overwrite
+	@echo "next, the top-10 items of users 0 and 1 of the run: $(PYTHON) -m lightgcn_ext recommend --run $(DEMO_OUT) --users 0 1 --k 10"
 
 test: build
 	$(PYTHON) -m pytest -q tests
