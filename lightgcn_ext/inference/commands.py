@@ -105,10 +105,11 @@ def run_command(args):
 def _recommend(args):
     output = None if args.output is None else check_output(args.output, RECOMMEND_SUFFIXES)
     names = args.users if args.users is not None else _read_users(args.users_file)
+    option = "--users" if args.users is not None else f"--users-file {args.users_file}"
     run = load_run(args.run, args.checkpoint, args.device)
     users, unknown = find_users(run, names)
     if not users.numel():
-        raise ValueError(f"--users: no user given is a user of the run {run.path} "
+        raise ValueError(f"{option}: no user given is a user of the run {run.path} "
                          f"({len(unknown):,} given: {_some(unknown)}); give raw user ids of "
                          f"its data")
     if unknown:

@@ -282,7 +282,8 @@ def test_a_run_without_a_model_or_data_is_one_line(trained, tmp_path, capsys, co
 
 
 @pytest.mark.parametrize("argv, phrases", [
-    (["--users", "nobody", "42"], ["--users: no user given is a user of the run", "2 given: 'nobody', '42'"]),
+    (["--users", "nobody", "42"], ["--users: no user given is a user of the run",
+                                   "2 given: 'nobody', '42'"]),
     (["--users", 1000, "--k", 0], ["argument --k: expected a positive int, got '0'"]),
     (["--users", 1000, "--k", "ten"], ["argument --k: expected a positive int, got 'ten'"]),
     (["--users", 1000, "--k", 100000], ["--k must be an int from 1 to", "got 100000"]),
