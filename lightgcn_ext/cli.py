@@ -10,6 +10,7 @@ import shlex
 import sys
 
 from .data import DownloadError
+from .inference.commands import COMMANDS as RUN_COMMANDS, add_commands, run_command
 from .training import Interrupted, TrainConfig, train
 from .training.config import LOG_OPTIONS
 from .training.results import best_line
@@ -90,6 +91,7 @@ def _parser():
                             "tensorboard`)")
     _add_log_options(train, seed=False)
     _add_data_command(commands)
+    add_commands(commands)
     return parser
 
 
@@ -164,6 +166,8 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     if args.command == "data":
         return _data_command(args)
+    if args.command in RUN_COMMANDS:
+        return run_command(args)
     config = TrainConfig(data=args.data, data_root=args.data_root, dim=args.dim,
                          layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, reg=args.reg, device=args.device, out=args.out,

@@ -129,8 +129,12 @@ class LightGCN(torch.nn.Module):
         excluded = None if exclude is None else _ExcludedPairs(
             exclude, self.num_nodes, src_index, dst_index, out.device)
         top_scores, top = [], []
+        # One score matrix for every chunk: on a CPU, a new one per chunk costs
+        # the page faults of fresh memory, about a third of the product's time.
+        buffer = out.new_empty((min(chunk_size, out_src.size(0)), num_candidates))
         for start in range(0, out_src.size(0), chunk_size):
-            scores = out_src[start:start + chunk_size] @ out_dst.t()
+            rows = out_src[start:start + chunk_size]
+            scores = torch.mm(rows, out_dst.t(), out=buffer[:rows.size(0)])
             if excluded is not None:
                 excluded.mask_(scores, start)
             values, index = scores.topk(k, dim=-1, sorted=sorted)
