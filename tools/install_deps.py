@@ -32,6 +32,8 @@ PACKAGES = [
     ("hypothesis", "hypothesis", False),
     # Reading interaction logs (lightgcn_ext.data.read_log) and its tests and benchmark.
     ("pyarrow", "pyarrow", False),
+    # train --tensorboard and its test.
+    ("tensorboard", "tensorboard", False),
     ("torch_geometric", "torch_geometric", False),
 ]
 
