@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from ..training import check_table_fits, load_run_data, resolve_device, train_loop
+from ..training.config import is_log
 from ..training.run_directory import RunDirectory
 from .exchange import collective
 from .graph import CHUNK_ROWS
@@ -51,11 +52,15 @@ def train_distributed(config, data=None):
     results.json and curve.png; every rank writes its checkpoint shard.
     Rank 0 locks and checks the run directory first, as
     lightgcn_ext.training.train does, before the process group forms: a
-    refused start ends the run at once (torchrun stops the other ranks)."""
+    refused start ends the run at once (torchrun stops the other ranks).
+    An interaction log is read by every rank before that, as a single
+    process does: a mistake in it leaves the run directory untouched."""
     config = config.check()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    if data is None and is_log(config.data):
+        data = load_run_data(config)
     run = None
     if int(os.environ.get("RANK", "0")) == 0:
         run = RunDirectory.open(config.out, resume=config.resume, overwrite=config.overwrite)
