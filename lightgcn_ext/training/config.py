@@ -43,6 +43,9 @@ class TrainConfig:
     # or "given" (id k is row k of the model: --keep-ids).
     ids: str = "dense"
     threads: int = None  # CPU threads (torch.set_num_threads); None: torch's default
+    # Write the checkpoint and results every this many epochs (and at the end);
+    # None: when at least 50 times their last writing time has passed (2%).
+    checkpoint_every: int = None
 
     def check(self):
         """self, each field checked (ArgumentError, a ValueError, naming the first bad one)."""
@@ -57,6 +60,8 @@ class TrainConfig:
         validation.choice(self.ids, "ids", ID_MODES)
         if self.threads is not None:
             validation.positive_int(self.threads, "threads")
+        if self.checkpoint_every is not None:
+            validation.positive_int(self.checkpoint_every, "checkpoint_every")
         return self
 
 
