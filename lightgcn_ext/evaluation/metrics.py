@@ -256,9 +256,11 @@ def _blocks(rows, block_rows):
 
 def _scores(users, items):
     """users @ items.T, [B, num_items]. Float32 on CPU goes to oneDNN when torch has it
-    (about 1.6x the speed of the default BLAS call on the AMD EPYC measured), for
-    B >= 2: there its result is the default call's to the bit (tested), where a
-    single row differs in rounding (a matrix-vector product) and keeps the default."""
+    (about 1.6x the speed of the default BLAS call on the AMD EPYC measured) for B >= 2
+    rows: its scores of a user are then the same bits in a block of any size (tested),
+    so the blocks do not change the ranking; on that machine they are also the bits of
+    the default call on a whole chunk (bench/bench_evaluate.py checks the metrics).
+    A single row keeps the default call (a matrix-vector product, rounded otherwise)."""
     if users.size(0) >= 2 and _onednn_linear(users):
         return torch.ops.mkldnn._linear_pointwise(users, items, None, "none", [], "")
     return users @ items.t()

@@ -275,7 +275,7 @@ def train_loop(config, data, worker):
     epochs_now = 0
     clock = BookkeepingClock(config.checkpoint_every)
     saved_epoch = state["epoch"]  # the epoch that the checkpoint in out holds
-    plotted = True  # whether curve.png shows every evaluation so far
+    plotted = False  # whether curve.png is up to date (the first writing draws it)
     # Whether the model is that of state["epoch"] (not inside an epoch's steps),
     # so that a checkpoint now holds it exactly.
     between_epochs = True

@@ -17,7 +17,34 @@ from helpers import REPO, toy_interactions
 from lightgcn_ext import cli
 from lightgcn_ext.training import TrainConfig, loop, make_optimizer, results, run_files, train
 from lightgcn_ext.training.step import load_optimizer_state
-from test_cli_run_safety import TINY, data_dir, run_main, write_dir  # noqa: F401 (fixture)
+
+TINY = ["--dim", "8", "--batch-size", "256", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """The toy data as a LightGCN-format directory."""
+    path = tmp_path_factory.mktemp("data") / "toy"
+    path.mkdir()
+    data = toy_interactions()
+    for split in ("train", "test"):
+        lines = {}
+        for user, item in getattr(data, split).t().tolist():
+            lines.setdefault(user, []).append(item)
+        (path / f"{split}.txt").write_text(
+            "".join(f"{u} {' '.join(map(str, i))}\n" for u, i in sorted(lines.items())))
+    return path
+
+
+def run_main(argv, capsys):
+    """(exit code, stderr) of cli.main(argv) in this process."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 1
+        if isinstance(exit.code, str):
+            print(exit.code, file=sys.stderr)
+    return code, capsys.readouterr().err
 
 
 def _config(tmp_path, **overrides):
@@ -49,7 +76,8 @@ def test_checkpoint_every_n_epochs_and_at_the_end(tmp_path, written):
     done = train(_config(tmp_path, epochs=7, checkpoint_every=3, eval_every=2),
                  data=toy_interactions(num_pairs=3000))
     assert written["checkpoint"] == [3, 6, 7]
-    # Drawn at a writing that follows a new evaluation (epochs 2, 4 and 6; 7 is the last).
+    # Drawn at the first writing, then at each that follows a new evaluation (epochs 4
+    # and 6; 7, the last, evaluates too).
     assert written["plot"] == [3, 6, 7]
     saved = json.loads((tmp_path / "run" / run_files.RESULTS).read_text())
     assert saved["epochs_done"] == 7 and saved == json.loads(json.dumps(done))
@@ -60,7 +88,7 @@ def test_the_plot_is_drawn_only_after_a_new_evaluation(tmp_path, written):
     train(_config(tmp_path, epochs=5, checkpoint_every=1, eval_every=2),
           data=toy_interactions(num_pairs=3000))
     assert written["checkpoint"] == [1, 2, 3, 4, 5]
-    assert written["plot"] == [2, 4, 5]
+    assert written["plot"] == [1, 2, 4, 5]  # the first writing, then after evaluations
 
 
 def test_the_default_clock_spends_at_most_2_percent(monkeypatch):
@@ -93,8 +121,8 @@ def test_a_fast_run_writes_rarely(tmp_path, written, monkeypatch):
 
 
 @pytest.mark.parametrize("value", ["0", "-3"])
-def test_checkpoint_every_must_be_a_positive_int(tmp_path, capsys, value, data_dir):  # noqa: F811
-    code, _, err = run_main(["train", "--data", str(data_dir), "--out", str(tmp_path / "r"),
+def test_checkpoint_every_must_be_a_positive_int(tmp_path, capsys, value, data_dir):
+    code, err = run_main(["train", "--data", str(data_dir), "--out", str(tmp_path / "r"),
                              "--checkpoint-every", value], capsys)
     assert code != 0 and "Traceback" not in err
     assert err.strip() == (f"lightgcn-ext train: error: checkpoint_every must be a positive "
@@ -110,7 +138,7 @@ def test_checkpoint_every_not_a_number_is_one_line(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ SIGKILL
-def test_a_run_killed_between_checkpoints_resumes_from_the_last(tmp_path, data_dir):  # noqa: F811
+def test_a_run_killed_between_checkpoints_resumes_from_the_last(tmp_path, data_dir):
     """Through the CLI: checkpoints every 20 epochs; a SIGKILL after epoch 20's
     checkpoint and before epoch 40's. The resume starts from epoch 20, says how
     many completed epochs it trains again, and ends with the metrics of a run
