@@ -159,7 +159,7 @@ def test_cli_help_documents_every_option():
     for option in ("--data", "--dim", "--layers", "--epochs", "--batch-size", "--lr", "--reg",
                    "--device", "--out", "--resume", "--seed", "--eval-every", "--patience",
                    "--topk", "--max-epochs-now", "--threads", "--no-progress", "--overwrite",
-                   "--keep-ids"):
+                   "--keep-ids", "--checkpoint-every"):
         assert option in result.stdout, option
 
 
