@@ -9,8 +9,8 @@ DEMO_OUT ?= runs/demo
 ARGS ?=
 
 .PHONY: help deps build install demo test test-fast ctest check-cuda gpu-check \
-	bench-propagate bench-model bench-train bench-scaling bench-cuda bench-distributed \
-	bench-recommend clean
+	bench-propagate bench-model bench-train bench-evaluate bench-recommend bench-scaling \
+	bench-cuda bench-distributed clean
 
 help:
 	@echo "make demo            build, then train on the embedded synthetic data (DEMO_OUT=$(DEMO_OUT))"
@@ -19,7 +19,8 @@ help:
 	@echo "make ctest           the CMake build of the same sources and its C++ tests"
 	@echo "make check-cuda      compile and link the CUDA kernels with nvcc (no GPU needed)"
 	@echo "make gpu-check       on a GPU machine: build with CUDA, CUDA tests, sanitizer, GPU benchmarks"
-	@echo "make bench-propagate | bench-model | bench-train | bench-scaling | bench-cuda | bench-distributed | bench-recommend"
+	@echo "make bench-propagate | bench-model | bench-train | bench-evaluate | bench-recommend"
+	@echo "     | bench-scaling | bench-cuda | bench-distributed"
 	@echo "                     the benchmarks (ARGS=--quick for a smoke run); reports in bench/results/"
 
 # Installs what the build and the tests need; an installed torch is always reused.
@@ -63,7 +64,7 @@ gpu-check:
 	PYTHON=$(PYTHON) bash tools/gpu_check.sh
 
 # Each benchmark: make bench-NAME runs python -m bench.bench_NAME $(ARGS).
-bench-propagate bench-model bench-train bench-scaling bench-cuda bench-distributed bench-recommend: bench-%: build
+bench-propagate bench-model bench-train bench-evaluate bench-recommend bench-scaling bench-cuda bench-distributed: bench-%: build
 	$(PYTHON) -m bench.bench_$* $(ARGS)
 
 clean:

@@ -79,6 +79,10 @@ def _parser():
     train.add_argument("--max-epochs-now", type=int, default=0,
                        help="stop this invocation after this many epochs (0: no limit); with "
                             "--resume, a long run proceeds in pieces that fit a time slot")
+    train.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                       help="write the checkpoint, results.json and curve.png every N epochs "
+                            "(and at the end); default: whenever at least 50 times as long "
+                            "as their last writing took has passed (at most 2%% of the time)")
     train.add_argument("--threads", type=int, default=None,
                        help="CPU threads (torch.set_num_threads); default: torch's")
     train.add_argument("--dist-timeout", type=float, default=DEFAULTS.dist_timeout,
@@ -176,11 +180,12 @@ def main(argv=None):
                          max_epochs_now=args.max_epochs_now, progress=not args.no_progress,
                          dist_timeout=args.dist_timeout, overwrite=args.overwrite,
                          ids="given" if args.keep_ids else "dense", threads=args.threads,
-                         tensorboard=args.tensorboard, **_log_options(args))
+                         tensorboard=args.tensorboard, checkpoint_every=args.checkpoint_every,
+                         **_log_options(args))
     try:
         results = launch(config)
     except Interrupted as stopped:
-        resume = "" if stopped.epoch == 1 else f"; resume with: {_resume_command(argv)}"
+        resume = "" if not stopped.saved else f"; resume with: {_resume_command(argv)}"
         print(f"lightgcn-ext train: {stopped}{resume}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

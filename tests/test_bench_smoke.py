@@ -115,6 +115,17 @@ def test_bench_train_quick_runs(tmp_path):
     assert len(list(tmp_path.glob("train-cpu-*.md"))) == 1
 
 
+def test_bench_evaluate_quick_runs(tmp_path):
+    """Both evaluation paths on a small graph: the same metrics, timed, unjudged."""
+    out = run_module("bench.bench_evaluate", "--quick", "--threads", "1", "--results-dir",
+                     str(tmp_path))
+    assert "metrics of the two paths identical to the last bit: yes" in out
+    assert "| new |" in out and "| old |" in out and "| products (torch matmul) |" in out
+    assert out.count(QUICK_UNJUDGED) == 1 and not verdicts(out)
+    report = json.loads(next(tmp_path.glob("evaluate-cpu-*.json")).read_text())
+    assert report["identical"] and report["metrics"] == report["old_metrics"]
+
+
 # ---------------------------------------------------------------- scaling
 SWEEPS = {"forward": 1, "fwd_bwd": 2, "bpr": 2}  # sweeps per call, in units of L
 

@@ -78,6 +78,13 @@ class DistributedWorker:
     def set_lr(self, lr):
         apply_lr(self.optimizer, lr)
 
+    def agree(self, flag):
+        """Rank 0's flag on every rank: rank 0's clock decides when the
+        run's files are due, and saving them is collective."""
+        decision = torch.tensor([int(flag)], device=self.device)
+        collective(dist.broadcast, decision, group=self.group, group_src=0)
+        return bool(decision.item())
+
     def save_best(self, out, epoch):
         """None: a distributed run keeps no best weights (its rows are spread
         over the processes; the last checkpoint is what it keeps)."""

@@ -50,6 +50,9 @@ class TrainConfig:
     # or "given" (id k is row k of the model: --keep-ids).
     ids: str = "dense"
     threads: int = None  # CPU threads (torch.set_num_threads); None: torch's default
+    # Write the checkpoint and results every this many epochs (and at the end);
+    # None: when at least 50 times their last writing time has passed (2%).
+    checkpoint_every: int = None
     # Curves for TensorBoard in <out>/tensorboard (needs the tensorboard package).
     tensorboard: bool = False
     # Reading an interaction log (data a .csv, .tsv, .inter or .dat file):
@@ -85,6 +88,8 @@ class TrainConfig:
         validation.choice(self.ids, "ids", ID_MODES)
         if self.threads is not None:
             validation.positive_int(self.threads, "threads")
+        if self.checkpoint_every is not None:
+            validation.positive_int(self.checkpoint_every, "checkpoint_every")
         if self.tensorboard:
             check_tensorboard()
         self._check_data_options()

@@ -9,9 +9,14 @@ Adam step on the BPR loss, regularized on the batch's layer-0 embeddings as
 in the paper. Every `eval_every` epochs the model is evaluated over the full
 item ranking (recall, ndcg, precision and hit at k, training items excluded);
 training stops early when recall@k[0] has not improved for `patience`
-evaluations. Each epoch ends with a checkpoint (model, optimizer, epoch, every
-random state) from which `resume` continues exactly, a results JSON and a
-learning-curve PNG, all written atomically into the run directory.
+evaluations. The run's files, a checkpoint (model, optimizer, epoch, every
+random state) from which `resume` continues exactly, the results JSON and the
+learning-curve PNG (redrawn only after a new evaluation), are written
+atomically into the run directory at the end of an epoch when they are due
+(`BookkeepingClock`): every `checkpoint_every` epochs when it is set, else
+once at least 50 times as long as their last writing took has passed (at most
+2% of the time goes into them), and always at the end of the run or of this
+invocation, and on Ctrl-C between epochs.
 
 On CUDA a step never synchronizes with the host: losses add up on the device
 and are read once per epoch.
@@ -40,7 +45,8 @@ from .config import data_source, is_log, load_data, resolve_device
 from .results import final_results, start_results, summary_line, write_results
 from .resume import apply_lr, resume_changes, run_options
 from .run_directory import RunDirectory
-from .step import bpr_step, evaluate_model, make_optimizer, make_sampler
+from .step import (bpr_step, evaluate_model, load_optimizer_state, make_optimizer,
+                   make_sampler)
 from .tensorboard_log import TensorBoardLog, remove_curves
 
 
@@ -50,6 +56,7 @@ class Worker(Protocol):
     is_main: whether this process shows progress and writes results.json and
         curve.png (every process of a run calls every method below, in the
         same order: a distributed worker's methods are collective).
+    world_size: the number of processes of the run.
     device: where the batches and the summed losses live.
     sampler, generator: the BPR sampler (a `lightgcn_ext.data.BPRSampler`)
         and its generator; every process of a run draws the same batches.
@@ -57,6 +64,7 @@ class Worker(Protocol):
     """
 
     is_main: bool
+    world_size: int
     device: torch.device
     num_parameters: int
 
@@ -87,18 +95,25 @@ class Worker(Protocol):
         """Keeps the model's weights of `epoch`, the best so far, in out;
         returns the file's name, or None where this worker keeps none."""
 
+    def agree(self, flag):
+        """The main process's flag, on every process (a run's processes must
+        decide alike whether to write a checkpoint)."""
+
 
 class Interrupted(Exception):
-    """Ctrl-C stopped the run during an epoch; every completed epoch's
-    checkpoint and results were written whole."""
+    """Ctrl-C stopped the run during an epoch; the run's files were left
+    whole, the checkpoint holding epoch `saved` (the files are written only
+    when due, so it may be behind the last completed epoch)."""
 
-    def __init__(self, epoch, out):
-        self.epoch, self.out = epoch, out  # the epoch that was running
-        completed = epoch - 1
+    def __init__(self, epoch, out, saved):
+        self.epoch, self.out, self.saved = epoch, out, saved  # epoch: the one running
+        repeated = epoch - 1 - saved
+        again = "" if repeated <= 0 else (
+            f" (a resume trains the {repeated} epoch{'s' * (repeated != 1)} after it again)")
         super().__init__(
             f"interrupted during epoch {epoch}: " + (
-                f"the checkpoint of epoch {completed} in {out} is intact" if completed else
-                "no epoch was completed, so there is nothing to resume"))
+                f"the checkpoint of epoch {saved} in {out} is intact{again}" if saved else
+                "no epoch was checkpointed, so there is nothing to resume"))
 
 
 def train(config, data=None):
@@ -162,6 +177,7 @@ class LocalWorker:
     and sampler in this process."""
 
     is_main = True
+    world_size = 1
 
     def __init__(self, config, data, device):
         self.config, self.data, self.device = config, data, device
@@ -193,6 +209,9 @@ class LocalWorker:
     def set_lr(self, lr):
         apply_lr(self.optimizer, lr)
 
+    def agree(self, flag):
+        return flag
+
     def save_best(self, out, epoch):
         run_files.atomic_write(out / run_files.BEST, lambda f: torch.save(
             dict(format=run_files.CHECKPOINT_FORMAT, epoch=epoch, model=self.model.state_dict()),
@@ -210,7 +229,7 @@ class LocalWorker:
             raise FileNotFoundError(f"--resume: no checkpoint in {out} ({path} is missing)")
         checkpoint = run_files.read_checkpoint(path, fingerprint)
         self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        load_optimizer_state(self.optimizer, checkpoint["optimizer"])
         run_files.set_rng_state(self.generator, checkpoint["rng"])
         return checkpoint["state"]
 
@@ -238,6 +257,11 @@ def train_loop(config, data, worker):
         for change in changes:
             say(f"--resume: {change['option']} {change['from']} -> {change['to']} from epoch "
                 f"{change['epoch']}")
+        repeated = (run_files.read_progress(out) or 0) - state["epoch"]
+        if repeated > 0:
+            say(f"--resume: the checkpoint holds epoch {state['epoch']}; the {repeated} "
+                f"epoch{'s' * (repeated != 1)} completed after it (not checkpointed when the "
+                f"run stopped) are trained again")
     if worker.is_main:
         _describe_data(data, out, say)
 
@@ -253,11 +277,27 @@ def train_loop(config, data, worker):
     write = tqdm.write if worker.is_main else (lambda line: None)
     sampler = worker.sampler
     epochs_now = 0
+    clock = BookkeepingClock(config.checkpoint_every)
+    saved_epoch = state["epoch"]  # the epoch that the checkpoint in out holds
+    plotted = False  # whether curve.png is up to date (the first writing draws it)
+    # Whether the model is that of state["epoch"] (not inside an epoch's steps),
+    # so that a checkpoint now holds it exactly.
+    between_epochs = True
+
+    def save():
+        nonlocal saved_epoch, plotted
+        with _interrupts_deferred(), clock.writing():  # the files, whole or not at all
+            worker.save(out, fingerprint, state)
+            if worker.is_main:
+                write_results(out, results, state, plot=not plotted)
+            saved_epoch, plotted = state["epoch"], True
+
     epoch_bar = tqdm(total=config.epochs, initial=state["epoch"], desc="epochs", unit="epoch",
                      disable=disable)
     if worker.is_main and not config.resume:
         remove_curves(out)
-    board = TensorBoardLog(out) if config.tensorboard and worker.is_main else None
+    board = (TensorBoardLog(out, first_epoch=state["epoch"] + 1)
+             if config.tensorboard and worker.is_main else None)
     try:
         while state["epoch"] < config.epochs and not state["stopped_early"]:
             if config.max_epochs_now and epochs_now >= config.max_epochs_now:
@@ -267,6 +307,7 @@ def train_loop(config, data, worker):
             loss_sum = torch.zeros((), device=worker.device)
             steps = tqdm(sampler.epoch(worker.generator), total=len(sampler),
                          desc=f"epoch {epoch}", unit="step", leave=False, disable=disable)
+            between_epochs = False
             for users, positives, negatives in steps:
                 loss_sum += worker.step(users, positives, negatives)
             loss = worker.mean_loss(loss_sum, len(sampler))  # the epoch's one host read
@@ -285,28 +326,68 @@ def train_loop(config, data, worker):
                 _early_stopping(state, record, scores[key], config.patience, split)
                 if state["best"]["epoch"] == epoch:
                     state["best"]["weights"] = worker.save_best(out, epoch)
+                plotted = False
                 if worker.is_main:
                     write(summary_line(record, results["popularity"], ks))
             state["history"].append(record)
             state["epoch"] = epoch
+            between_epochs = True
             epochs_now += 1
-            with _interrupts_deferred():  # the epoch's files, whole or not at all
-                worker.save(out, fingerprint, state)
-                if worker.is_main:
-                    write_results(out, results, state)
-                if board:
-                    board.write(record, len(sampler))
+            if worker.is_main:
+                run_files.write_progress(out, epoch)
+            if board:
+                board.write(record, len(sampler))
+            last = (epoch >= config.epochs or state["stopped_early"]
+                    or epochs_now == config.max_epochs_now)
+            if worker.agree(last or clock.due(epoch)):
+                save()
             epoch_bar.update(1)
             epoch_bar.set_postfix(loss=f"{loss:.4f}")
     except KeyboardInterrupt:
         epoch_bar.close()
-        raise Interrupted(state["epoch"] + 1, out) from None
+        # A single process saves what it completed; the processes of a
+        # distributed run may not all have been stopped, so none writes alone.
+        if between_epochs and saved_epoch != state["epoch"] and worker.world_size == 1:
+            try:
+                save()
+            except KeyboardInterrupt:
+                pass  # a second Ctrl-C: the files are whole either way
+        raise Interrupted(state["epoch"] + 1, out, saved_epoch) from None
     finally:
         if board:
             board.close()
     epoch_bar.close()
-    return write_results(out, results, state) if worker.is_main else \
-        final_results(results, state)
+    if epochs_now == 0 and worker.is_main:  # nothing trained: the results, resume changes
+        write_results(out, results, state)
+    return final_results(results, state)
+
+
+class BookkeepingClock:
+    """When the run's files (checkpoint, results.json, curve.png) are due at
+    the end of an epoch: every `every` epochs when it is set, else once the
+    time since their last writing is at least 1 / SHARE times what that
+    writing took, so that at most SHARE of the run's time goes into them (the
+    first epoch always writes: nothing is measured yet)."""
+
+    SHARE = 0.02
+
+    def __init__(self, every=None):
+        self.every = every
+        self.finished = None  # when the last writing ended
+        self.took = 0.0  # how long it took
+
+    def due(self, epoch):
+        if self.every is not None:
+            return epoch % self.every == 0
+        return (self.finished is None
+                or time.perf_counter() - self.finished >= self.took / self.SHARE)
+
+    @contextmanager
+    def writing(self):
+        started = time.perf_counter()
+        yield
+        self.finished = time.perf_counter()
+        self.took = self.finished - started
 
 
 @contextmanager

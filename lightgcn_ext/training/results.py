@@ -1,6 +1,7 @@
 """A run's results: results.json (the configuration, the data, the device, the
 versions, the popularity baseline and every epoch's record) and curve.png, the
-learning curve; both rewritten atomically after every epoch by the main process."""
+learning curve; both rewritten atomically by the main process whenever the
+run's files are due (curve.png only when there is a new evaluation to show)."""
 import dataclasses
 import json
 import platform
@@ -29,11 +30,12 @@ def final_results(results, state):
                 changes=state.get("changes", []))
 
 
-def write_results(out, results, state):
-    """results.json and curve.png into out; returns the final results."""
+def write_results(out, results, state, plot=True):
+    """results.json, and with plot curve.png, into out; returns the final results."""
     results = final_results(results, state)
     atomic_write(out / RESULTS, json.dumps(results, indent=2))
-    _plot(out / CURVE, results)
+    if plot:
+        _plot(out / CURVE, results)
     return results
 
 

@@ -32,6 +32,7 @@ RESUME_POLICY = {
     "eval_every": "applied",
     "patience": "applied",
     "max_epochs_now": "applied",
+    "checkpoint_every": "applied",
     "progress": "applied",
     "threads": "applied",
     "device": "applied",  # the checkpoint is loaded onto the new device

@@ -20,7 +20,7 @@ it. Only the lock holder removes temporaries that a killed run left behind.
 The files: checkpoint.pt (the last completed epoch: what --resume continues
 from), best.pt (the weights of the best evaluated epoch, what a recommendation
 uses), results.json and curve.png (the history), data.pt (the splits and the
-map from dense to raw ids), the shards and index of a checkpoint written by several
+map from dense to raw ids), progress.json (the last completed epoch), the shards and index of a checkpoint written by several
 processes, and .lock.
 
 Errors that a user can fix are `RunDirectoryError`s (ValueErrors) whose
@@ -35,14 +35,15 @@ import socket
 import time
 from pathlib import Path
 
-from .run_files import BEST, CHECKPOINT, CURVE, DIST_INDEX, DATA, RESULTS, results_epoch
+from .run_files import (BEST, CHECKPOINT, CURVE, DATA, DIST_INDEX, PROGRESS, RESULTS,
+                        results_epoch)
 
 # The shards of a checkpoint written by several processes.
 DIST_SHARDS = "checkpoint.epoch*.rank*-of-*.pt"
 LOCK = ".lock"
 # The files of a run, which --overwrite deletes (the lock file stays: it is
 # the lock).
-RUN_FILES = (CHECKPOINT, BEST, RESULTS, CURVE, DATA, DIST_INDEX)
+RUN_FILES = (CHECKPOINT, BEST, RESULTS, CURVE, DATA, DIST_INDEX, PROGRESS)
 _TEMPORARY = ".*.tmp"
 
 

@@ -8,7 +8,10 @@
 * `results.json` (RESULTS) and `curve.png` (CURVE): see `results`;
 * `best.pt` (BEST): the weights of the best evaluated epoch;
 * `data.pt` (DATA): the data the run trains and evaluates on, its splits and
-  the map from its dense ids to the raw ones (`Interactions.state_dict`).
+  the map from its dense ids to the raw ones (`Interactions.state_dict`);
+* `progress.json` (PROGRESS): the last completed epoch, rewritten after every
+  epoch (cheaply: not flushed to disk), so that a resume can say how many
+  epochs after the checkpoint it trains again.
 
 `run_directory` locks the directory for a run and decides what a run may do
 with the files already there.
@@ -32,19 +35,22 @@ CURVE = "curve.png"
 BEST = "best.pt"
 DATA = "data.pt"
 DIST_INDEX = "checkpoint.index.json"
+PROGRESS = "progress.json"
 # The version of the checkpoint files' layout (2: the run's options in the
 # fingerprint, what a resume compares).
 CHECKPOINT_FORMAT = 2
 
 
-def atomic_write(path, content):
+def atomic_write(path, content, durable=True):
     """Writes a file all or nothing: into a temporary file beside it, flushed
     to disk, then renamed over it. An interrupted write leaves the old file
     and, at worst, the temporary, which the next run that locks the directory
     removes (`run_directory.RunDirectory`). The temporary's name holds this
     process's id and a random token: no two writers ever share one.
     content: bytes, a str (written as UTF-8), or a function that writes into
-    the open binary file. The folder is created when missing."""
+    the open binary file. The folder is created when missing. durable=False
+    skips the flushes to disk: the file is still whole or absent for any
+    reader and after a kill, but a crash of the machine may lose it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(content, str):
@@ -55,16 +61,32 @@ def atomic_write(path, content):
         with open(temporary, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(temporary, path)
     finally:
         if temporary.exists():
             temporary.unlink()
+    if not durable:
+        return
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def write_progress(out, epoch):
+    """Records in out that `epoch` is completed (PROGRESS)."""
+    atomic_write(Path(out) / PROGRESS, json.dumps(dict(epoch=epoch)), durable=False)
+
+
+def read_progress(out):
+    """The last completed epoch that PROGRESS in out records, or None."""
+    try:
+        return int(json.loads((Path(out) / PROGRESS).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def git_commit(short=False):

@@ -38,10 +38,34 @@ def evaluate_model(model, graph, data, ks, split="test"):
 
 
 def make_optimizer(params, config):
-    """Adam, foreach=True (CUDA's default): its step needs one temporary per
-    tensor where the single-tensor loop (CPU's default) needs two, and it
-    gives the same numbers."""
-    return torch.optim.Adam(params, lr=config.lr, foreach=True)
+    """Adam with fused=True: one kernel updates the weights and both moments
+    in a single pass (CPU and CUDA), several times faster than the
+    multi-tensor (foreach) step over a whole embedding table, with the same
+    numbers up to float rounding (the update's operations in another order:
+    a few units in the last place per step)."""
+    return torch.optim.Adam(params, lr=config.lr, fused=True)
+
+
+# The options of an optimizer's parameter group that choose its implementation.
+_IMPLEMENTATION = ("fused", "foreach")
+
+
+def load_optimizer_state(optimizer, state_dict):
+    """optimizer.load_state_dict(state_dict), keeping the optimizer's own
+    implementation: load_state_dict takes every option of a group from the
+    saved one, so the checkpoint of an unfused Adam would turn the fused one
+    back into it. A fused step wants its step counts as float32 tensors on
+    the parameters' device."""
+    kept = [{key: group.get(key) for key in _IMPLEMENTATION} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state_dict)
+    for group, implementation in zip(optimizer.param_groups, kept):
+        group.update(implementation)
+        if not implementation["fused"]:
+            continue
+        for param in group["params"]:
+            param_state = optimizer.state.get(param, {})
+            if isinstance(param_state.get("step"), torch.Tensor):
+                param_state["step"] = param_state["step"].to(param.device, torch.float32)
 
 
 def make_sampler(config, data, device):

@@ -1,8 +1,8 @@
 """A run's curves for TensorBoard (`--tensorboard`), in `<out>/tensorboard/`.
 
-The main process writes them once per epoch, from the epoch's record, when
-the epoch's checkpoint is written: no training step pays for them, and a
-resumed run continues them from its first epoch without repeating one.
+The main process writes them once per epoch, from the epoch's record: no
+training step pays for them, and a resumed run continues them from the
+epoch after its checkpoint, replacing what a killed run wrote after it.
 Scalars, against the epoch:
 
 * `loss`: the epoch's mean BPR loss;
@@ -31,10 +31,14 @@ def remove_curves(out):
 class TensorBoardLog:
     """Writes each epoch's record as TensorBoard scalars into out/tensorboard."""
 
-    def __init__(self, out):
+    def __init__(self, out, first_epoch=1):
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=str(Path(out) / DIRECTORY))
+        # purge_step: a resumed run trains again the epochs after its
+        # checkpoint, which an earlier invocation may have written already;
+        # TensorBoard drops those, so that each epoch shows once.
+        self._writer = SummaryWriter(log_dir=str(Path(out) / DIRECTORY),
+                                     purge_step=first_epoch)
 
     def write(self, record, steps):
         """The scalars of an epoch's record (train_loop's), whose training

@@ -269,7 +269,7 @@ def test_the_cli_under_torchrun_and_a_resume_with_another_world_size(tmp_path):
     assert results["device"]["world_size"] == 2 and results["epochs_done"] == 2
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == [
         ".lock", "checkpoint.epoch2.rank0-of-2.pt", "checkpoint.epoch2.rank1-of-2.pt",
-        "checkpoint.index.json", "curve.png", "data.pt", "results.json"]
+        "checkpoint.index.json", "curve.png", "data.pt", "progress.json", "results.json"]
     alone = subprocess.run([sys.executable, *args, "--epochs", "3", "--resume"], cwd=REPO,
                            env=env, capture_output=True, text=True, timeout=DEADLINE_S)
     assert alone.returncode != 0 and "Traceback" not in alone.stderr

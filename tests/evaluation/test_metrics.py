@@ -306,7 +306,8 @@ class _Recorder(torch.utils._python_dispatch.TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.max_numel = max(self.max_numel, t.numel())
         if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.matmul,
-                                   torch.ops.aten.addmm, torch.ops.aten.bmm):
+                                   torch.ops.aten.addmm, torch.ops.aten.bmm,
+                                   torch.ops.mkldnn._linear_pointwise):
             self.products.append(tuple(out.shape))
         return out
 
@@ -333,6 +334,108 @@ def test_chunks_never_build_the_whole_matrix(monkeypatch, default):
     assert rec.max_numel <= 2 * num_items < num_users * num_items
     whole = ranking_metrics(user_emb, item_emb, test, exclude=[train], ks=(10, 50), chunk_size=40)
     assert_metrics_equal(got, whole)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["topk_unseen", "torch-topk"])
+def test_blocks_of_a_chunk(monkeypatch, fused):
+    """A chunk scored in blocks (each of at least 2 users, a lone last user joining the
+    block before it) ranks as the whole chunk at once, with either top-k."""
+    monkeypatch.setattr(metrics, "_fused_topk", lambda device: fused)
+    user_emb, item_emb, test, exclude = random_data(11, num_users=23, num_items=40,
+                                                    integer=True)
+    whole = ranking_metrics(user_emb, item_emb, test, exclude=exclude, ks=(3, 20))
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 3 * 40)  # blocks of 3 users
+    with _Recorder() as rec:
+        got = ranking_metrics(user_emb, item_emb, test, exclude=exclude, ks=(3, 20),
+                              chunk_size=7)
+    count = test[0].unique().numel()
+    chunks = [min(7, count - start) for start in range(0, count, 7)]
+    expected = [(b - a, 40) for rows in chunks for a, b in metrics._blocks(rows, 3)] if fused \
+        else [(rows, 40) for rows in chunks]
+    assert rec.products == expected and max(rows for rows, _ in expected) <= (4 if fused else 7)
+    assert_metrics_equal(got, whole)
+    assert metrics._blocks(7, 3) == [[0, 3], [3, 7]]
+    assert metrics._blocks(1, 3) == [[0, 1]]
+    assert metrics._blocks(8, 3) == [[0, 3], [3, 6], [6, 8]]
+
+
+def test_topk_unseen_and_torch_topk_give_the_same_sums(monkeypatch):
+    """The op and the torch path (masked scores, _topk_lowest_id) give the same metric
+    sums to the last bit, on data with many ties (integer scores) and on random floats."""
+    for integer in (True, False):
+        user_emb, item_emb, test, exclude = random_data(12 + integer, num_users=60,
+                                                        num_items=80, integer=integer)
+        sums = {}
+        for fused in (True, False):
+            monkeypatch.setattr(metrics, "_fused_topk", lambda device, fused=fused: fused)
+            sums[fused] = metrics.metric_sums(user_emb, item_emb, test, exclude=exclude,
+                                              ks=(1, 5, 20, 80), chunk_size=16)[0]
+        assert torch.equal(sums[True], sums[False])
+
+
+def test_topk_unseen_op_is_a_stable_sort_of_the_unseen_items():
+    """The op's order: score descending, then lower id, excluded items as -inf (so they
+    come last, lowest ids first, when fewer than k items are unseen); -inf scores,
+    -0.0 against 0.0, float64, offsets that do not start at 0."""
+    op = torch.ops.lightgcn_ext.topk_unseen
+    g = torch.Generator().manual_seed(6)
+    for trial in range(300):
+        rows = int(torch.randint(1, 6, (1,), generator=g))
+        n = int(torch.randint(1, 50, (1,), generator=g))
+        k = int(torch.randint(1, n + 1, (1,), generator=g))
+        dtype = (torch.float32, torch.float64)[trial % 2]
+        scores = torch.randint(-3, 3, (rows, n), generator=g).to(dtype)
+        scores[scores == -3] = float("-inf")
+        scores[scores == 0] = torch.where(torch.rand(int((scores == 0).sum()), generator=g)
+                                          < 0.5, -0.0, 0.0).to(dtype)
+        mask = torch.rand(rows, n, generator=g) < 0.4
+        row, col = mask.nonzero(as_tuple=True)
+        offset = int(torch.randint(0, 4, (1,), generator=g))
+        col = torch.cat([torch.zeros(offset, dtype=torch.long), col])
+        rowptr = offset + torch.cat([torch.zeros(1, dtype=torch.long),
+                                     torch.bincount(row, minlength=rows).cumsum(0)])
+        masked = scores.masked_fill(mask, float("-inf"))
+        expected = torch.sort(masked, dim=1, descending=True, stable=True).indices[:, :k]
+        assert torch.equal(op(scores, rowptr, col, k), expected), trial
+
+
+@pytest.mark.parametrize("args, match", [
+    (lambda s, p, c: (s.long(), p, c, 2), "scores must be a 2-D float32 or float64"),
+    (lambda s, p, c: (s, p, c, 0), "k must satisfy 1 <= k"),
+    (lambda s, p, c: (s, p, c, 6), "k must satisfy 1 <= k"),
+    (lambda s, p, c: (s, p[:-1], c, 2), "exclude_rowptr must be a 1-D int64 tensor of"),
+    (lambda s, p, c: (s, p + 1, c, 2), "exclude_rowptr must lie within"),
+    (lambda s, p, c: (s, p.flip(0), c, 2), "must be non-decreasing"),
+    (lambda s, p, c: (s, torch.tensor([0, 2, 1, 3]), c, 2), "must be non-decreasing"),
+    (lambda s, p, c: (s, p, c.flip(0), 2), "strictly ascending within a row"),
+    (lambda s, p, c: (s, p, c.int(), 2), "exclude_col must be a 1-D int64"),
+])
+def test_topk_unseen_op_bad_input(args, match):
+    scores = torch.zeros(3, 5)
+    rowptr, col = torch.tensor([0, 0, 3, 3]), torch.tensor([0, 2, 4])
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.lightgcn_ext.topk_unseen(*args(scores, rowptr, col))
+
+
+def test_topk_unseen_op_opcheck():
+    scores = torch.randn(4, 9, dtype=torch.float64)
+    rowptr, col = torch.tensor([0, 1, 1, 3, 4]), torch.tensor([3, 0, 8, 2])
+    torch.library.opcheck(torch.ops.lightgcn_ext.topk_unseen.default, (scores, rowptr, col, 3))
+
+
+@pytest.mark.parametrize("rows", [2, 3, 4, 5, 7, 9, 64, 409])
+def test_block_scores_do_not_depend_on_the_block(rows):
+    """A user's scores are the same bits in a block of any number of rows (>= 2) as in
+    the whole chunk: the blocks cannot change the ranking, so every metric is that of
+    the chunk scored at once."""
+    g = torch.Generator().manual_seed(rows)
+    users = torch.randn(409, 64, generator=g)
+    items = torch.randn(3001, 64, generator=g)
+    whole = metrics._scores(users, items)
+    assert torch.allclose(whole, users @ items.t(), rtol=1e-5, atol=1e-4)
+    for start in (0, 409 - rows):
+        assert torch.equal(metrics._scores(users[start:start + rows], items),
+                           whole[start:start + rows])
 
 
 def test_host_reads_do_not_grow_with_the_number_of_chunks(monkeypatch):

@@ -78,8 +78,10 @@ def test_a_resume_applies_a_new_lr_and_records_every_change(tmp_path, data_dir, 
 # ----------------------------------------------------- two runs in one --out
 def test_a_second_run_into_a_busy_out_fails_at_once_and_harms_nothing(tmp_path, data_dir):
     out = tmp_path / "r"
+    # Epochs enough to outlast the test, which stops the run.
     first = subprocess.Popen([sys.executable, "-m", "lightgcn_ext", "train", "--data",
-                              str(data_dir), "--out", str(out), "--epochs", "200", *TINY],
+                              str(data_dir), "--out", str(out), "--epochs", "100000",
+                              "--patience", "0", *TINY],
                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
     try:
@@ -92,10 +94,11 @@ def test_a_second_run_into_a_busy_out_fails_at_once_and_harms_nothing(tmp_path, 
         assert time.monotonic() - started < 60  # before any data or training
         message = one_error_line(second.returncode, second.stderr)
         assert message.startswith(f"--out {out} is in use by another run (pid {first.pid} on ")
-        done = results(out)["epochs_done"]
-        while results(out)["epochs_done"] == done and time.monotonic() < deadline:
-            time.sleep(0.05)  # the first run goes on writing its epochs
-        assert first.poll() is None and results(out)["epochs_done"] > done
+        # The first run goes on with its epochs (progress.json records each).
+        done = run_files.read_progress(out)
+        while run_files.read_progress(out) == done and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None and run_files.read_progress(out) > done
     finally:
         first.send_signal(signal.SIGINT)
         first.wait(timeout=120)
@@ -120,8 +123,14 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tmp_path, data_dir):
     assert torch.load(out / run_files.CHECKPOINT, weights_only=True)["state"]["epoch"] == done
     resume = (f"python -m lightgcn_ext train --data {data_dir} --out {out} --epochs 200 "
               f"{' '.join(TINY)} --resume")
-    assert lines[0] == (f"lightgcn-ext train: interrupted during epoch {done + 1}: the "
-                        f"checkpoint of epoch {done} in {out} is intact; resume with: {resume}")
+    # The checkpoint is written when due: epochs completed after it are trained again.
+    running = run_files.read_progress(out) + 1
+    again = "" if running == done + 1 else (
+        f" (a resume trains the {running - 1 - done} epoch{'s' * (running - 1 - done != 1)} "
+        f"after it again)")
+    assert lines[0] == (f"lightgcn-ext train: interrupted during epoch {running}: the "
+                        f"checkpoint of epoch {done} in {out} is intact{again}; resume with: "
+                        f"{resume}")
     assert not list(out.glob(".*.tmp"))
     resumed = run_cli(resume.split()[3:-1] + ["--resume", "--epochs", str(done + 1)])
     assert resumed.returncode == 0, resumed.stderr

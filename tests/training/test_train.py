@@ -53,7 +53,8 @@ def test_the_run_directory_holds_results_plot_and_checkpoint(tmp_path):
     results = train(_config(tmp_path, topk=(10, 20), eval_every=2), data=toy_interactions())
     out = tmp_path / "run"
     assert sorted(p.name for p in out.iterdir()) == [".lock", "best.pt", "checkpoint.pt",
-                                                    "curve.png", "data.pt", "results.json"]
+                                                    "curve.png", "data.pt", "progress.json",
+                                                    "results.json"]
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
@@ -72,7 +73,8 @@ def test_a_run_removes_what_a_kill_mid_write_left(tmp_path):
     (out / ".checkpoint.pt.12345.tmp").write_bytes(b"half a checkpoint")
     train(_config(tmp_path, epochs=1), data=toy_interactions())
     assert sorted(p.name for p in out.iterdir()) == [".lock", "best.pt", "checkpoint.pt",
-                                                    "curve.png", "data.pt", "results.json"]
+                                                    "curve.png", "data.pt", "progress.json",
+                                                    "results.json"]
 
 
 def test_early_stopping_on_recall(tmp_path):
@@ -157,7 +159,7 @@ def test_cli_help_documents_every_option():
     for option in ("--data", "--dim", "--layers", "--epochs", "--batch-size", "--lr", "--reg",
                    "--device", "--out", "--resume", "--seed", "--eval-every", "--patience",
                    "--topk", "--max-epochs-now", "--threads", "--no-progress", "--overwrite",
-                   "--keep-ids"):
+                   "--keep-ids", "--checkpoint-every"):
         assert option in result.stdout, option
 
 
