@@ -6,11 +6,12 @@
 
 Per step: 2048 (user, positive, negative) triples from the device-side
 sampler, the BPR loss with its L2 term, backward and an Adam step, for
-  * ours: lightgcn_ext.LightGCN on the prepared graph, the trainer's step
-    (lightgcn_ext.training.bpr_step: the batch's rows of the propagation);
+  * ours: lightgcn_ext.LightGCN on the prepared graph;
   * PyG, CSR adj_t: torch_geometric's LightGCN with a torch.sparse CSR adj_t;
-  * PyG, edge_index: torch_geometric's LightGCN with the [2, E] edge_index;
-    PyG's loop: the whole propagation, its rows indexed, recommendation_loss.
+  * PyG, edge_index: torch_geometric's LightGCN with the [2, E] edge_index.
+The loop is the trainer's (lightgcn_ext.training.bpr_step): ours computes
+the batch's rows of the propagation only; PyG's models, which cannot, the
+whole propagation indexed at the batch's rows.
 On the CPU the same run times the floor: six bare-gather sweeps of the graph
 (lightgcn_ext::_bare_gather, no weights, no normalization), what the forward
 and backward of a three-layer propagation over the whole graph would read at
@@ -78,30 +79,14 @@ class Trainee:
             self._step(*batch)
 
     def _step(self, users, positives, negatives):
-        step = bpr_step if isinstance(self.model, LightGCN) else pyg_step
-        return step(self.model, self.graph, self.optimizer, self.num_users, users, positives,
-                    negatives, self.reg / 2)
+        return bpr_step(self.model, self.graph, self.optimizer, self.num_users, users, positives,
+                        negatives, self.reg / 2)
 
     @torch.no_grad()
     def evaluate(self, data):
         emb = self.model.get_embedding(self.graph)
         return ranking_metrics(emb[:data.num_users], emb[data.num_users:], data.test,
                                exclude=[data.train])
-
-
-def pyg_step(model, graph, optimizer, num_users, users, positives, negatives, lambda_reg):
-    """A BPR step as PyG's example writes it: the whole propagation, the
-    batch's rows indexed, recommendation_loss on the batch's nodes."""
-    optimizer.zero_grad(set_to_none=True)
-    embedding = model.get_embedding(graph)
-    pos_nodes, neg_nodes = positives + num_users, negatives + num_users
-    user_emb, pos_emb, neg_emb = embedding[users], embedding[pos_nodes], embedding[neg_nodes]
-    loss = model.recommendation_loss((user_emb * pos_emb).sum(-1), (user_emb * neg_emb).sum(-1),
-                                     node_id=torch.cat([users, pos_nodes, neg_nodes]),
-                                     lambda_reg=lambda_reg)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
 
 
 def six_sweeps(graph, dim):

@@ -16,7 +16,10 @@ def bpr_step(model, graph, optimizer, num_users, users, positives, negatives, la
     # The batch's propagated rows and layer-0 rows (the L2 term's): the
     # backward of both is one [N, d] gradient, the last forward sweep and the
     # first backward sweep touch the batch's rows and their edges only.
-    out, emb = model.get_embedding_rows(graph, nodes)
+    if hasattr(model, "get_embedding_rows"):
+        out, emb = model.get_embedding_rows(graph, nodes)
+    else:  # a model with PyG's API only (torch_geometric's LightGCN)
+        out, emb = model.get_embedding(graph)[nodes], model.embedding.weight[nodes]
     user_emb, pos_emb, neg_emb = out.split([users.numel(), positives.numel(), negatives.numel()])
     pos_scores = (user_emb * pos_emb).sum(dim=-1)
     neg_scores = (user_emb * neg_emb).sum(dim=-1)
