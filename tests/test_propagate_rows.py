@@ -5,7 +5,7 @@ import torch
 
 import lightgcn_ext
 from helpers import (OPS, csr_operands, dense_propagate, devices, directed_graph, features,
-                     random_undirected, random_weights, undirected_graph)
+                     random_edges, random_undirected, random_weights, undirected_graph)
 from lightgcn_ext import LightGCN
 from lightgcn_ext._ops import propagate_rows
 from lightgcn_ext.training import bpr_step
@@ -231,3 +231,25 @@ def test_one_gradient_array_per_step():
                   if event.name in ("aten::fill_", "aten::zero_", "aten::zeros")
                   and any(shape[:1] == [num_nodes] for shape in event.input_shapes)]
     assert full_fills == []
+
+
+def test_cpu_results_do_not_depend_on_thread_count():
+    """Several chunks per sweep (E + N > 2 x 8192), and the same numbers
+    whatever the number of threads: no atomics, sums in a fixed order."""
+    n = 3000
+    edge_index = random_edges(n, 40000, seed=13, num_isolated=10)
+    operator = csr_operands(edge_index, n, None, torch.float32)
+    x = features(n, 16, torch.float32, seed=1)
+    alpha = _alpha(3, torch.float32)
+    rows = torch.randint(0, n, (900,), generator=torch.Generator().manual_seed(2))
+    grad = features(rows.numel(), 16, torch.float32, seed=3)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for num_threads in (1, max(2, threads)):
+            torch.set_num_threads(num_threads)
+            out, _ = OPS.propagate_rows(*operator, x, alpha, rows)
+            results.append((out, OPS.propagate_rows_backward(*operator, grad, grad, alpha, rows)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
