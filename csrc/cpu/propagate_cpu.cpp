@@ -57,17 +57,7 @@ struct Rows {
   }
 };
 
-// Horner's scheme over the operator g: h_L = alpha_L x; h_l = alpha_l x +
-// M h_{l+1}; the result h_0 + extra. The sweeps carry s_l = dinv * h_l.
-// Two options restrict sweeps to where the result can be nonzero or is read,
-// without changing the order of any sum (so the numbers are those of the
-// unrestricted scheme):
-//  * top != nullptr: the first sweep (layer L-1) runs over top->graph, a
-//    CSR whose cols index top->s, the rows of s_L that are not zero (the
-//    backward of a batch). Otherwise s_L = dinv * alpha_L * x over g.
-//  * last_rows.rows != nullptr: the last sweep (layer 0) computes only the
-//    num_out_rows listed rows; out holds one row per listed position.
-// buf_b may be out's memory where out has every row and the type acc_t.
+// The first sweep of a backward restricted to a batch (see horner_kernel).
 template <typename acc_t, typename index_t>
 struct TopLayer {
   Csr<acc_t, index_t> graph;
@@ -82,13 +72,23 @@ struct NotDeducedImpl {
 template <typename T>
 using NotDeduced = typename NotDeducedImpl<T>::type;
 
+// Horner's scheme over the operator g: h_L = alpha_L x; h_l = alpha_l x +
+// M h_{l+1}; the result h_0 + extra. The sweeps carry s_l = dinv * h_l.
+// Two options restrict sweeps to where the result can be nonzero or is read,
+// without changing the order of any sum (so the numbers are those of the
+// unrestricted scheme):
+//  * top != nullptr: the first sweep (layer L-1) runs over top->graph, a
+//    CSR whose cols index top->s, the rows of s_L that are not zero (the
+//    backward of a batch). Otherwise s_L = dinv * alpha_L * x over g.
+//  * last_rows.rows != nullptr: the last sweep (layer 0) computes only the
+//    num_out_rows listed rows; out holds one row per listed position.
+// buf_b may be out's memory where out has every row and the type acc_t.
 template <typename scalar_t, typename src_t, typename index_t>
 void horner_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const Rows<src_t>& x,
                    const Rows<at::opmath_type<scalar_t>>& extra,
                    const std::vector<at::opmath_type<scalar_t>>& alpha, int64_t d,
                    const NotDeduced<TopLayer<at::opmath_type<scalar_t>, index_t>>* top,
-                   cpu::RowList last_rows,
-                   int64_t num_out_rows, at::opmath_type<scalar_t>* buf_a,
+                   cpu::RowList last_rows, int64_t num_out_rows, at::opmath_type<scalar_t>* buf_a,
                    at::opmath_type<scalar_t>* buf_b, scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = g.num_rows, L = static_cast<int64_t>(alpha.size()) - 1;
@@ -119,13 +119,15 @@ void horner_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const Rows<
           last_rows.rows != nullptr ? listed_row_chunks(graph.rowptr, last_rows.rows, num_out_rows)
           : first                   ? balanced_row_chunks(graph.rowptr, n)
                                     : chunks;
-      sweep(graph, in, d, out_chunks, [&](int64_t, int64_t i, int64_t j0, int64_t width, const acc_t* acc) {
+      const auto epilogue = [&](int64_t, int64_t i, int64_t j0, int64_t width, const acc_t* acc) {
         const int64_t r = last_rows.row(i), o = i * d + j0;
         const src_t* xr = x.row(r);
         const acc_t* er = extra.row(r);
         if (xr != nullptr && er == nullptr) {  // the dense case, kept branch-free
-          for (int64_t t = 0; t < width; ++t)
-            out[o + t] = static_cast<scalar_t>(a * static_cast<acc_t>(xr[j0 + t]) + dinv[r] * acc[t]);
+          for (int64_t t = 0; t < width; ++t) {
+            out[o + t] =
+                static_cast<scalar_t>(a * static_cast<acc_t>(xr[j0 + t]) + dinv[r] * acc[t]);
+          }
           return;
         }
         for (int64_t t = 0; t < width; ++t) {
@@ -134,7 +136,8 @@ void horner_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const Rows<
           if (er != nullptr) v += er[j0 + t];
           out[o + t] = static_cast<scalar_t>(v);
         }
-      }, last_rows);
+      };
+      sweep(graph, in, d, out_chunks, epilogue, last_rows);
     } else {
       sweep(graph, in, d, first ? balanced_row_chunks(graph.rowptr, n) : chunks,
             [&](int64_t, int64_t r, int64_t j0, int64_t width, const acc_t* acc) {
@@ -279,7 +282,8 @@ std::tuple<at::Tensor, at::Tensor> propagate_rows_cpu(
   if (L == 0 || num_rows == 0 || d == 0) return {alpha0_times_x(x_rows, alpha), x_rows};
   auto out = at::empty({num_rows, d}, x.options());
   const auto [buf_a, buf_b] = horner_buffers(n, d, L, out);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "propagate_rows_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "propagate_rows_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     with_csr<acc_t>(g, [&](const auto& csr) {
       horner_kernel<scalar_t>(csr, Rows<scalar_t>{x.data_ptr<scalar_t>(), nullptr, d},
@@ -389,7 +393,8 @@ at::Tensor propagate_rows_backward_cpu(
   }
   auto out = at::empty({n, d}, grad.options());
   const auto [buf_a, buf_b] = horner_buffers(n, d, L, out);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "propagate_rows_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
+                                  "propagate_rows_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto a = alpha_values<acc_t>(alpha);
     const int64_t* row_ids = rows.data_ptr<int64_t>();
