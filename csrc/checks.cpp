@@ -11,17 +11,13 @@ namespace {
 
 // Validates a prepared graph (rowptr, col, weight?, dinv) against the
 // features x it propagates: shapes, dtypes and devices.
-void check_graph_and_x(const at::Tensor& rowptr, const at::Tensor& col,
-                       const OptTensor& weight, const at::Tensor& dinv,
-                       const at::Tensor& x) {
-  TORCH_CHECK(x.dim() == 2, "x must be 2-D [num_nodes, dim], got shape ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
-              "x must be float16, bfloat16, float32 or float64, got ", x.scalar_type());
-  const int64_t n = x.size(0);
-  const auto acc_type = at::toOpMathType(x.scalar_type());
+// The graph operands for features of type `type` on `device` with n rows.
+void check_graph(const at::Tensor& rowptr, const at::Tensor& col, const OptTensor& weight,
+                 const at::Tensor& dinv, int64_t n, at::ScalarType type, at::Device device) {
+  const auto acc_type = at::toOpMathType(type);
   TORCH_CHECK(rowptr.dim() == 1 && rowptr.numel() == n + 1,
-              "rowptr must be 1-D with num_nodes + 1 = ", n + 1, " entries (x has ", n,
-              " rows), got shape ", rowptr.sizes());
+              "rowptr must be 1-D with num_nodes + 1 = ", n + 1, " entries, got shape ",
+              rowptr.sizes());
   TORCH_CHECK(rowptr.scalar_type() == at::kLong, "rowptr must be int64, got ", rowptr.scalar_type());
   TORCH_CHECK(col.dim() == 1, "col must be 1-D, got shape ", col.sizes());
   TORCH_CHECK(col.scalar_type() == at::kInt || col.scalar_type() == at::kLong,
@@ -29,8 +25,7 @@ void check_graph_and_x(const at::Tensor& rowptr, const at::Tensor& col,
   TORCH_CHECK(dinv.dim() == 1 && dinv.numel() == n,
               "dinv must be 1-D with num_nodes = ", n, " entries, got shape ", dinv.sizes());
   TORCH_CHECK(dinv.scalar_type() == acc_type, "dinv must have dtype ", acc_type,
-              " (the accumulation type of x, ", x.scalar_type(), "), got ", dinv.scalar_type());
-  const auto device = x.device();
+              " (the accumulation type of the features, ", type, "), got ", dinv.scalar_type());
   TORCH_CHECK(rowptr.device() == device && col.device() == device && dinv.device() == device,
               "rowptr, col and dinv must be on the device of x (", device, "), got ",
               rowptr.device(), ", ", col.device(), ", ", dinv.device());
@@ -44,6 +39,22 @@ void check_graph_and_x(const at::Tensor& rowptr, const at::Tensor& col,
     TORCH_CHECK(w.device() == device, "weight must be on the device of x (", device, "), got ",
                 w.device());
   }
+}
+
+void check_graph_and_x(const at::Tensor& rowptr, const at::Tensor& col,
+                       const OptTensor& weight, const at::Tensor& dinv,
+                       const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2, "x must be 2-D [num_nodes, dim], got shape ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
+              "x must be float16, bfloat16, float32 or float64, got ", x.scalar_type());
+  check_graph(rowptr, col, weight, dinv, x.size(0), x.scalar_type(), x.device());
+}
+
+void check_rows(const at::Tensor& rows, const at::Tensor& like) {
+  TORCH_CHECK(rows.dim() == 1, "rows must be 1-D, got shape ", rows.sizes());
+  TORCH_CHECK(rows.scalar_type() == at::kLong, "rows must be int64, got ", rows.scalar_type());
+  TORCH_CHECK(rows.device() == like.device(), "rows must be on the device of the features (",
+              like.device(), "), got ", rows.device());
 }
 
 
@@ -91,6 +102,55 @@ LayerDotsOperands checked_layer_dots_operands(const at::Tensor& rowptr, const at
   check_like_x(grad, "grad", x);
   TORCH_CHECK(num_layers >= 0, "num_layers must be >= 0, got ", num_layers);
   return {contiguous_graph(rowptr, col, weight, dinv), x.contiguous(), grad.contiguous()};
+}
+
+PropagateRowsOperands checked_propagate_rows_operands(
+    const at::Tensor& rowptr, const at::Tensor& col, const OptTensor& weight,
+    const at::Tensor& dinv, const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& rows) {
+  auto args = checked_propagate_operands(rowptr, col, weight, dinv, x, alpha);
+  check_rows(rows, x);
+  return {std::move(args), rows.contiguous()};
+}
+
+PropagateRowsBackwardOperands checked_propagate_rows_backward_operands(
+    const at::Tensor& rowptr, const at::Tensor& col, const OptTensor& weight,
+    const at::Tensor& dinv, const OptTensor& rowptr_t, const OptTensor& col_t,
+    const OptTensor& weight_t, const at::Tensor& grad, const OptTensor& grad_x_rows,
+    const at::Tensor& alpha, const at::Tensor& rows) {
+  TORCH_CHECK(grad.dim() == 2, "grad must be 2-D [len(rows), dim], got shape ", grad.sizes());
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()),
+              "grad must be float16, bfloat16, float32 or float64, got ", grad.scalar_type());
+  check_rows(rows, grad);
+  TORCH_CHECK(rows.numel() == grad.size(0), "grad must have one row per entry of rows (",
+              rows.numel(), "), got ", grad.size(0));
+  if (grad_x_rows.has_value()) check_like_x(*grad_x_rows, "grad_x_rows", grad);
+  const int64_t n = dinv.numel();
+  check_graph(rowptr, col, weight, dinv, n, grad.scalar_type(), grad.device());
+  const bool transposed = rowptr_t.has_value();
+  TORCH_CHECK(transposed == col_t.has_value() && (transposed || !weight_t.has_value()),
+              "rowptr_t and col_t must be both given or both None (weight_t None with them)");
+  TORCH_CHECK(weight.has_value() == (transposed ? weight_t.has_value() : weight.has_value()),
+              "weight and weight_t must be both given or both None");
+  if (transposed) {
+    check_graph(*rowptr_t, *col_t, weight_t, dinv, n, grad.scalar_type(), grad.device());
+    TORCH_CHECK(col_t->numel() == col.numel(), "col_t must have one entry per edge (",
+                col.numel(), "), got ", col_t->numel());
+  }
+  PropagateRowsBackwardOperands args{
+      contiguous_graph(rowptr, col, weight, dinv),
+      transposed ? contiguous_graph(*rowptr_t, *col_t, weight_t, dinv)
+                 : contiguous_graph(rowptr, col, weight, dinv),
+      grad.contiguous(), c10::nullopt, rows.contiguous(), check_alpha(alpha, grad)};
+  if (grad_x_rows.has_value()) args.grad_x_rows = grad_x_rows->contiguous();
+  return args;
+}
+
+void check_row_values(const at::Tensor& rows, int64_t num_nodes) {
+  if (rows.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(rows);
+  TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < num_nodes,
+              "rows must hold node ids in [0, num_nodes = ", num_nodes, "), got values in [",
+              lo.item<int64_t>(), ", ", hi.item<int64_t>(), "]");
 }
 
 void check_csr_contents(const at::Tensor& rowptr, const at::Tensor& col, int64_t num_nodes) {

@@ -40,6 +40,36 @@ LayerDotsOperands checked_layer_dots_operands(const at::Tensor& rowptr, const at
                                               const at::Tensor& x, const at::Tensor& grad,
                                               int64_t num_layers);
 
+// The checked operands of a propagate_rows call: those of propagate, and
+// rows (int64, 1-D, on the device of x), contiguous.
+struct PropagateRowsOperands {
+  PropagateOperands propagate;
+  at::Tensor rows;
+};
+PropagateRowsOperands checked_propagate_rows_operands(
+    const at::Tensor& rowptr, const at::Tensor& col, const OptTensor& weight,
+    const at::Tensor& dinv, const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& rows);
+
+// The checked operands of a propagate_rows_backward call, contiguous: the
+// graph of M, that of M^T (M's own where the transposed operands are None),
+// grad [len(rows), d], grad_x_rows (like grad, optional), rows, and L.
+struct PropagateRowsBackwardOperands {
+  GraphOperands graph, graph_t;
+  at::Tensor grad;
+  OptTensor grad_x_rows;
+  at::Tensor rows;
+  int64_t num_layers;
+};
+PropagateRowsBackwardOperands checked_propagate_rows_backward_operands(
+    const at::Tensor& rowptr, const at::Tensor& col, const OptTensor& weight,
+    const at::Tensor& dinv, const OptTensor& rowptr_t, const OptTensor& col_t,
+    const OptTensor& weight_t, const at::Tensor& grad, const OptTensor& grad_x_rows,
+    const at::Tensor& alpha, const at::Tensor& rows);
+
+// Every entry of rows is a node id in [0, num_nodes) (one host read: the CPU
+// kernels call it; the CUDA kernels trust the ids, as they trust the CSR).
+void check_row_values(const at::Tensor& rows, int64_t num_nodes);
+
 // Validates what a CSR holds, not only its shape: rowptr runs from 0 to
 // len(col) without decreasing, and every col is a node id. The CPU kernels
 // call it (a pass over the edges, ~1 ms on Gowalla) so that a malformed CSR

@@ -22,6 +22,20 @@ TORCH_LIBRARY(lightgcn_ext, m) {
   m.def(
       "propagate(Tensor rowptr, Tensor col, Tensor? weight, Tensor dinv, Tensor? rowptr_t, "
       "Tensor? col_t, Tensor? weight_t, Tensor x, Tensor alpha) -> Tensor");
+  // ((sum_l alpha_l M^l x)[rows], x[rows]): propagate read at the listed rows
+  // only (repeats allowed), whose last sweep computes only those rows; and
+  // the rows of x themselves, so that a loss on both (BPR and its L2 term)
+  // has one backward.
+  m.def(
+      "propagate_rows(Tensor rowptr, Tensor col, Tensor? weight, Tensor dinv, Tensor? rowptr_t, "
+      "Tensor? col_t, Tensor? weight_t, Tensor x, Tensor alpha, Tensor rows) -> (Tensor, Tensor)");
+  // The gradient of propagate_rows w.r.t. x, [num_nodes, d]: sum_l alpha_l (M^T)^l G
+  // + G0, with G and G0 zero outside rows and grad, grad_x_rows there
+  // (repeats summed). Its first sweep reads the edges of M's rows `rows` only.
+  m.def(
+      "propagate_rows_backward(Tensor rowptr, Tensor col, Tensor? weight, Tensor dinv, "
+      "Tensor? rowptr_t, Tensor? col_t, Tensor? weight_t, Tensor grad, Tensor? grad_x_rows, "
+      "Tensor alpha, Tensor rows) -> Tensor");
   // [<M^l x, grad> for l = 0..num_layers]: the gradient of propagate w.r.t. alpha.
   m.def(
       "layer_dots(Tensor rowptr, Tensor col, Tensor? weight, Tensor dinv, Tensor? rowptr_t, "

@@ -47,6 +47,16 @@ def propagate(operator: CsrOperator, x: Tensor, alpha: Tensor) -> Tensor:
     return torch.ops.lightgcn_ext.propagate(*operator, x, alpha)
 
 
+def propagate_rows(operator: CsrOperator, x: Tensor, alpha: Tensor, rows: Tensor):
+    """((sum_l alpha_l M^l x)[rows], x[rows]) for int64 rows (repeats
+    allowed); differentiable in x and alpha. The last sweep computes the
+    listed rows only, and the gradient of x (from both outputs) is one
+    [N, d] array whose first backward sweep reads the listed rows' edges
+    only: the same numbers as propagate followed by indexing, at about
+    L - 1 + L full sweeps instead of 2 L."""
+    return torch.ops.lightgcn_ext.propagate_rows(*operator, x, alpha, rows)
+
+
 def layer_dots(operator: CsrOperator, x: Tensor, grad: Tensor, num_layers: int) -> Tensor:
     """[<M^l x, grad> for l = 0..num_layers]; differentiable in x and grad."""
     return torch.ops.lightgcn_ext.layer_dots(*operator, x, grad, num_layers)
@@ -80,10 +90,50 @@ def _propagate_fake(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x, alp
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+@torch.library.register_fake("lightgcn_ext::propagate_rows")
+def _propagate_rows_fake(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x, alpha, rows):
+    _check_one_device(x, rowptr=rowptr, col=col, weight=weight, dinv=dinv, alpha=alpha, rows=rows)
+    shape = (rows.shape[0], x.shape[1])
+    return x.new_empty(shape), x.new_empty(shape)
+
+
+@torch.library.register_fake("lightgcn_ext::propagate_rows_backward")
+def _propagate_rows_backward_fake(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, grad,
+                                  grad_x_rows, alpha, rows):
+    _check_one_device(grad, rowptr=rowptr, col=col, weight=weight, dinv=dinv, alpha=alpha,
+                      rows=rows, grad_x_rows=grad_x_rows)
+    return grad.new_empty((dinv.shape[0], grad.shape[1]))
+
+
 @torch.library.register_fake("lightgcn_ext::layer_dots")
 def _layer_dots_fake(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x, grad, num_layers):
     _check_one_device(x, rowptr=rowptr, col=col, weight=weight, dinv=dinv, grad=grad)
     return x.new_empty(num_layers + 1, dtype=accumulation_dtype(x.dtype))
+
+
+# ------------------------------------------------ CUDA: composite kernels
+# propagate_rows has no CUDA kernel of its own yet: on CUDA it is the full
+# propagation indexed, and its backward the full backward of the gradient
+# scattered to its rows. The same numbers, none of the savings; no host
+# synchronization and fixed output sizes, so a CUDA graph still captures it.
+def _propagate_rows_composite(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x, alpha,
+                              rows):
+    out = torch.ops.lightgcn_ext.propagate(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t,
+                                           x, alpha)
+    return out.index_select(0, rows), x.index_select(0, rows)
+
+
+def _propagate_rows_backward_composite(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t,
+                                       grad, grad_x_rows, alpha, rows):
+    scattered = grad.new_zeros((dinv.shape[0], grad.shape[1])).index_add_(0, rows, grad)
+    operator = CsrOperator(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t).transposed()
+    out = propagate(operator, scattered, alpha)
+    return out if grad_x_rows is None else out.index_add_(0, rows, grad_x_rows)
+
+
+torch.library.register_kernel("lightgcn_ext::propagate_rows", "cuda", _propagate_rows_composite)
+torch.library.register_kernel("lightgcn_ext::propagate_rows_backward", "cuda",
+                              _propagate_rows_backward_composite)
 
 
 # --------------------------------------------------------------- autograd
@@ -113,6 +163,32 @@ def _propagate_backward(ctx, grad_out):
     return _NO_GRAPH_GRADS + (grad_x, grad_alpha)
 
 
+def _propagate_rows_setup_context(ctx, inputs, output):
+    *graph, x, alpha, rows = inputs
+    ctx.save_for_backward(x if ctx.needs_input_grad[_SECOND] else None, alpha, rows, *graph)
+    ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+
+
+def _propagate_rows_backward(ctx, grad_out, grad_x_rows):
+    x, alpha, rows, *graph = ctx.saved_tensors
+    operator = CsrOperator(*graph)
+    needs_x, needs_alpha = ctx.needs_input_grad[_FIRST], ctx.needs_input_grad[_SECOND]
+    if grad_out is None:  # only x[rows] was used
+        grad_out = torch.zeros((rows.shape[0], ctx.x_shape[1]), dtype=ctx.x_dtype,
+                               device=rows.device)
+    grad_x = None
+    if needs_x:
+        grad_x = torch.ops.lightgcn_ext.propagate_rows_backward(*operator, grad_out, grad_x_rows,
+                                                                alpha, rows)
+    grad_alpha = None
+    if needs_alpha:
+        # <M^l x, G> with G the batch's gradient scattered to its rows: the
+        # full layer_dots (alpha is a trained parameter in few models).
+        dense = grad_out.new_zeros(ctx.x_shape).index_add_(0, rows, grad_out)
+        grad_alpha = layer_dots(operator, x, dense, alpha.shape[0] - 1).to(alpha.dtype)
+    return _NO_GRAPH_GRADS + (grad_x, grad_alpha, None)
+
+
 def _layer_dots_setup_context(ctx, inputs, output):
     *graph, x, grad, _ = inputs
     ctx.save_for_backward(x, grad, *graph)
@@ -131,5 +207,7 @@ def _layer_dots_backward(ctx, grad_dots):
 
 torch.library.register_autograd("lightgcn_ext::propagate", _propagate_backward,
                                 setup_context=_propagate_setup_context)
+torch.library.register_autograd("lightgcn_ext::propagate_rows", _propagate_rows_backward,
+                                setup_context=_propagate_rows_setup_context)
 torch.library.register_autograd("lightgcn_ext::layer_dots", _layer_dots_backward,
                                 setup_context=_layer_dots_setup_context)

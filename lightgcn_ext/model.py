@@ -8,7 +8,7 @@ from torch.nn.modules.loss import _Loss
 
 from . import validation
 from .graph import FLOWS, is_sparse_adjacency
-from .propagation import propagate
+from .propagation import propagate, propagate_rows
 
 # Arguments of PyG's LGConv (and of its MessagePassing base) that we support,
 # with the only values we support where that is restricted.
@@ -67,6 +67,16 @@ class LightGCN(torch.nn.Module):
         return propagate(edge_index, self.embedding.weight, self.alpha, edge_weight=edge_weight,
                          normalize=self.normalize, flow=self.flow)
 
+    def get_embedding_rows(self, edge_index, rows, edge_weight=None):
+        r"""``(get_embedding(edge_index)[rows], embedding.weight[rows])``,
+        computed for the nodes ``rows`` only (repeats allowed). A loss on a
+        batch (BPR and its L2 term on the layer-0 rows) then has a backward
+        that writes one ``[num_nodes, d]`` gradient, and costs fewer sweeps
+        than the whole propagation and indexing; the numbers are the same."""
+        rows = _check_index(rows, "rows", self.num_nodes)
+        return propagate_rows(edge_index, self.embedding.weight, self.alpha, rows,
+                              edge_weight=edge_weight, normalize=self.normalize, flow=self.flow)
+
     def forward(self, edge_index, edge_label_index=None, edge_weight=None) -> Tensor:
         r"""Scores ``<x_src, x_dst>`` of the pairs in ``edge_label_index``
         (all edges of ``edge_index`` when it is ``None``; those of a prepared
@@ -75,8 +85,10 @@ class LightGCN(torch.nn.Module):
             edge_label_index = _edges_of(edge_index)
         edge_label_index = _check_index(edge_label_index, "edge_label_index", self.num_nodes,
                                         pairs=True)
-        out = self.get_embedding(edge_index, edge_weight)
-        return (out[edge_label_index[0]] * out[edge_label_index[1]]).sum(dim=-1)
+        # Only the pairs' rows are propagated in the last layer.
+        out, _ = self.get_embedding_rows(edge_index, edge_label_index.reshape(-1), edge_weight)
+        src, dst = out.view(2, edge_label_index.size(1), out.size(-1))
+        return (src * dst).sum(dim=-1)
 
     def predict_link(self, edge_index, edge_label_index=None, edge_weight=None,
                      prob=False) -> Tensor:

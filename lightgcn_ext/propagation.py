@@ -26,6 +26,32 @@ def propagate(edge_index, x, alpha, *, edge_weight=None, normalize=None, flow=No
     PyTorch ops (PyG's memory profile: one E x d message tensor per layer)
     gives its gradient, through the degree normalization too.
     """
+    graph, x, alpha = _prepared(edge_index, x, alpha, edge_weight, normalize, flow)
+    if not _fused_path_serves(graph, alpha):
+        return _propagate_unfused(graph, x, alpha)
+    return _ops.propagate(graph.operator(x.dtype), x, alpha)
+
+
+def propagate_rows(edge_index, x, alpha, rows, *, edge_weight=None, normalize=None, flow=None):
+    """``(propagate(edge_index, x, alpha)[rows], x[rows])``, computed for the
+    listed rows only (repeats allowed): what a loss on a batch of nodes needs
+    (BPR: the batch's propagated rows, and its layer-0 rows for the L2 term).
+
+    The same numbers as `propagate` followed by indexing, at less cost: the
+    last sweep computes the listed rows only, and the backward writes one
+    [N, d] gradient of x (both outputs' gradients together) whose first sweep
+    reads the listed rows' edges only. Arguments as for `propagate`; rows is a
+    1-D integer tensor of node ids on x's device.
+    """
+    graph, x, alpha = _prepared(edge_index, x, alpha, edge_weight, normalize, flow)
+    rows = rows.to(device=x.device, dtype=torch.long)
+    if not _fused_path_serves(graph, alpha):
+        return _propagate_unfused(graph, x, alpha)[rows], x[rows]
+    return _ops.propagate_rows(graph.operator(x.dtype), x, alpha, rows)
+
+
+def _prepared(edge_index, x, alpha, edge_weight, normalize, flow):
+    """The prepared graph, x and alpha of a propagation, checked."""
     x = _check_x(x)
     # A raw edge_index takes its node count from x; other inputs carry their own.
     num_nodes = x.shape[0] if isinstance(edge_index, torch.Tensor) \
@@ -35,12 +61,19 @@ def propagate(edge_index, x, alpha, *, edge_weight=None, normalize=None, flow=No
         raise ValueError(f"x must have one row per node ({graph.num_nodes}), got {x.shape[0]}")
     if graph.device != x.device:
         raise ValueError(f"x ({x.device}) and the graph ({graph.device}) must be on one device")
-    alpha = validation.layer_weights(alpha, x)
+    return graph, x, validation.layer_weights(alpha, x)
+
+
+def _fused_path_serves(graph, alpha):
+    """Whether the fused kernels give the result: not when edge weights need
+    a gradient, nor for an infinite alpha (Horner's scheme makes NaN of it)."""
+    return not _needs_edge_weight_grad(graph) and _is_finite(alpha)
+
+
+def _propagate_unfused(graph, x, alpha):
     if _needs_edge_weight_grad(graph):
         return _propagate_differentiable_weights(graph, x, alpha)
-    if not _is_finite(alpha):
-        return _propagate_layer_by_layer(graph, x, alpha)
-    return _ops.propagate(graph.operator(x.dtype), x, alpha)
+    return _propagate_layer_by_layer(graph, x, alpha)
 
 
 def _check_x(x):

@@ -95,17 +95,26 @@ inline void prefetch_tile(const acc_t* p) {
 #endif
 }
 
-// The rows [r0, r1) of chunk c: for every row r and feature tile
-// [j0, j0 + width), computes acc = sum_k w_k * in[col_k, j0 : j0 + width] and
-// calls epilogue(c, r, j0, width, acc). Always inlined, so that each caller
+// The rows a sweep computes: every row of the CSR (rows == nullptr), or the
+// listed ones, in list order (a row may be listed more than once).
+struct RowList {
+  const int64_t* rows = nullptr;
+  int64_t row(int64_t i) const { return rows == nullptr ? i : rows[i]; }
+};
+
+// The positions [i0, i1) of chunk c: for every row r = rows.row(i) and
+// feature tile [j0, j0 + width), computes acc = sum_k w_k * in[col_k, j0 :
+// j0 + width] and calls epilogue(c, i, j0, width, acc), i the position (the
+// row itself when every row is swept). Always inlined, so that each caller
 // below compiles it for its own instruction set.
 template <bool kWeighted, typename acc_t, typename index_t, typename Epilogue>
 LIGHTGCN_EXT_ALWAYS_INLINE inline void sweep_chunk(const Csr<acc_t, index_t>& g, const acc_t* in,
-                                                  int64_t d, int64_t c, int64_t r0, int64_t r1,
-                                                  const Epilogue& epilogue) {
+                                                  int64_t d, RowList rows, int64_t c, int64_t i0,
+                                                  int64_t i1, const Epilogue& epilogue) {
   constexpr int T = kTile<acc_t>;
   alignas(64) acc_t acc[T];
-  for (int64_t r = r0; r < r1; ++r) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t r = rows.row(i);
     const int64_t begin = g.rowptr[r], end = g.rowptr[r + 1];
     for (int64_t j0 = 0; j0 < d; j0 += T) {
       const int64_t width = std::min<int64_t>(T, d - j0);
@@ -126,7 +135,7 @@ LIGHTGCN_EXT_ALWAYS_INLINE inline void sweep_chunk(const Csr<acc_t, index_t>& g,
           for (int64_t t = 0; t < width; ++t) acc[t] += kWeighted ? w * src[t] : src[t];
         }
       }
-      epilogue(c, r, j0, width, acc);
+      epilogue(c, i, j0, width, acc);
     }
   }
 }
@@ -137,9 +146,9 @@ LIGHTGCN_EXT_ALWAYS_INLINE inline void sweep_chunk(const Csr<acc_t, index_t>& g,
 #define LIGHTGCN_EXT_HAS_AVX2_COPY 1
 template <bool kWeighted, typename acc_t, typename index_t, typename Epilogue>
 __attribute__((target("avx2,fma"))) void sweep_chunk_avx2(
-    const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d, int64_t c, int64_t r0, int64_t r1,
-    const Epilogue& epilogue) {
-  sweep_chunk<kWeighted>(g, in, d, c, r0, r1, epilogue);
+    const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d, RowList rows, int64_t c, int64_t i0,
+    int64_t i1, const Epilogue& epilogue) {
+  sweep_chunk<kWeighted>(g, in, d, rows, c, i0, i1, epilogue);
 }
 #endif
 
@@ -185,29 +194,42 @@ inline std::atomic<int>& isa_setting() {
 inline Isa current_isa() { return static_cast<Isa>(isa_setting().load(std::memory_order_relaxed)); }
 
 template <bool kWeighted, typename acc_t, typename index_t, typename Epilogue>
-void sweep_rows(const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d,
+void sweep_rows(const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d, RowList rows,
                 const std::vector<int64_t>& chunks, const Epilogue& epilogue) {
   // Read once per sweep: a change of the setting mid-sweep cannot mix copies.
   const Isa isa = current_isa();
   for_each_chunk(static_cast<int64_t>(chunks.size()) - 1, [&](int64_t c) {
 #if defined(LIGHTGCN_EXT_HAS_AVX2_COPY)
     if (isa == Isa::kAvx2) {
-      sweep_chunk_avx2<kWeighted>(g, in, d, c, chunks[c], chunks[c + 1], epilogue);
+      sweep_chunk_avx2<kWeighted>(g, in, d, rows, c, chunks[c], chunks[c + 1], epilogue);
       return;
     }
 #endif
-    sweep_chunk<kWeighted>(g, in, d, c, chunks[c], chunks[c + 1], epilogue);
+    sweep_chunk<kWeighted>(g, in, d, rows, c, chunks[c], chunks[c + 1], epilogue);
   });
 }
 
+// One sweep over the positions that `chunks` cuts (balanced_row_chunks of
+// the CSR for every row; listed_row_chunks for a list).
 template <typename acc_t, typename index_t, typename Epilogue>
 void sweep(const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d,
-           const std::vector<int64_t>& chunks, const Epilogue& epilogue) {
+           const std::vector<int64_t>& chunks, const Epilogue& epilogue, RowList rows = {}) {
   if (g.weight != nullptr) {
-    sweep_rows<true>(g, in, d, chunks, epilogue);
+    sweep_rows<true>(g, in, d, rows, chunks, epilogue);
   } else {
-    sweep_rows<false>(g, in, d, chunks, epilogue);
+    sweep_rows<false>(g, in, d, rows, chunks, epilogue);
   }
+}
+
+// The chunks of a sweep over the listed rows rows[0 .. num_listed), balanced
+// by their degrees as balanced_row_chunks balances a whole CSR.
+inline std::vector<int64_t> listed_row_chunks(const int64_t* rowptr, const int64_t* rows,
+                                              int64_t num_listed) {
+  std::vector<int64_t> listed_ptr(num_listed + 1, 0);
+  for (int64_t i = 0; i < num_listed; ++i) {
+    listed_ptr[i + 1] = listed_ptr[i] + rowptr[rows[i] + 1] - rowptr[rows[i]];
+  }
+  return balanced_row_chunks(listed_ptr.data(), num_listed);
 }
 
 }  // namespace cpu

@@ -4,6 +4,7 @@ import torch
 
 from ..data import BPRSampler
 from ..evaluation import ranking_metrics
+from ..model import BPRLoss
 
 
 def bpr_step(model, graph, optimizer, num_users, users, positives, negatives, lambda_reg):
@@ -11,15 +12,19 @@ def bpr_step(model, graph, optimizer, num_users, users, positives, negatives, la
     num_users + item); returns the loss, still on the device."""
     # First, so that the last step's gradient is not kept through this one.
     optimizer.zero_grad(set_to_none=True)
-    embedding = model.get_embedding(graph)  # one fused propagation of the whole graph
-    pos_nodes, neg_nodes = positives + num_users, negatives + num_users
-    user_emb, pos_emb, neg_emb = embedding[users], embedding[pos_nodes], embedding[neg_nodes]
-    del embedding  # the rows are copies: [N, d] less through the backward
+    nodes = torch.cat([users, positives + num_users, negatives + num_users])
+    # The batch's propagated rows and layer-0 rows (the L2 term's): the
+    # backward of both is one [N, d] gradient, the last forward sweep and the
+    # first backward sweep touch the batch's rows and their edges only.
+    if hasattr(model, "get_embedding_rows"):
+        out, emb = model.get_embedding_rows(graph, nodes)
+    else:  # a model with PyG's API only (torch_geometric's LightGCN)
+        out, emb = model.get_embedding(graph)[nodes], model.embedding.weight[nodes]
+    user_emb, pos_emb, neg_emb = out.split([users.numel(), positives.numel(), negatives.numel()])
     pos_scores = (user_emb * pos_emb).sum(dim=-1)
     neg_scores = (user_emb * neg_emb).sum(dim=-1)
-    loss = model.recommendation_loss(pos_scores, neg_scores,
-                                     node_id=torch.cat([users, pos_nodes, neg_nodes]),
-                                     lambda_reg=lambda_reg)
+    # model.recommendation_loss with node_id=nodes, on the rows already gathered.
+    loss = BPRLoss(lambda_reg)(pos_scores, neg_scores, emb)
     loss.backward()
     optimizer.step()
     return loss.detach()

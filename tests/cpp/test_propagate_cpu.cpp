@@ -7,6 +7,8 @@
 //   propagate(CSR by destination) = sum_{l=0..L} alpha_l M^l x
 //   propagate(CSR by source)      = sum_{l=0..L} alpha_l (M^T)^l x
 //   layer_dots                    = [<M^l x, grad> for l = 0..L]
+//   propagate_rows                = rows of propagate, and of x
+//   propagate_rows_backward       = sum_l alpha_l (M^T)^l G + G0 (G, G0 scattered rows)
 //
 // The references loop over the edge list; they share nothing with the kernels
 // (no CSR, no Horner, no source scaling). Exit status 0 iff every check passed;
@@ -43,6 +45,10 @@ using PrepareCsrFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
       const OptTensor&, const OptTensor&
 using PropagateFn = Tensor(GRAPH_OPERANDS, const Tensor&, const Tensor&);
 using LayerDotsFn = Tensor(GRAPH_OPERANDS, const Tensor&, const Tensor&, int64_t);
+using PropagateRowsFn = std::tuple<Tensor, Tensor>(GRAPH_OPERANDS, const Tensor&, const Tensor&,
+                                                   const Tensor&);
+using PropagateRowsBackwardFn = Tensor(GRAPH_OPERANDS, const Tensor&, const OptTensor&,
+                                       const Tensor&, const Tensor&);
 #undef GRAPH_OPERANDS
 
 
@@ -64,6 +70,20 @@ auto layer_dots_op() {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("lightgcn_ext::layer_dots", "")
                              .typed<LayerDotsFn>();
+  return op;
+}
+
+auto propagate_rows_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("lightgcn_ext::propagate_rows", "")
+                             .typed<PropagateRowsFn>();
+  return op;
+}
+
+auto propagate_rows_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("lightgcn_ext::propagate_rows_backward", "")
+                             .typed<PropagateRowsBackwardFn>();
   return op;
 }
 
@@ -331,6 +351,73 @@ std::string describe(const Case& c) {
              c.transpose ? ", transposed CSR" : "", c.non_contiguous ? ", strided x" : "");
 }
 
+// propagate_rows at the largest L, on a row list with repeats (and every
+// node without in-edges): its rows of sum_l alpha_l M^l x and of x; and
+// propagate_rows_backward: sum_l alpha_l (M^T)^l G + G0, G and G0 the row
+// gradients scattered to their nodes (repeats summed).
+void check_propagate_rows(const Case& c, std::mt19937_64& rng, int64_t L, const Tensor& dinv,
+                          const OptTensor& weight) {
+  const Graph& g = *c.graph;
+  const Prepared& p = *c.prepared;
+  const int64_t n = g.n, d = c.d;
+  // The operator of the op: M (CSR by destination) or, transposed, the CSR by source.
+  const auto& rowptr = c.transpose ? p.rowptr_t : p.rowptr;
+  const auto& rowptr_t = c.transpose ? p.rowptr : p.rowptr_t;
+  const auto col = (c.transpose ? p.col_t : p.col).to(c.index_dtype);
+  const auto col_t = (c.transpose ? p.col : p.col_t).to(c.index_dtype);
+  OptTensor weight_t;
+  if (weight.has_value()) {
+    const auto w = at::tensor(g.weight, at::kDouble).to(weight->scalar_type());
+    weight_t = w.index_select(0, c.transpose ? p.perm : p.perm_t);
+  }
+  std::vector<int64_t> rows;
+  std::uniform_int_distribution<int64_t> any(0, n - 1);
+  for (int64_t i = 0; i < std::min<int64_t>(n, 50); ++i) rows.push_back(any(rng));
+  for (int64_t i = 0; i < n && !rows.empty(); i += 7) rows.push_back(rows[i % rows.size()]);
+  rows.push_back(n - 1);
+  const auto rows_t = at::tensor(rows, at::kLong);
+  const int64_t R = static_cast<int64_t>(rows.size());
+  const auto x = random_features(n, d, c.dtype, rng, c.non_contiguous);
+  const auto xs = to_doubles(x);
+  const auto layers_x = reference_layers(g, to_doubles(dinv), xs, d, L, c.transpose);
+  const auto alpha = random_alpha(L, c.dtype, rng);
+  const auto a = to_doubles(alpha);
+  const Tolerance tol = tolerance_for(c.dtype);
+  const std::string what = str(describe(c), ", L=", L, ", propagate_rows");
+  std::vector<double> want(R * d, 0.0), want_x(R * d), scale(R * d, 1.0);
+  for (int64_t i = 0; i < R; ++i) {
+    for (int64_t k = 0; k < d; ++k) {
+      for (int64_t l = 0; l <= L; ++l) want[i * d + k] += a[l] * layers_x[l][rows[i] * d + k];
+      want_x[i * d + k] = xs[rows[i] * d + k];
+    }
+  }
+  // Backward: G and G0 scattered, then sum_l alpha_l (M^T)^l G + G0.
+  const auto grad = random_features(R, d, c.dtype, rng, false);
+  const auto grad0 = random_features(R, d, c.dtype, rng, false);
+  const auto gs = to_doubles(grad), g0s = to_doubles(grad0);
+  std::vector<double> scattered(n * d, 0.0), want_grad(n * d, 0.0), grad_scale(n * d, 1.0);
+  for (int64_t i = 0; i < R; ++i)
+    for (int64_t k = 0; k < d; ++k) scattered[rows[i] * d + k] += gs[i * d + k];
+  const auto back = reference_layers(g, to_doubles(dinv), scattered, d, L, !c.transpose);
+  for (int64_t l = 0; l <= L; ++l)
+    for (int64_t i = 0; i < n * d; ++i) want_grad[i] += a[l] * back[l][i];
+  for (int64_t i = 0; i < R; ++i)
+    for (int64_t k = 0; k < d; ++k) want_grad[rows[i] * d + k] += g0s[i * d + k];
+  try {
+    const auto [out, out_x] =
+        propagate_rows_op().call(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x, alpha,
+                                 rows_t);
+    expect_close(what, to_doubles(out), want, scale, tol, d);
+    expect_close(what + " (x rows)", to_doubles(out_x), want_x, scale, {0, 0}, d);
+    const auto grad_x = propagate_rows_backward_op().call(rowptr, col, weight, dinv, rowptr_t,
+                                                          col_t, weight_t, grad, grad0, alpha,
+                                                          rows_t);
+    expect_close(what + "_backward", to_doubles(grad_x), want_grad, grad_scale, tol, d);
+  } catch (const c10::Error& e) {
+    fail(str(what, ": threw: ", e.what_without_backtrace()));
+  }
+}
+
 void run_case(const Case& c, std::mt19937_64& rng, int64_t max_layers) {
   const Graph& g = *c.graph;
   const Prepared& p = *c.prepared;
@@ -380,6 +467,8 @@ void run_case(const Case& c, std::mt19937_64& rng, int64_t max_layers) {
     }
     expect_close(what + ", propagate", to_doubles(out), want, scale, tol, c.d);
   }
+
+  check_propagate_rows(c, rng, max_layers, dinv, weight);
 
   // layer_dots: [<M^l x, grad> for l = 0..L], at the largest L.
   std::vector<double> want(max_layers + 1, 0.0), scale(max_layers + 1, 0.0);
@@ -455,6 +544,15 @@ void check_bad_arguments(const Graph& g, const Prepared& p) {
   });
   expect_error("layer_dots, negative num_layers", "num_layers", [&] {
     call_layer_dots(p.rowptr, p.col, none, dinv, x, x, -1);
+  });
+  expect_error("propagate_rows, a row id >= num_nodes", "rows", [&] {
+    propagate_rows_op().call(p.rowptr, p.col, none, dinv, {}, {}, {}, x, alpha,
+                             at::tensor(std::vector<int64_t>{0, g.n}, at::kLong));
+  });
+  expect_error("propagate_rows_backward, grad with one row too many", "grad", [&] {
+    propagate_rows_backward_op().call(p.rowptr, p.col, none, dinv, {}, {}, {},
+                                      at::rand({3, 8}, at::kFloat), none, alpha,
+                                      at::zeros({2}, at::kLong));
   });
   expect_error("prepare_csr, a node id >= num_nodes", "edge_index", [&] {
     prepare_csr_op().call(edge_index_of(g), g.n - 1);
