@@ -13,38 +13,16 @@ import time
 import pytest
 import torch
 
-from helpers import REPO, toy_interactions
+from helpers import REPO, TINY, run_main, toy_interactions, write_dir
 from lightgcn_ext import cli
 from lightgcn_ext.training import TrainConfig, loop, make_optimizer, results, run_files, train
 from lightgcn_ext.training.step import load_optimizer_state
-
-TINY = ["--dim", "8", "--batch-size", "256", "--no-progress", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """The toy data as a LightGCN-format directory."""
-    path = tmp_path_factory.mktemp("data") / "toy"
-    path.mkdir()
-    data = toy_interactions()
-    for split in ("train", "test"):
-        lines = {}
-        for user, item in getattr(data, split).t().tolist():
-            lines.setdefault(user, []).append(item)
-        (path / f"{split}.txt").write_text(
-            "".join(f"{u} {' '.join(map(str, i))}\n" for u, i in sorted(lines.items())))
-    return path
-
-
-def run_main(argv, capsys):
-    """(exit code, stderr) of cli.main(argv) in this process."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else 1
-        if isinstance(exit.code, str):
-            print(exit.code, file=sys.stderr)
-    return code, capsys.readouterr().err
+    return write_dir(tmp_path_factory.mktemp("data") / "toy", toy_interactions())
 
 
 def _config(tmp_path, **overrides):
@@ -122,7 +100,7 @@ def test_a_fast_run_writes_rarely(tmp_path, written, monkeypatch):
 
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_checkpoint_every_must_be_a_positive_int(tmp_path, capsys, value, data_dir):
-    code, err = run_main(["train", "--data", str(data_dir), "--out", str(tmp_path / "r"),
+    code, _, err = run_main(["train", "--data", str(data_dir), "--out", str(tmp_path / "r"),
                              "--checkpoint-every", value], capsys)
     assert code != 0 and "Traceback" not in err
     assert err.strip() == (f"lightgcn-ext train: error: checkpoint_every must be a positive "
