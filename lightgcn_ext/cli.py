@@ -10,6 +10,7 @@ import shlex
 import sys
 
 from .data import DownloadError
+from .data.sampling import SAMPLING
 from .inference.commands import COMMANDS as RUN_COMMANDS, add_commands, run_command
 from .training import Interrupted, TrainConfig, train
 from .training.config import LOG_OPTIONS
@@ -50,9 +51,15 @@ def _parser():
     train.add_argument("--layers", type=int, default=DEFAULTS.layers,
                        help="propagation layers L")
     train.add_argument("--epochs", type=int, default=DEFAULTS.epochs,
-                       help="epochs in all (one epoch visits every training interaction once)")
+                       help="epochs in all (an epoch: as many BPR triples as training "
+                            "interactions)")
     train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                        help="BPR triples per step")
+    train.add_argument("--sampling", choices=SAMPLING, default=DEFAULTS.sampling,
+                       help="how an epoch's BPR triples are drawn, as many as there are "
+                            "training interactions: 'interactions', each interaction once "
+                            "(as PyG's and RecBole's examples); 'users', a user drawn "
+                            "uniformly, then one of its items (as the LightGCN authors' code)")
     train.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate")
     train.add_argument("--reg", type=float, default=DEFAULTS.reg,
                        help="L2 weight lambda on the batch's layer-0 embeddings, as the paper")
@@ -174,7 +181,7 @@ def main(argv=None):
         return run_command(args)
     config = TrainConfig(data=args.data, data_root=args.data_root, dim=args.dim,
                          layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, reg=args.reg, device=args.device, out=args.out,
+                         lr=args.lr, reg=args.reg, sampling=args.sampling, device=args.device, out=args.out,
                          resume=args.resume, seed=args.seed, eval_every=args.eval_every,
                          patience=args.patience, topk=tuple(args.topk),
                          max_epochs_now=args.max_epochs_now, progress=not args.no_progress,

@@ -9,6 +9,7 @@ from .. import data as data_sources
 from .. import validation
 from ..data.ids import ID_MODES
 from ..data.logs import SEPARATORS as LOG_SUFFIXES
+from ..data.sampling import SAMPLING
 
 # The options of reading an interaction log (lightgcn_ext.data.read_log's,
 # TrainConfig's fields of the same names); the random split's seed is the
@@ -28,6 +29,8 @@ class TrainConfig:
     batch_size: int = 2048
     lr: float = 1e-3
     reg: float = 1e-4  # the paper's lambda: reg / 2 * |ego embeddings of the batch|^2 / batch
+    # How an epoch's BPR triples are drawn: lightgcn_ext.data.sampling.SAMPLING.
+    sampling: str = "interactions"
     device: str = "auto"
     out: str = "runs/lightgcn"
     seed: int = 0
@@ -86,6 +89,7 @@ class TrainConfig:
         validation.non_negative_number(self.reg, "reg")
         validation.positive_ints(self.topk, "topk")
         validation.choice(self.ids, "ids", ID_MODES)
+        validation.choice(self.sampling, "sampling", SAMPLING)
         if self.threads is not None:
             validation.positive_int(self.threads, "threads")
         if self.checkpoint_every is not None:

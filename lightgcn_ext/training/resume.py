@@ -24,6 +24,7 @@ RESUME_POLICY = {
     "dim": "fixed",
     "layers": "fixed",
     "batch_size": "fixed",
+    "sampling": "fixed",
     "seed": "fixed",
     "topk": "fixed",  # early stopping and the history compare recall@topk[0]
     "lr": "applied",  # set in the optimizer's parameter groups

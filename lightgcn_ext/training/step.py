@@ -77,5 +77,6 @@ def make_sampler(config, data, device):
     """The BPR sampler and its generator: the same global batches for a seed."""
     if data.train.numel() == 0:
         raise ValueError(f"data {data.name!r} has no training interactions")
-    sampler = BPRSampler(data.train, data.num_users, data.num_items, config.batch_size, device)
+    sampler = BPRSampler(data.train, data.num_users, data.num_items, config.batch_size, device,
+                         sampling=config.sampling)
     return sampler, torch.Generator(device=device).manual_seed(config.seed)

@@ -1,5 +1,6 @@
-"""lightgcn_ext.data.sampling: BPR triples, every interaction once per epoch with
-a negative uniform over the user's unseen items, deterministic for a generator."""
+"""lightgcn_ext.data.sampling: BPR triples, every interaction once per epoch
+("interactions") or users drawn uniformly ("users"), with a negative uniform
+over the user's unseen items, deterministic for a generator."""
 import pytest
 import torch
 
@@ -40,7 +41,39 @@ def test_the_sampler_is_deterministic_given_its_generator():
     assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
+def test_sampling_by_users_draws_users_then_their_items_uniformly():
+    # User 0 has 6 interactions, user 1 one, user 2 none: by interactions user 0
+    # gets 6/7 of the triples, by users half of them, and user 2 never.
+    train = torch.tensor([[0, 0, 0, 0, 0, 0, 1], [0, 1, 2, 3, 4, 5, 2]])
+    sampler = BPRSampler(train, num_users=3, num_items=10, batch_size=3, sampling="users")
+    generator = torch.Generator().manual_seed(0)
+    batches = [b for _ in range(3000) for b in sampler.epoch(generator)]
+    assert len(sampler) == 3 and [b[0].numel() for b in batches[:3]] == [3, 3, 1]
+    users, positives, negatives = (torch.cat(column) for column in zip(*batches))
+    assert users.numel() == 3000 * 7
+    assert (torch.bincount(users, minlength=3)[:2] - 10500).abs().max() < 4 * 73, users
+    assert not (users == 2).any()
+    assert torch.equal(positives[users == 1].unique(), torch.tensor([2]))
+    counts = torch.bincount(positives[users == 0], minlength=6)[:6].double()
+    assert ((counts - counts.mean()).abs() < 4.5 * counts.mean().sqrt()).all(), counts
+    seen = train[0] * 10 + train[1]
+    assert not torch.isin(users * 10 + negatives, seen).any()
+
+
+def test_sampling_by_users_is_deterministic_and_differs_from_by_interactions():
+    data = toy_interactions()
+    by_users = BPRSampler(data.train, data.num_users, data.num_items, 500, sampling="users")
+    first = [torch.cat(b) for b in by_users.epoch(torch.Generator().manual_seed(3))]
+    again = [torch.cat(b) for b in by_users.epoch(torch.Generator().manual_seed(3))]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    by_interactions = BPRSampler(data.train, data.num_users, data.num_items, 500)
+    other = [torch.cat(b) for b in by_interactions.epoch(torch.Generator().manual_seed(3))]
+    assert len(other) == len(first) and not torch.equal(other[0], first[0])
+
+
 def test_sampler_bad_input():
+    with pytest.raises(ValueError, match="sampling.*'interactions', 'users'"):
+        BPRSampler(torch.tensor([[0], [0]]), 1, 2, batch_size=4, sampling="items")
     with pytest.raises(ValueError, match="batch_size"):
         BPRSampler(torch.tensor([[0], [0]]), 1, 2, batch_size=0)
     with pytest.raises(ValueError, match="train"):

@@ -49,6 +49,18 @@ def test_same_seed_same_metrics_and_a_model_that_learns(tmp_path):
     assert first["history"][-1]["loss"] < first["history"][0]["loss"]
 
 
+def test_sampling_by_users_learns_is_recorded_and_cannot_change_on_resume(tmp_path):
+    data = toy_interactions()
+    by_users = train(_config(tmp_path, "users", epochs=4, sampling="users"), data=data)
+    by_interactions = train(_config(tmp_path, "interactions", epochs=4), data=data)
+    assert by_users["config"]["sampling"] == "users"
+    assert by_interactions["config"]["sampling"] == "interactions"
+    assert by_users["history"][-1]["loss"] != by_interactions["history"][-1]["loss"]
+    assert by_users["history"][-1]["recall@20"] > 2 * by_users["popularity"]["recall@20"]
+    with pytest.raises(ValueError, match="--sampling interactions"):
+        train(_config(tmp_path, "users", epochs=5, resume=True), data=data)
+
+
 def test_the_run_directory_holds_results_plot_and_checkpoint(tmp_path):
     results = train(_config(tmp_path, topk=(10, 20), eval_every=2), data=toy_interactions())
     out = tmp_path / "run"
@@ -141,7 +153,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path):
 
 def test_bad_config_values_raise(tmp_path):
     for bad in (dict(dim=0), dict(epochs=-1), dict(lr=0.0), dict(reg=-1.0), dict(topk=(0,)),
-                dict(batch_size=1.5), dict(patience=-1)):
+                dict(batch_size=1.5), dict(patience=-1), dict(sampling="items")):
         name = next(iter(bad))
         with pytest.raises(ValueError, match=name):
             train(_config(tmp_path, **bad), data=toy_interactions())
@@ -159,7 +171,7 @@ def test_cli_help_documents_every_option():
     for option in ("--data", "--dim", "--layers", "--epochs", "--batch-size", "--lr", "--reg",
                    "--device", "--out", "--resume", "--seed", "--eval-every", "--patience",
                    "--topk", "--max-epochs-now", "--threads", "--no-progress", "--overwrite",
-                   "--keep-ids", "--checkpoint-every"):
+                   "--keep-ids", "--checkpoint-every", "--sampling"):
         assert option in result.stdout, option
 
 
