@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ..model import LightGCN
 from ..training import make_optimizer, make_sampler, run_files
+from ..training.step import load_optimizer_state
 from ..training.resume import apply_lr
 from .exchange import collective, fetch_rows
 from .graph import DistributedGraph
@@ -85,10 +86,13 @@ class DistributedWorker:
         collective(dist.broadcast, decision, group=self.group, group_src=0)
         return bool(decision.item())
 
-    def save_best(self, out, epoch):
+    def keep_best(self, epoch):
         """None: a distributed run keeps no best weights (its rows are spread
         over the processes; the last checkpoint is what it keeps)."""
         return None
+
+    def save_best(self, out):
+        pass
 
     def describe_device(self):
         return dict(run_files.describe_device(self.device), world_size=self.world_size,
@@ -148,7 +152,7 @@ class DistributedWorker:
         shard = run_files.load_file(shard_path)
         with torch.no_grad():
             self.weight.copy_(shard["weight"])
-        self.optimizer.load_state_dict(shard["optimizer"])
+        load_optimizer_state(self.optimizer, shard["optimizer"])
         run_files.set_rng_state(self.generator, shard["rng"])
         self._remove_shards(out, keep=shard_path.name)
         return index["state"]

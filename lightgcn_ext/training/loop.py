@@ -11,7 +11,8 @@ item ranking (recall, ndcg, precision and hit at k, training items excluded);
 training stops early when recall@k[0] has not improved for `patience`
 evaluations. The run's files, a checkpoint (model, optimizer, epoch, every
 random state) from which `resume` continues exactly, the results JSON and the
-learning-curve PNG (redrawn only after a new evaluation), are written
+learning-curve PNG (redrawn only after a new evaluation), with the best
+epoch's weights when a new best was found since, are written
 atomically into the run directory at the end of an epoch when they are due
 (`BookkeepingClock`): every `checkpoint_every` epochs when it is set, else
 once at least 50 times as long as their last writing took has passed (at most
@@ -91,9 +92,14 @@ class Worker(Protocol):
     def set_lr(self, lr):
         """Sets the optimizer's learning rate (a resume may change it)."""
 
-    def save_best(self, out, epoch):
-        """Keeps the model's weights of `epoch`, the best so far, in out;
-        returns the file's name, or None where this worker keeps none."""
+    def keep_best(self, epoch):
+        """Keeps the model's weights of `epoch`, the best so far, until
+        save_best writes them; returns the name of the file they go to, or
+        None where this worker keeps none."""
+
+    def save_best(self, out):
+        """Writes the weights keep_best kept last into out, if not yet
+        written (with the checkpoint: when the run's files are due)."""
 
     def agree(self, flag):
         """The main process's flag, on every process (a run's processes must
@@ -187,6 +193,7 @@ class LocalWorker:
         self.graph = Graph.from_edge_index(data.edge_index().to(device), data.num_nodes)
         self.sampler, self.generator = make_sampler(config, data, device)
         self.num_parameters = self.model.embedding.weight.numel()
+        self._best = None  # the best weights not yet written (keep_best)
 
     def step(self, users, positives, negatives):
         return bpr_step(self.model, self.graph, self.optimizer, self.data.num_users, users,
@@ -212,11 +219,17 @@ class LocalWorker:
     def agree(self, flag):
         return flag
 
-    def save_best(self, out, epoch):
-        run_files.atomic_write(out / run_files.BEST, lambda f: torch.save(
-            dict(format=run_files.CHECKPOINT_FORMAT, epoch=epoch, model=self.model.state_dict()),
-            f))
+    def keep_best(self, epoch):
+        # A copy in memory (on the model's device), so that best.pt is written
+        # with the other files, on the bookkeeping clock, not at every new best.
+        weights = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+        self._best = dict(format=run_files.CHECKPOINT_FORMAT, epoch=epoch, model=weights)
         return run_files.BEST
+
+    def save_best(self, out):
+        if self._best is not None:
+            run_files.atomic_write(out / run_files.BEST, lambda f: torch.save(self._best, f))
+            self._best = None
 
     def load(self, out, fingerprint):
         path, index = out / run_files.CHECKPOINT, out / run_files.DIST_INDEX
@@ -287,6 +300,7 @@ def train_loop(config, data, worker):
     def save():
         nonlocal saved_epoch, plotted
         with _interrupts_deferred(), clock.writing():  # the files, whole or not at all
+            worker.save_best(out)  # before the results that name its epoch
             worker.save(out, fingerprint, state)
             if worker.is_main:
                 write_results(out, results, state, plot=not plotted)
@@ -325,7 +339,7 @@ def train_loop(config, data, worker):
                 record["eval_seconds"] = time.perf_counter() - started
                 _early_stopping(state, record, scores[key], config.patience, split)
                 if state["best"]["epoch"] == epoch:
-                    state["best"]["weights"] = worker.save_best(out, epoch)
+                    state["best"]["weights"] = worker.keep_best(epoch)
                 plotted = False
                 if worker.is_main:
                     write(summary_line(record, results["popularity"], ks))

@@ -69,6 +69,36 @@ def test_the_plot_is_drawn_only_after_a_new_evaluation(tmp_path, written):
     assert written["plot"] == [1, 2, 4, 5]  # the first writing, then after evaluations
 
 
+def test_the_best_weights_are_written_with_the_other_files(tmp_path, monkeypatch):
+    """Evaluating every epoch, best.pt is written only when the checkpoint is
+    (a new best between checkpoints waits in memory), and holds the epoch that
+    results.json names as the best."""
+    best_written = []  # the epoch of the checkpoint written just after each best.pt
+    atomic_write, save_checkpoint = run_files.atomic_write, run_files.save_checkpoint
+
+    def recorded_write(path, write, **options):
+        if path.name == run_files.BEST:
+            best_written.append(None)
+        return atomic_write(path, write, **options)
+
+    def recorded_save(path, fingerprint, model, optimizer, generator, state):
+        if best_written and best_written[-1] is None:
+            best_written[-1] = state["epoch"]
+        save_checkpoint(path, fingerprint, model, optimizer, generator, state)
+
+    monkeypatch.setattr(run_files, "atomic_write", recorded_write)
+    monkeypatch.setattr(run_files, "save_checkpoint", recorded_save)
+    done = train(_config(tmp_path, epochs=7, checkpoint_every=3, eval_every=1, lr=0.05),
+                 data=toy_interactions(num_pairs=3000))
+    improved = [r["epoch"] for r in done["history"]
+                if r["recall@20"] >= max(h["recall@20"] for h in done["history"]
+                                         if h["epoch"] <= r["epoch"])]
+    assert len(improved) > 3  # more new bests than checkpoints: some waited
+    assert best_written and set(best_written) <= {3, 6, 7}, best_written
+    best = torch.load(tmp_path / "run" / run_files.BEST, weights_only=True)
+    assert best["epoch"] == done["best"]["epoch"]
+
+
 def test_the_default_clock_spends_at_most_2_percent(monkeypatch):
     now = [100.0]
     monkeypatch.setattr(loop.time, "perf_counter", lambda: now[0])
