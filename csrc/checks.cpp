@@ -6,6 +6,10 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <mutex>
+#include <vector>
+
 namespace lightgcn_ext {
 namespace {
 
@@ -153,7 +157,73 @@ void check_row_values(const at::Tensor& rows, int64_t num_nodes) {
               lo.item<int64_t>(), ", ", hi.item<int64_t>(), "]");
 }
 
+namespace {
+
+// A tensor's identity and contents as of a check: its storage (held weakly,
+// so that a later storage cannot take its address while remembered), where it
+// starts in it and its version counter.
+struct TensorStamp {
+  c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+  const void* data;
+  int64_t numel;
+  at::ScalarType dtype;
+  uint32_t version;
+
+  explicit TensorStamp(const at::Tensor& t)
+      : storage(t.storage().getWeakStorageImpl()),
+        data(t.const_data_ptr()),
+        numel(t.numel()),
+        dtype(t.scalar_type()),
+        version(t._version()) {}
+
+  bool matches(const at::Tensor& t) const {
+    auto alive = storage.lock();
+    return alive && alive.get() == t.storage().unsafeGetStorageImpl() &&
+           data == t.const_data_ptr() && numel == t.numel() &&
+           dtype == t.scalar_type() && version == t._version();
+  }
+};
+
+struct CheckedCsr {
+  TensorStamp rowptr, col;
+  int64_t num_nodes;
+};
+
+// The CSRs found valid most recently (a run uses one or two: M and M^T).
+class CheckedCsrs {
+ public:
+  bool contains(const at::Tensor& rowptr, const at::Tensor& col, int64_t num_nodes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return std::any_of(entries_.begin(), entries_.end(), [&](const CheckedCsr& e) {
+      return e.num_nodes == num_nodes && e.rowptr.matches(rowptr) && e.col.matches(col);
+    });
+  }
+
+  void add(const at::Tensor& rowptr, const at::Tensor& col, int64_t num_nodes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (entries_.size() == kCapacity) entries_.erase(entries_.begin());
+    entries_.push_back(CheckedCsr{TensorStamp(rowptr), TensorStamp(col), num_nodes});
+  }
+
+ private:
+  static constexpr size_t kCapacity = 8;
+  std::mutex mutex_;
+  std::vector<CheckedCsr> entries_;
+};
+
+CheckedCsrs& checked_csrs() {
+  static CheckedCsrs csrs;
+  return csrs;
+}
+
+// Inference tensors keep no version counter: they are checked every time.
+bool rememberable(const at::Tensor& t) { return !t.is_inference(); }
+
+}  // namespace
+
 void check_csr_contents(const at::Tensor& rowptr, const at::Tensor& col, int64_t num_nodes) {
+  const bool remember = rememberable(rowptr) && rememberable(col);
+  if (remember && checked_csrs().contains(rowptr, col, num_nodes)) return;
   const int64_t num_edges = col.numel();
   TORCH_CHECK(rowptr[0].item<int64_t>() == 0 && rowptr[-1].item<int64_t>() == num_edges,
               "rowptr must run from 0 to len(col) = ", num_edges, ", got ", rowptr[0].item<int64_t>(),
@@ -166,6 +236,7 @@ void check_csr_contents(const at::Tensor& rowptr, const at::Tensor& col, int64_t
                 "col must hold node ids in [0, num_nodes = ", num_nodes, "), got values in [",
                 lo.item<int64_t>(), ", ", hi.item<int64_t>(), "]");
   }
+  if (remember) checked_csrs().add(rowptr, col, num_nodes);
 }
 
 at::Tensor alpha0_times_x(const at::Tensor& x, const at::Tensor& alpha) {

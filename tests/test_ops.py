@@ -309,3 +309,43 @@ def test_cpu_results_do_not_depend_on_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(out1, out2) and torch.equal(dots1, dots2)
+
+
+# --------------------------------------------- the CPU check of a CSR's contents
+def _count_aminmax(call):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        call()
+    return sum(event.count for event in prof.key_averages() if event.key == "aten::aminmax")
+
+
+def test_a_csr_found_valid_is_not_read_again_until_it_changes():
+    edge_index, n = _graph("random")
+    operator = csr_operands(edge_index, n, dtype=torch.float32)
+    x, alpha = features(n, 4, torch.float32), _alpha(2)
+
+    def propagate():
+        return OPS.propagate(*operator, x, alpha)
+
+    expected = propagate()
+    assert _count_aminmax(propagate) == 0  # remembered from the first call
+    good = operator.col[0].item()
+    operator.col[0] = n + 5  # an in-place change: checked again, and refused
+    with pytest.raises(RuntimeError, match="col must hold node ids in \\[0, num_nodes = 20\\)"):
+        propagate()
+    operator.col[0] = good
+    assert _count_aminmax(propagate) == 1 and torch.equal(propagate(), expected)
+    copy = operator.col.clone()  # the same values in another tensor: checked once
+    assert _count_aminmax(lambda: OPS.propagate(operator.rowptr, copy, *operator[2:], x,
+                                                alpha)) == 1
+
+
+def test_a_csr_of_inference_tensors_is_checked_every_time():
+    edge_index, n = _graph("random")
+    with torch.inference_mode():
+        operator = csr_operands(edge_index, n, dtype=torch.float32)
+        x, alpha = features(n, 4, torch.float32), _alpha(2)
+        OPS.propagate(*operator, x, alpha)
+        assert _count_aminmax(lambda: OPS.propagate(*operator, x, alpha)) == 1
+        operator.rowptr[3] = operator.rowptr[1] - 1
+        with pytest.raises(RuntimeError, match="rowptr must be non-decreasing"):
+            OPS.propagate(*operator, x, alpha)
