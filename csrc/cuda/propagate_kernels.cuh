@@ -1,8 +1,8 @@
-// The kernels of `propagate` and `layer_dots` on CUDA, and the host code that
-// sequences them (plan, vector width, scratch, sweeps and fix-ups, buffer
-// swaps, partial sums). One source for two compilers: nvcc builds it for the
-// GPU (propagate_cuda.cu, whose ATen entry points call propagate_sweeps and
-// layer_dots_sweeps), and the host compiler builds it against the CPU
+// The kernels of `propagate`, `propagate_rows` (and its backward) and
+// `layer_dots` on CUDA, and the host code that sequences them (plan, vector
+// width, scratch, sweeps and fix-ups, buffer swaps, partial sums). One source
+// for two compilers: nvcc builds it for the GPU (propagate_cuda.cu, whose ATen
+// entry points call the *_sweeps functions), and the host compiler builds it against the CPU
 // emulation of the CUDA execution model, tests/cpp/cuda_emulation.h, which
 // the emulated tests include first. Every launch goes through launch_kernel.
 //
@@ -28,6 +28,18 @@
 // layer_dots reduces deterministically: every block writes one partial per
 // layer, and a last kernel adds them in a fixed order. The grid depends only
 // on N, E, d and the item size, never on the device.
+//
+// A batch's rows (propagate_rows). The forward's last sweep computes only
+// the listed rows: it visits every item, but skips the edges of the rows
+// that are not listed, and sums the listed ones exactly as a full sweep
+// does (the same pieces, added in the same order), so its numbers are
+// propagate's at those rows, bit for bit. The backward starts from a
+// gradient that is zero outside the listed rows: it is summed per listed
+// node (repeats in list order, after a stable sort of the rows, so no float
+// atomics) into a compact array, and the first sweep over M^T gathers only
+// those rows (it reads every edge's column, but loads no row for the others).
+// The other sweeps are full. No output size or launch depends on the values
+// of rows, and nothing waits for the device: a CUDA graph captures both.
 #pragma once
 
 #include "../merge_path.h"
