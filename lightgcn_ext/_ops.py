@@ -111,31 +111,6 @@ def _layer_dots_fake(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x, gr
     return x.new_empty(num_layers + 1, dtype=accumulation_dtype(x.dtype))
 
 
-# ------------------------------------------------ CUDA: composite kernels
-# propagate_rows has no CUDA kernel of its own yet: on CUDA it is the full
-# propagation indexed, and its backward the full backward of the gradient
-# scattered to its rows. The same numbers, none of the savings; no host
-# synchronization and fixed output sizes, so a CUDA graph still captures it.
-def _propagate_rows_composite(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x, alpha,
-                              rows):
-    out = torch.ops.lightgcn_ext.propagate(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t,
-                                           x, alpha)
-    return out.index_select(0, rows), x.index_select(0, rows)
-
-
-def _propagate_rows_backward_composite(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t,
-                                       grad, grad_x_rows, alpha, rows):
-    scattered = grad.new_zeros((dinv.shape[0], grad.shape[1])).index_add_(0, rows, grad)
-    operator = CsrOperator(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t).transposed()
-    out = propagate(operator, scattered, alpha)
-    return out if grad_x_rows is None else out.index_add_(0, rows, grad_x_rows)
-
-
-torch.library.register_kernel("lightgcn_ext::propagate_rows", "cuda", _propagate_rows_composite)
-torch.library.register_kernel("lightgcn_ext::propagate_rows_backward", "cuda",
-                              _propagate_rows_backward_composite)
-
-
 # --------------------------------------------------------------- autograd
 # Positions in the schemas: the graph operands come first, then the tensors
 # (needs_input_grad is indexed from the front: in setup_context it has an

@@ -3,6 +3,13 @@ op on CUDA compared with the CPU op on the same inputs, run twice (bitwise the
 same), and the errors of mixed devices. Marked `cuda`; they skip without a
 GPU or without CUDA kernels in the build.
 
+propagate_rows and its backward are also held to propagate's own CUDA
+numbers, bit for bit (the forward at the listed rows; the backward, where no
+row repeats, against propagate over M^T of the dense gradient), on
+symmetric graphs (M^T = M, no transposed CSR) and directed ones, with
+repeated rows, isolated nodes and empty rows; and both are captured in a CUDA
+graph and replayed with other rows.
+
 Random CSR graphs with empty rows, duplicate edges, self-loops and a hub row;
 x in float16, bfloat16, float32 and float64; col in int32 and int64; with and
 without edge weights; alpha on the device in several dtypes; aligned,
@@ -17,7 +24,7 @@ import itertools
 import pytest
 import torch
 
-from helpers import NEEDS_CUDA, OPS, csr_operands, features, tiny_graph
+from helpers import NEEDS_CUDA, OPS, csr_operands, features, symmetrize, tiny_graph
 from lightgcn_ext import Graph, propagate
 from lightgcn_ext._ops import CsrOperator
 
@@ -87,18 +94,20 @@ def on_device(t, layout):
 
 
 # ------------------------------------------------------------- tolerances
-def tolerance(dtype, L, rowptr, abs_layers, alpha):
+def tolerance(dtype, L, rowptr, abs_layers, alpha, extra_roundings=0, extra_bound=0.0):
     """The elementwise bound on |CUDA - CPU| for propagate: both sum each row
     in the accumulation type (acc), but in different orders (CUDA cuts long
     rows into pieces), and CUDA stores each of the L intermediate layers in
     x's dtype (the CPU keeps them in acc); both round the output once. Every
     rounding is relative to sum_l |alpha_l| |M|^l |x| (`abs_layers` holds
-    |M|^l |x|), and a sum of k terms rounds ~sqrt(k) times their size."""
+    |M|^l |x|), and a sum of k terms rounds ~sqrt(k) times their size.
+    propagate_rows_backward rounds more (`extra_roundings`: its summed input)
+    and adds a term of magnitude `extra_bound`."""
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     max_degree = int(rowptr.diff().max()) if rowptr.numel() > 1 else 0
     summation = L * (max_degree ** 0.5 + 2) * torch.finfo(acc).eps
-    storage = (L + 1) * torch.finfo(dtype).eps
-    bound = sum(a.double().abs() * h for a, h in zip(alpha, abs_layers))
+    storage = (L + 1 + extra_roundings) * torch.finfo(dtype).eps
+    bound = sum(a.double().abs() * h for a, h in zip(alpha, abs_layers)) + extra_bound
     return 2 * (summation + storage) * bound + 1e-30
 
 
@@ -204,6 +213,183 @@ def test_cuda_ops_match_cpu(shape, L, alpha_dtype, layout, seed):
         assert_within("layer_dots " + name, got, want, dot_tolerance(dtype, x, grad, abs_layers))
         again = OPS.layer_dots(*graph_dev, on_device(x, layout), on_device(grad, layout), L)
         assert torch.equal(got, again), f"layer_dots {name}: two runs differ (not deterministic)"
+
+
+# ------------------------------------------------------------ propagate_rows
+# (n, d, average degree, extra edges of row 0)
+ROWS_SHAPES = [(1, 1, 1, 0), (9, 3, 1, 0), (40, 8, 3, 4), (50, 100, 3, 20), (17, 130, 4, 0)]
+ROWS_BIG_SHAPES = [(2000, 64, 6, 2000)]
+
+
+def rows_operator(n, deg, hub, gen, graph_kind, weighted):
+    """(CSR operator in float64 on the CPU, its M^T as a CSR) of make_graph's
+    graph: directed, with its transposed CSR; or symmetrized (W + W^T), whose
+    operator has none (the ops then use M's CSR for M^T)."""
+    rowptr, col, weight = make_graph(n, deg, gen, hub)
+    edge_index = torch.stack([col, torch.repeat_interleave(torch.arange(n), rowptr.diff())])
+    weight = weight if weighted else None
+    if graph_kind == "symmetric":
+        edge_index, weight = symmetrize(edge_index, weight)
+    operator = csr_operands(edge_index, n, weight, torch.float64)
+    if graph_kind == "symmetric":
+        operator = operator._replace(rowptr_t=None, col_t=None, weight_t=None)
+    return operator, csr_operands(edge_index, n, weight, torch.float64, transpose=True)
+
+
+def cast_operator(operator, index_dtype, dtype):
+    """operator with its columns in index_dtype, its weights and dinv in dtype."""
+    def cast(name, t):
+        if t is None:
+            return None
+        if name in ("col", "col_t"):
+            return t.to(index_dtype)
+        return t.to(dtype) if t.is_floating_point() else t
+    return CsrOperator(**{name: cast(name, t) for name, t in operator._asdict().items()})
+
+
+def listed_rows(n, gen):
+    """Row lists: random nodes with repeats, the last node (isolated or an
+    empty row in most graphs) three times, node 0 (the hub's row); and every
+    node, shuffled."""
+    repeats = torch.cat([torch.randint(0, n, (n // 2 + 1,), generator=gen),
+                         torch.tensor([n - 1, 0, n - 1, n - 1])])
+    return {"repeats": repeats, "all": torch.randperm(n, generator=gen)}
+
+
+def _rows_cases():
+    """(shape, L, graph kind) as pytest params: "small" (the ones that
+    compute-sanitizer runs: scalar and vector loads, L = 0 and 3), "full" the
+    others."""
+    params = []
+    for seed, (shape, L, graph_kind) in enumerate(itertools.chain(
+            itertools.product(ROWS_SHAPES, [0, 1, 3], ["directed", "symmetric"]),
+            itertools.product(ROWS_BIG_SHAPES, [2], ["directed", "symmetric"]))):
+        n, d, _, hub = shape
+        size = "small" if (n, L) in {(9, 3), (40, 0), (40, 3)} else "full"
+        case_id = f"{size}-rows-n{n}-d{d}-hub{hub}-L{L}-{graph_kind}"
+        params.append(pytest.param(shape, L, graph_kind, seed, id=case_id))
+    return params
+
+
+@pytest.mark.parametrize("shape, L, graph_kind, seed", _rows_cases())
+def test_cuda_propagate_rows_matches_cpu(shape, L, graph_kind, seed):
+    """propagate_rows and propagate_rows_backward on DEVICE vs on the CPU, for
+    every x dtype, col dtype and with or without weights, each run twice; and
+    vs propagate's own CUDA kernels, bit for bit."""
+    n, d, deg, hub = shape
+    gen = torch.Generator().manual_seed(1000 + seed)
+    for weighted in (False, True):
+        operator64, transposed64 = rows_operator(n, deg, hub, gen, graph_kind, weighted)
+        for dtype, index_dtype in itertools.product(DTYPES, [torch.int32, torch.int64]):
+            acc = torch.float64 if dtype == torch.float64 else torch.float32
+            op_cpu = cast_operator(operator64, index_dtype, acc)
+            op_dev = CsrOperator(*(None if t is None else t.to(DEVICE) for t in op_cpu))
+            name = (f"{str(dtype)[6:]} col={str(index_dtype)[6:]} "
+                    f"{'weighted' if weighted else 'unweighted'}")
+            x = torch.randn(n, d, generator=gen, dtype=torch.float64).to(dtype)
+            alpha = (torch.rand(L + 1, generator=gen, dtype=torch.float64) + 0.1).to(acc)
+            alpha_dev = alpha.to(DEVICE)
+            x_dev = x.to(DEVICE)
+            # The bounds, from the float64 operators of M and M^T.
+            ones = torch.ones_like(operator64.col, dtype=torch.float64)
+            abs_layers = reference_layers(operator64.rowptr, operator64.col,
+                                          operator64.weight if weighted else ones,
+                                          operator64.dinv, x.abs(), L)
+            full_tol = tolerance(dtype, L, operator64.rowptr, abs_layers, alpha)
+            full_dev = OPS.propagate(*op_dev, x_dev, alpha_dev)
+            for kind, rows in listed_rows(n, gen).items():
+                rows_dev = rows.to(DEVICE)
+                want, want_x = OPS.propagate_rows(*op_cpu, x, alpha, rows)
+                got, got_x = OPS.propagate_rows(*op_dev, x_dev, alpha_dev, rows_dev)
+                assert got.dtype == dtype and got.shape == (rows.numel(), d), \
+                    f"propagate_rows {name}: got {got.dtype} {tuple(got.shape)}"
+                assert_within(f"propagate_rows {kind} {name}", got, want, full_tol[rows])
+                assert torch.equal(got_x.cpu(), want_x), f"propagate_rows {name}: x[rows]"
+                assert torch.equal(got, full_dev[rows_dev]), \
+                    f"propagate_rows {kind} {name}: not propagate's numbers at the rows"
+                again, _ = OPS.propagate_rows(*op_dev, x_dev, alpha_dev, rows_dev)
+                assert torch.equal(got, again), f"propagate_rows {name}: two runs differ"
+
+                grad = torch.randn(rows.numel(), d, generator=gen, dtype=torch.float64).to(dtype)
+                grad_x = torch.randn(rows.numel(), d, generator=gen,
+                                     dtype=torch.float64).to(dtype)
+                abs_g = torch.zeros(n, d, dtype=torch.float64).index_add_(0, rows,
+                                                                           grad.double().abs())
+                abs_g0 = torch.zeros(n, d, dtype=torch.float64).index_add_(0, rows,
+                                                                            grad_x.double().abs())
+                abs_layers_t = reference_layers(transposed64.rowptr, transposed64.col,
+                                                transposed64.weight if weighted else ones,
+                                                transposed64.dinv, abs_g, L)
+                # More roundings than a propagation: G's, and the repeats' sums.
+                roundings = 1 + int(torch.bincount(rows).max())
+                for extra in (None, grad_x):
+                    tol = tolerance(dtype, L, transposed64.rowptr, abs_layers_t, alpha,
+                                    extra_roundings=roundings,
+                                    extra_bound=0.0 if extra is None else abs_g0)
+                    extra_dev = None if extra is None else extra.to(DEVICE)
+                    want = OPS.propagate_rows_backward(*op_cpu, grad, extra, alpha, rows)
+                    got = OPS.propagate_rows_backward(*op_dev, grad.to(DEVICE), extra_dev,
+                                                      alpha_dev, rows_dev)
+                    label = f"propagate_rows_backward {kind} {name} grad_x={extra is not None}"
+                    assert got.dtype == dtype and got.shape == (n, d), \
+                        f"{label}: got {got.dtype} {tuple(got.shape)}"
+                    assert_within(label, got, want, tol)
+                    again = OPS.propagate_rows_backward(*op_dev, grad.to(DEVICE), extra_dev,
+                                                        alpha_dev, rows_dev)
+                    assert torch.equal(got, again), f"{label}: two runs differ"
+                if kind == "all":  # no repeats: the dense G is grad scattered, exactly
+                    dense = torch.zeros(n, d, dtype=dtype, device=DEVICE).index_copy_(
+                        0, rows_dev, grad.to(DEVICE))
+                    full_t = OPS.propagate(*op_dev.transposed(), dense, alpha_dev)
+                    got = OPS.propagate_rows_backward(*op_dev, grad.to(DEVICE), None, alpha_dev,
+                                                      rows_dev)
+                    assert torch.equal(got, full_t), \
+                        f"propagate_rows_backward {name}: not propagate's numbers over M^T"
+
+
+def test_cuda_propagate_rows_in_a_cuda_graph():
+    """Both ops captured in a CUDA graph: replays with other rows (repeats
+    included) and another gradient give the eager numbers, bit for bit, and
+    the eager calls make no host synchronization."""
+    gen = torch.Generator().manual_seed(77)
+    n, d, L, k = 3000, 64, 3, 500
+    operator64, _ = rows_operator(n, 8, 500, gen, "directed", True)
+    op = CsrOperator(*(None if t is None else t.to(DEVICE)
+                       for t in cast_operator(operator64, torch.int32, torch.float32)))
+    x = torch.randn(n, d, generator=gen).to(DEVICE)
+    alpha = torch.tensor([0.4, 0.3, 0.2, 0.1], device=DEVICE)
+
+    def run(rows, grad):
+        out, _ = OPS.propagate_rows(*op, x, alpha, rows)
+        return out, OPS.propagate_rows_backward(*op, grad, grad.flip(0), alpha, rows)
+
+    def batch():
+        rows = torch.randint(0, n, (k,), generator=gen)
+        rows[-3:] = rows[:3]
+        return rows.to(DEVICE), torch.randn(k, d, generator=gen).to(DEVICE)
+
+    static_rows, static_grad = batch()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            run(static_rows, static_grad)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out, static_grad_x = run(static_rows, static_grad)
+    for _ in range(3):
+        rows, grad = batch()
+        static_rows.copy_(rows)
+        static_grad.copy_(grad)
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out, grad_x = run(rows, grad)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.equal(static_out, out) and torch.equal(static_grad_x, grad_x)
 
 
 # ------------------------------------------------------------ mixed devices

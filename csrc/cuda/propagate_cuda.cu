@@ -1,4 +1,5 @@
-// The CUDA entry points of `propagate` and `layer_dots`: checks, dtype
+// The CUDA entry points of `propagate`, `propagate_rows`, its backward and
+// `layer_dots`: checks, dtype
 // dispatch, the cases that need no kernel, and device memory from ATen's
 // caching allocator. The kernels and the host code that sequences them are in
 // propagate_kernels.cuh, which the CPU emulation of tests/cpp also builds.
@@ -11,6 +12,8 @@
 #include <ATen/ops/dot.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/index_select.h>
+#include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -18,6 +21,8 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
+#include <tuple>
 #include <vector>
 
 namespace lightgcn_ext {
@@ -102,6 +107,80 @@ at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
   return out;
 }
 
+// The kernels keep a batch's positions in int32.
+void check_num_listed(const at::Tensor& rows) {
+  TORCH_CHECK(rows.numel() <= std::numeric_limits<int32_t>::max(),
+              "rows must have fewer than 2^31 entries on CUDA, got ", rows.numel());
+}
+
+// (out, x_rows) = ((sum_l alpha_l M^l x)[rows], x[rows]): the sweeps of
+// propagate, but the last computes the listed rows only.
+std::tuple<at::Tensor, at::Tensor> propagate_rows_cuda(
+    const at::Tensor& rowptr_in, const at::Tensor& col_in, const OptTensor& weight_in,
+    const at::Tensor& dinv_in, const OptTensor& /*rowptr_t*/, const OptTensor& /*col_t*/,
+    const OptTensor& /*weight_t*/, const at::Tensor& x_in, const at::Tensor& alpha_in,
+    const at::Tensor& rows_in) {
+  const auto args = checked_propagate_rows_operands(rowptr_in, col_in, weight_in, dinv_in, x_in,
+                                                    alpha_in, rows_in);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto& graph = args.propagate.graph;
+  const auto &x = args.propagate.x, &rows = args.rows;
+  const int64_t L = args.propagate.num_layers;
+  const int64_t d = x.size(1), num_rows = rows.numel();
+  auto x_rows = x.index_select(0, rows);
+  if (L == 0 || num_rows == 0 || d == 0) return {alpha0_times_x(x_rows, alpha_in), x_rows};
+  check_num_listed(rows);
+  const auto alpha = alpha_in.to(at::toOpMathType(x.scalar_type())).contiguous();
+  auto out = at::empty({num_rows, d}, x.options());
+  run_sweeps(x, graph,
+             [&](auto scalar, const auto& device, int64_t size, CallMemory& memory,
+                 cudaStream_t stream) {
+               using scalar_t = decltype(scalar);
+               cuda_kernels::propagate_rows_sweeps(
+                   device, d, size, x.const_data_ptr<scalar_t>(),
+                   alpha.const_data_ptr<at::opmath_type<scalar_t>>(), L,
+                   rows.const_data_ptr<int64_t>(), num_rows, out.mutable_data_ptr<scalar_t>(),
+                   memory, stream);
+             });
+  return {out, x_rows};
+}
+
+// grad_x = sum_l alpha_l (M^T)^l G + G0, G and G0 zero outside rows and
+// grad, grad_x_rows there (repeats summed in list order, after a stable sort
+// of rows): one [N, d] array, whose first sweep gathers the listed rows only.
+at::Tensor propagate_rows_backward_cuda(
+    const at::Tensor& rowptr_in, const at::Tensor& col_in, const OptTensor& weight_in,
+    const at::Tensor& dinv_in, const OptTensor& rowptr_t_in, const OptTensor& col_t_in,
+    const OptTensor& weight_t_in, const at::Tensor& grad_in, const OptTensor& grad_x_rows_in,
+    const at::Tensor& alpha_in, const at::Tensor& rows_in) {
+  const auto args = checked_propagate_rows_backward_operands(
+      rowptr_in, col_in, weight_in, dinv_in, rowptr_t_in, col_t_in, weight_t_in, grad_in,
+      grad_x_rows_in, alpha_in, rows_in);
+  const c10::cuda::CUDAGuard guard(grad_in.device());
+  const auto& graph_t = args.graph_t;
+  const auto &grad = args.grad, &rows = args.rows;
+  const int64_t L = args.num_layers, n = graph_t.dinv.numel(), d = grad.size(1);
+  if (rows.numel() == 0 || d == 0) return at::zeros({n, d}, grad.options());
+  check_num_listed(rows);
+  const auto alpha = alpha_in.to(at::toOpMathType(grad.scalar_type())).contiguous();
+  at::Tensor sorted, order;
+  std::tie(sorted, order) = at::sort(rows, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  auto out = at::empty({n, d}, grad.options());
+  run_sweeps(grad, graph_t,
+             [&](auto scalar, const auto& device, int64_t size, CallMemory& memory,
+                 cudaStream_t stream) {
+               using scalar_t = decltype(scalar);
+               cuda_kernels::propagate_rows_backward_sweeps(
+                   device, d, size, grad.const_data_ptr<scalar_t>(),
+                   args.grad_x_rows.has_value() ? args.grad_x_rows->const_data_ptr<scalar_t>()
+                                                : nullptr,
+                   alpha.const_data_ptr<at::opmath_type<scalar_t>>(), L,
+                   sorted.const_data_ptr<int64_t>(), order.const_data_ptr<int64_t>(),
+                   rows.numel(), out.mutable_data_ptr<scalar_t>(), memory, stream);
+             });
+  return out;
+}
+
 at::Tensor layer_dots_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
                            const OptTensor& weight_in, const at::Tensor& dinv_in,
                            const OptTensor& /*rowptr_t*/, const OptTensor& /*col_t*/,
@@ -136,6 +215,8 @@ at::Tensor layer_dots_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in
 TORCH_LIBRARY_IMPL(lightgcn_ext, CUDA, m) {
   m.impl("propagate", &propagate_cuda);
   m.impl("layer_dots", &layer_dots_cuda);
+  m.impl("propagate_rows", &propagate_rows_cuda);
+  m.impl("propagate_rows_backward", &propagate_rows_backward_cuda);
 }
 
 }  // namespace lightgcn_ext

@@ -1,8 +1,8 @@
-// The kernels of `propagate` and `layer_dots` on CUDA, and the host code that
-// sequences them (plan, vector width, scratch, sweeps and fix-ups, buffer
-// swaps, partial sums). One source for two compilers: nvcc builds it for the
-// GPU (propagate_cuda.cu, whose ATen entry points call propagate_sweeps and
-// layer_dots_sweeps), and the host compiler builds it against the CPU
+// The kernels of `propagate`, `propagate_rows` (and its backward) and
+// `layer_dots` on CUDA, and the host code that sequences them (plan, vector
+// width, scratch, sweeps and fix-ups, buffer swaps, partial sums). One source
+// for two compilers: nvcc builds it for the GPU (propagate_cuda.cu, whose ATen
+// entry points call the *_sweeps functions), and the host compiler builds it against the CPU
 // emulation of the CUDA execution model, tests/cpp/cuda_emulation.h, which
 // the emulated tests include first. Every launch goes through launch_kernel.
 //
@@ -28,6 +28,18 @@
 // layer_dots reduces deterministically: every block writes one partial per
 // layer, and a last kernel adds them in a fixed order. The grid depends only
 // on N, E, d and the item size, never on the device.
+//
+// A batch's rows (propagate_rows). The forward's last sweep computes only
+// the listed rows: it visits every item, but skips the edges of the rows
+// that are not listed, and sums the listed ones exactly as a full sweep
+// does (the same pieces, added in the same order), so its numbers are
+// propagate's at those rows, bit for bit. The backward starts from a
+// gradient that is zero outside the listed rows: it is summed per listed
+// node (repeats in list order, after a stable sort of the rows, so no float
+// atomics) into a compact array, and the first sweep over M^T gathers only
+// those rows (it reads every edge's column, but loads no row for the others).
+// The other sweeps are full. No output size or launch depends on the values
+// of rows, and nothing waits for the device: a CUDA graph captures both.
 #pragma once
 
 #include "../merge_path.h"
@@ -110,8 +122,15 @@ __device__ void block_sum(acc_t v, acc_t* out) {
 
 enum class Epilogue {
   kNext,   // s_out = dinv * (alpha_l x + dinv * acc): a middle step of propagate
-  kFinal,  // out = alpha_0 x + dinv * acc: the last step of propagate
+  kFinal,  // out = alpha_0 x + dinv * acc (+ extra): the last step of propagate
   kDots,   // h = dinv * acc; dot += <h, grad>; s_out = dinv * h: layer_dots
+};
+
+// Where a sweep's gathered rows come from.
+enum class Source {
+  kX,         // x itself (a first sweep): each row times dinv[col], the sum times *src_scale
+  kCompactX,  // the same from a compact x (Sweep::x_slot): no load where x's row is zero
+  kLayer,     // s, a previous sweep's output
 };
 
 // Everything one sweep reads and writes.
@@ -129,9 +148,16 @@ struct Sweep {
   const scalar_t* __restrict__ src;
   const acc_t* __restrict__ src_scale;
   const scalar_t* __restrict__ x;    // the epilogue's own rows: x, or grad for layer_dots
+  // Null: x is dense, [N, d]. Else x is compact: node r's row is x[x_slot[r]], and
+  // zero where x_slot[r] < 0 (the gradient of a batch, zero outside its rows).
+  const int32_t* __restrict__ x_slot;
+  const acc_t* __restrict__ extra;   // kFinal, with x_slot: added at x's rows (null: none)
   const acc_t* __restrict__ alpha;   // &alpha[l] for kNext and kFinal
   scalar_t* __restrict__ s_out;      // kNext, kDots (null: not needed)
   scalar_t* __restrict__ out;        // kFinal
+  // kFinal only. Null: every row, out is [N, d]. Else only the rows r with
+  // out_slot[r] >= 0 are computed, into out[out_slot[r]] (a batch's rows).
+  const int32_t* __restrict__ out_slot;
   // The first sweep of layer_dots also sums <x, grad> (layer 0) from here.
   const scalar_t* __restrict__ dot0_x;
   // Pieces of rows cut by item boundaries ([items, d], in acc_t) and, per
@@ -182,6 +208,12 @@ __device__ __forceinline__ void write_block_dots(const S& s, acc_t dot, acc_t do
   }
 }
 
+// Whether the sweep computes row r (see Sweep::out_slot).
+template <typename S>
+__device__ __forceinline__ bool computes_row(const S& s, int64_t r) {
+  return s.out_slot == nullptr || s.out_slot[r] >= 0;
+}
+
 // Row r is complete: its sum is acc (its columns [first, first + V)). Writes
 // what the epilogue makes of it and adds to the dots.
 template <Epilogue kEpilogue, int V, typename scalar_t, typename index_t>
@@ -193,14 +225,30 @@ __device__ __forceinline__ void finish_row(const Sweep<scalar_t, index_t>& s, in
   const acc_t dr = s.dinv[r];
   const acc_t scale = s.src_scale != nullptr ? *s.src_scale : acc_t(1);
   const int64_t o = r * s.d + first;
-  const auto xv = load_vec<scalar_t, V>(s.x + o);
+  // x's row r, where a compact x keeps it (-1: zero).
+  const int64_t x_row = s.x_slot != nullptr ? s.x_slot[r] : r;
+  Vec<scalar_t, V> xv;
+  if (x_row >= 0) {
+    xv = load_vec<scalar_t, V>(s.x + x_row * s.d + first);
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) xv.v[i] = static_cast<scalar_t>(0.0f);
+  }
   if constexpr (kEpilogue == Epilogue::kFinal) {
     const acc_t a = *s.alpha;
+    acc_t v[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) v[i] = a * static_cast<acc_t>(xv.v[i]) + dr * scale * acc[i];
+    if (s.extra != nullptr && x_row >= 0) {
+      const auto ev = load_vec<acc_t, V>(s.extra + x_row * s.d + first);
+#pragma unroll
+      for (int i = 0; i < V; ++i) v[i] += ev.v[i];
+    }
     Vec<scalar_t, V> ov;
 #pragma unroll
-    for (int i = 0; i < V; ++i)
-      ov.v[i] = static_cast<scalar_t>(a * static_cast<acc_t>(xv.v[i]) + dr * scale * acc[i]);
-    store_vec(s.out + o, ov);
+    for (int i = 0; i < V; ++i) ov.v[i] = static_cast<scalar_t>(v[i]);
+    const int64_t out_row = s.out_slot != nullptr ? s.out_slot[r] : r;
+    store_vec(s.out + out_row * s.d + first, ov);
   } else if constexpr (kEpilogue == Epilogue::kNext) {
     const acc_t a = *s.alpha;
     Vec<scalar_t, V> sv;
@@ -235,8 +283,11 @@ __device__ __forceinline__ void store_acc(T* p, const T (&acc)[V]) {
 
 // One sweep over the work items: for every row that begins and ends in an
 // item, acc = sum_k w_k src[col_k] (times dinv[col_k] from x), then the
-// epilogue; the pieces of the other rows go to carry / tail.
-template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue, bool kFromX>
+// epilogue; the pieces of the other rows go to carry / tail. With out_slot,
+// an item's rows that are not computed are skipped, edges and all: the rows
+// that are computed are summed exactly as in a sweep over every row, so
+// their results are the same, bit for bit.
+template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue, Source kSource>
 __global__ void __launch_bounds__(kThreads)
     sweep_kernel(const Sweep<scalar_t, index_t> s, int log2_group) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -246,7 +297,12 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int64_t item = g.first_item; item < g.num_items; item += g.item_stride) {
     const mp::Item span = mp::item_span(s.rowptr, s.num_rows, s.num_edges, s.item_size, item);
-    if (g.lane == 0) s.pending[item] = span.first_row_pending ? span.begin.row : -1;
+    if (g.lane == 0) {
+      s.pending[item] =
+          span.first_row_pending && computes_row(s, span.begin.row) ? span.begin.row : -1;
+    }
+    // The item's rows: begin.row .. end.row, the last one unless it is N.
+    const int64_t last_row = span.end.row < s.num_rows ? span.end.row : s.num_rows - 1;
 
     for (int64_t j0 = 0; j0 < d; j0 += g.pass_width) {
       const int64_t first = j0 + static_cast<int64_t>(g.lane) * V;
@@ -265,42 +321,67 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int i = 0; i < V; ++i) acc[i] = 0;
       };
-      mp::RowCursor cursor = mp::start_cursor(s.rowptr, span);
 
-      for (int64_t k0 = span.begin.edge; k0 < span.end.edge; k0 += g.group) {
-        // One edge per lane, broadcast below; lanes past the item's end
-        // hold (node 0, weight 0), so that every load of a batch is valid.
-        index_t my_col = 0;
-        acc_t my_w = 0;
-        if (k0 + g.lane < span.end.edge) {
-          my_col = s.col[k0 + g.lane];
-          my_w = s.weight != nullptr ? s.weight[k0 + g.lane] : acc_t(1);
-          if constexpr (kFromX) my_w *= s.dinv[my_col];
+      // Runs of consecutive rows to compute, [run, run_end): the whole item,
+      // or each run of rows that out_slot lists (whose edges are contiguous).
+      for (int64_t run = span.begin.row; run <= last_row;) {
+        int64_t run_end = last_row + 1;
+        if (s.out_slot != nullptr) {
+          while (run <= last_row && s.out_slot[run] < 0) ++run;
+          if (run > last_row) break;
+          run_end = run + 1;
+          while (run_end <= last_row && s.out_slot[run_end] >= 0) ++run_end;
         }
-        const int count = span.end.edge - k0 < g.group ? static_cast<int>(span.end.edge - k0)
-                                                       : g.group;
-        for (int t0 = 0; t0 < count; t0 += kBatch) {
-          Vec<scalar_t, V> rows[kBatch];
-          acc_t w[kBatch];
-#pragma unroll
-          for (int b = 0; b < kBatch; ++b) {
-            const int64_t c = __shfl_sync(g.mask, my_col, t0 + b, g.group);
-            w[b] = __shfl_sync(g.mask, my_w, t0 + b, g.group);
-            if (active) rows[b] = load_vec<scalar_t, V>(s.src + c * d + first);
+        const int64_t run_begin = s.rowptr[run], run_stop = s.rowptr[run_end];
+        const int64_t edge_begin = span.begin.edge > run_begin ? span.begin.edge : run_begin;
+        const int64_t edge_end = span.end.edge < run_stop ? span.end.edge : run_stop;
+        mp::RowCursor cursor{run, s.rowptr[run + 1], edge_begin == run_begin};
+
+        for (int64_t k0 = edge_begin; k0 < edge_end; k0 += g.group) {
+          // One edge per lane, broadcast below; lanes past the run's end
+          // hold (node 0, weight 0), so that every load of a batch is valid.
+          // From a compact x, the column becomes x's slot (-1: a zero row).
+          index_t my_col = kSource == Source::kCompactX ? -1 : 0;
+          acc_t my_w = 0;
+          if (k0 + g.lane < edge_end) {
+            my_col = s.col[k0 + g.lane];
+            my_w = s.weight != nullptr ? s.weight[k0 + g.lane] : acc_t(1);
+            if constexpr (kSource != Source::kLayer) my_w *= s.dinv[my_col];
+            if constexpr (kSource == Source::kCompactX) my_col = s.x_slot[my_col];
           }
+          const int count =
+              edge_end - k0 < g.group ? static_cast<int>(edge_end - k0) : g.group;
+          for (int t0 = 0; t0 < count; t0 += kBatch) {
+            Vec<scalar_t, V> rows[kBatch];
+            acc_t w[kBatch];
 #pragma unroll
-          for (int b = 0; b < kBatch; ++b) {
-            if (t0 + b >= count) break;
-            mp::advance_past(s.rowptr, cursor, k0 + t0 + b, finish);
-            if (active) {
+            for (int b = 0; b < kBatch; ++b) {
+              const int64_t c = __shfl_sync(g.mask, my_col, t0 + b, g.group);
+              w[b] = __shfl_sync(g.mask, my_w, t0 + b, g.group);
+              if (active && (kSource != Source::kCompactX || c >= 0)) {
+                rows[b] = load_vec<scalar_t, V>(s.src + c * d + first);
+              } else if (active) {  // a zero row of a compact x: adds 0, as a dense x would
 #pragma unroll
-              for (int i = 0; i < V; ++i) acc[i] += w[b] * static_cast<acc_t>(rows[b].v[i]);
+                for (int i = 0; i < V; ++i) rows[b].v[i] = static_cast<scalar_t>(0.0f);
+              }
+            }
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) {
+              if (t0 + b >= count) break;
+              mp::advance_past(s.rowptr, cursor, k0 + t0 + b, finish);
+              if (active) {
+#pragma unroll
+                for (int i = 0; i < V; ++i) acc[i] += w[b] * static_cast<acc_t>(rows[b].v[i]);
+              }
             }
           }
         }
+        mp::finish_until(cursor, run_end < span.end.row ? run_end : span.end.row, finish);
+        run = run_end;
       }
-      mp::finish_until(cursor, span.end.row, finish);
-      if (span.end.row < s.num_rows && active) store_acc(s.carry + item * d + first, acc);
+      if (span.end.row < s.num_rows && active && computes_row(s, span.end.row)) {
+        store_acc(s.carry + item * d + first, acc);
+      }
     }
   }
   write_block_dots<kEpilogue>(s, dot, dot0, blockIdx.x);
@@ -347,6 +428,96 @@ __global__ void __launch_bounds__(kThreads)
   block_sum(sum, dots + blockIdx.x);
 }
 
+// ---- A batch's rows (propagate_rows and its backward): rows[0 .. num_listed)
+// lists node ids, repeats allowed. slot[r] is the position of one entry that
+// lists r (the last), -1 for the nodes not listed. Elementwise kernels take
+// indices i = blockIdx.x * kThreads + threadIdx.x, grid-stride.
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    fill_kernel(T* __restrict__ out, int64_t count, T value) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < count;
+       i += int64_t{gridDim.x} * kThreads) {
+    out[i] = value;
+  }
+}
+
+// After fill_kernel(slot, N, -1): the maximum is the same whatever the order
+// of the atomics, so slot is deterministic. (slot_t: int, which atomicMax takes.)
+template <typename slot_t>
+__global__ void __launch_bounds__(kThreads)
+    list_rows_kernel(const int64_t* __restrict__ rows, int64_t num_listed,
+                     slot_t* __restrict__ slot) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < num_listed;
+       i += int64_t{gridDim.x} * kThreads) {
+    atomicMax(slot + rows[i], static_cast<slot_t>(i));
+  }
+}
+
+// out[i] = out[slot[rows[i]]] for the entries that are not their row's slot:
+// the last sweep wrote each listed row once.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    copy_repeats_kernel(const int64_t* __restrict__ rows, const int32_t* __restrict__ slot,
+                        int64_t num_listed, int64_t d, scalar_t* __restrict__ out) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < num_listed * d;
+       i += int64_t{gridDim.x} * kThreads) {
+    const int64_t entry = i / d, from = slot[rows[entry]];
+    if (from != entry) out[i] = out[from * d + i % d];
+  }
+}
+
+// The gradient of a batch as a compact x: for the rows `sorted` (rows sorted,
+// stably, with order[t] the entry of rows at sorted position t, and slot made
+// from sorted), g[t] = sum of grad[order[t']] over the run of t' that list
+// the row whose slot is t, in list order; likewise extra from grad_x (when
+// not null), kept in the accumulation type. No atomics: deterministic.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    sum_listed_kernel(const int64_t* __restrict__ sorted, const int64_t* __restrict__ order,
+                      const int32_t* __restrict__ slot, int64_t num_listed, int64_t d,
+                      const scalar_t* __restrict__ grad, const scalar_t* __restrict__ grad_x,
+                      scalar_t* __restrict__ g, at::opmath_type<scalar_t>* __restrict__ extra) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < num_listed * d;
+       i += int64_t{gridDim.x} * kThreads) {
+    const int64_t t = i / d, j = i % d, node = sorted[t];
+    if (slot[node] != t) continue;  // t is not the last of its run
+    int64_t run = t;
+    while (run > 0 && sorted[run - 1] == node) --run;
+    acc_t sum = 0, sum_x = 0;
+    for (; run <= t; ++run) {
+      const int64_t o = order[run] * d + j;
+      sum += static_cast<acc_t>(grad[o]);
+      if (grad_x != nullptr) sum_x += static_cast<acc_t>(grad_x[o]);
+    }
+    g[i] = static_cast<scalar_t>(sum);
+    if (extra != nullptr) extra[i] = sum_x;
+  }
+}
+
+// L = 0: out = alpha_0 G + G0 over every row, G and G0 the compact x and
+// extra of sum_listed_kernel.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    listed_to_dense_kernel(const int32_t* __restrict__ slot, int64_t n, int64_t d,
+                           const scalar_t* __restrict__ g,
+                           const at::opmath_type<scalar_t>* __restrict__ extra,
+                           const at::opmath_type<scalar_t>* __restrict__ alpha,
+                           scalar_t* __restrict__ out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < n * d;
+       i += int64_t{gridDim.x} * kThreads) {
+    const int64_t t = slot[i / d];
+    acc_t v = 0;
+    if (t >= 0) {
+      v = alpha[0] * static_cast<acc_t>(g[t * d + i % d]);
+      if (extra != nullptr) v += extra[t * d + i % d];
+    }
+    out[i] = static_cast<scalar_t>(v);
+  }
+}
+
 // The launch geometry of a graph's sweeps.
 struct Plan {
   int log2_group;
@@ -381,12 +552,17 @@ void launch_kernel(const char* name, void (*kernel)(Params...), int64_t blocks,
 }
 
 // Runs one sweep and its fix-up.
-template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue, bool kFromX>
+template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue, Source kSource>
 void launch_sweep(const Sweep<scalar_t, index_t>& s, const Plan& plan, cudaStream_t stream) {
-  launch_kernel("sweep_kernel", sweep_kernel<scalar_t, index_t, V, kEpilogue, kFromX>,
+  launch_kernel("sweep_kernel", sweep_kernel<scalar_t, index_t, V, kEpilogue, kSource>,
                 plan.blocks, stream, s, plan.log2_group);
   launch_kernel("fixup_kernel", fixup_kernel<scalar_t, index_t, V, kEpilogue>, plan.blocks,
                 stream, s, plan.log2_group);
+}
+
+// Blocks for an elementwise kernel over `count` indices.
+inline int64_t elementwise_blocks(int64_t count) {
+  return std::max<int64_t>(1, std::min((count + kThreads - 1) / kThreads, kMaxBlocks));
 }
 
 // V values per vector: 16 bytes of x's dtype where d is a multiple of it and
@@ -443,30 +619,51 @@ Sweep<scalar_t, index_t> base_sweep(const DeviceGraph<scalar_t, index_t>& graph,
   return s;
 }
 
-template <typename scalar_t, typename index_t, int V>
-void propagate_launch(Sweep<scalar_t, index_t> s, const Plan& plan, const scalar_t* x,
-                      const at::opmath_type<scalar_t>* alpha, int64_t L, scalar_t* buf_a,
-                      scalar_t* buf_b, scalar_t* out, cudaStream_t stream) {
-  // Horner: h_L = alpha_L x; h_l = alpha_l x + M h_{l+1}; out = h_0. The
-  // first sweep gathers x (h_L = alpha_L x); the others gather s_l = dinv h_l.
-  s.x = x;
-  s.out = out;
+// Horner's scheme: h_L = alpha_L x; h_l = alpha_l x + M h_{l+1}; out = h_0,
+// with s.x, s.x_slot, s.extra and s.out set by the caller. The first sweep
+// gathers x itself (kFirst: kX, or kCompactX for a compact x); the others
+// gather s_l = dinv h_l from the buffers. The last sweep computes the rows
+// of out_slot only, when not null.
+template <typename scalar_t, typename index_t, int V, Source kFirst>
+void horner_launch(Sweep<scalar_t, index_t> s, const Plan& plan,
+                   const at::opmath_type<scalar_t>* alpha, int64_t L, scalar_t* buf_a,
+                   scalar_t* buf_b, const int32_t* out_slot, cudaStream_t stream) {
   for (int64_t l = L - 1; l >= 0; --l) {
-    const bool from_x = l == L - 1;
-    s.src = from_x ? x : buf_a;
-    s.src_scale = from_x ? alpha + L : nullptr;
+    const bool first = l == L - 1;
+    s.src = first ? s.x : buf_a;
+    s.src_scale = first ? alpha + L : nullptr;
     s.alpha = alpha + l;
     s.s_out = buf_b;
-    if (l > 0 && from_x) {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kNext, true>(s, plan, stream);
+    s.out_slot = l == 0 ? out_slot : nullptr;
+    if (l > 0 && first) {
+      launch_sweep<scalar_t, index_t, V, Epilogue::kNext, kFirst>(s, plan, stream);
     } else if (l > 0) {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kNext, false>(s, plan, stream);
-    } else if (from_x) {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kFinal, true>(s, plan, stream);
+      launch_sweep<scalar_t, index_t, V, Epilogue::kNext, Source::kLayer>(s, plan, stream);
+    } else if (first) {
+      launch_sweep<scalar_t, index_t, V, Epilogue::kFinal, kFirst>(s, plan, stream);
     } else {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kFinal, false>(s, plan, stream);
+      launch_sweep<scalar_t, index_t, V, Epilogue::kFinal, Source::kLayer>(s, plan, stream);
     }
     std::swap(buf_a, buf_b);
+  }
+}
+
+// Runs horner_launch (L >= 1) with its buffers: the sweep outputs that a
+// later sweep gathers (none for L = 1, one for L = 2), in x's dtype.
+template <Source kFirst, typename scalar_t, typename index_t, typename Allocate>
+void run_horner(const Sweep<scalar_t, index_t>& s, const Plan& plan, bool vec,
+                const at::opmath_type<scalar_t>* alpha, int64_t L, const int32_t* out_slot,
+                Allocate& allocate, cudaStream_t stream) {
+  const int64_t n = s.num_rows, d = s.d;
+  scalar_t* buf_a = L > 1 ? allocate_array<scalar_t>(allocate, n * d) : nullptr;
+  scalar_t* buf_b = L > 2 ? allocate_array<scalar_t>(allocate, n * d) : buf_a;
+  // The first sweep writes b: swap so that every sweep reads a, writes b.
+  if (vec) {
+    horner_launch<scalar_t, index_t, kVec<scalar_t>, kFirst>(s, plan, alpha, L, buf_b, buf_a,
+                                                             out_slot, stream);
+  } else {
+    horner_launch<scalar_t, index_t, 1, kFirst>(s, plan, alpha, L, buf_b, buf_a, out_slot,
+                                                stream);
   }
 }
 
@@ -477,20 +674,90 @@ template <typename scalar_t, typename index_t, typename Allocate>
 void propagate_sweeps(const DeviceGraph<scalar_t, index_t>& graph, int64_t d, int64_t item_size,
                       const scalar_t* x, const at::opmath_type<scalar_t>* alpha, int64_t L,
                       scalar_t* out, Allocate&& allocate, cudaStream_t stream) {
-  const int64_t n = graph.num_rows;
   const bool vec = can_vectorize<scalar_t>(d, {x, out});
-  const Plan plan = make_plan(n, graph.num_edges, d, vec ? kVec<scalar_t> : 1, item_size);
-  const auto s = base_sweep(graph, d, item_size, plan, allocate);
-  // Sweep outputs that a later sweep gathers: none for L = 1, one for L = 2.
-  scalar_t* buf_a = L > 1 ? allocate_array<scalar_t>(allocate, n * d) : nullptr;
-  scalar_t* buf_b = L > 2 ? allocate_array<scalar_t>(allocate, n * d) : buf_a;
-  // The first sweep writes b: swap so that every sweep reads a, writes b.
-  if (vec) {
-    propagate_launch<scalar_t, index_t, kVec<scalar_t>>(s, plan, x, alpha, L, buf_b, buf_a, out,
-                                                        stream);
-  } else {
-    propagate_launch<scalar_t, index_t, 1>(s, plan, x, alpha, L, buf_b, buf_a, out, stream);
+  const Plan plan =
+      make_plan(graph.num_rows, graph.num_edges, d, vec ? kVec<scalar_t> : 1, item_size);
+  auto s = base_sweep(graph, d, item_size, plan, allocate);
+  s.x = x;
+  s.out = out;
+  run_horner<Source::kX>(s, plan, vec, alpha, L, nullptr, allocate, stream);
+}
+
+// slot (N entries) for the listed rows rows[0 .. num_listed).
+template <typename Allocate>
+int32_t* list_rows(const int64_t* rows, int64_t num_listed, int64_t n, Allocate& allocate,
+                   cudaStream_t stream) {
+  int32_t* slot = allocate_array<int32_t>(allocate, n);
+  launch_kernel("fill_kernel", fill_kernel<int32_t>, elementwise_blocks(n), stream, slot, n,
+                int32_t{-1});
+  launch_kernel("list_rows_kernel", list_rows_kernel<int32_t>, elementwise_blocks(num_listed), stream,
+                rows, num_listed, slot);
+  return slot;
+}
+
+// out[i] = (sum_l alpha[l] M^l x)[rows[i]] for i < num_listed (out is
+// [num_listed, d]; rows are node ids, repeats allowed, fewer than 2^31): the
+// sweeps of propagate_sweeps, but the last one computes each listed row once
+// and reads only its edges. The numbers are those of propagate_sweeps, bit for
+// bit. Needs L >= 1, N >= 1, d >= 1, num_listed >= 1.
+template <typename scalar_t, typename index_t, typename Allocate>
+void propagate_rows_sweeps(const DeviceGraph<scalar_t, index_t>& graph, int64_t d,
+                           int64_t item_size, const scalar_t* x,
+                           const at::opmath_type<scalar_t>* alpha, int64_t L, const int64_t* rows,
+                           int64_t num_listed, scalar_t* out, Allocate&& allocate,
+                           cudaStream_t stream) {
+  const bool vec = can_vectorize<scalar_t>(d, {x, out});
+  const Plan plan =
+      make_plan(graph.num_rows, graph.num_edges, d, vec ? kVec<scalar_t> : 1, item_size);
+  auto s = base_sweep(graph, d, item_size, plan, allocate);
+  const int32_t* slot = list_rows(rows, num_listed, graph.num_rows, allocate, stream);
+  s.x = x;
+  s.out = out;
+  run_horner<Source::kX>(s, plan, vec, alpha, L, slot, allocate, stream);
+  launch_kernel("copy_repeats_kernel", copy_repeats_kernel<scalar_t>,
+                elementwise_blocks(num_listed * d), stream, rows, slot, num_listed, d, out);
+}
+
+// The gradient of propagate_rows: out = sum_l alpha[l] (M^T)^l G + G0 over all
+// N rows (out is [N, d]), where G and G0 are zero outside the listed rows and
+// hold grad and grad_x (null: none) there, repeats summed in list order. The
+// graph is M^T's. The listed rows come sorted: sorted (rows sorted stably)
+// and order (the entry of rows at each sorted position). G is kept compact,
+// one row per listed node, and the first sweep gathers only those rows (no
+// atomics: the numbers are deterministic, and those of propagate_sweeps on
+// the dense G, bit for bit, where no row is listed twice). Needs N >= 1,
+// d >= 1, num_listed >= 1, fewer than 2^31; L = 0 too.
+template <typename scalar_t, typename index_t, typename Allocate>
+void propagate_rows_backward_sweeps(const DeviceGraph<scalar_t, index_t>& graph_t, int64_t d,
+                                    int64_t item_size, const scalar_t* grad,
+                                    const scalar_t* grad_x,
+                                    const at::opmath_type<scalar_t>* alpha, int64_t L,
+                                    const int64_t* sorted, const int64_t* order,
+                                    int64_t num_listed, scalar_t* out, Allocate&& allocate,
+                                    cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n = graph_t.num_rows;
+  const int32_t* slot = list_rows(sorted, num_listed, n, allocate, stream);
+  scalar_t* g = allocate_array<scalar_t>(allocate, num_listed * d);
+  acc_t* extra = grad_x != nullptr ? allocate_array<acc_t>(allocate, num_listed * d) : nullptr;
+  launch_kernel("sum_listed_kernel", sum_listed_kernel<scalar_t>,
+                elementwise_blocks(num_listed * d), stream, sorted, order, slot, num_listed, d,
+                grad, grad_x, g, extra);
+  if (L == 0) {
+    launch_kernel("listed_to_dense_kernel", listed_to_dense_kernel<scalar_t>,
+                  elementwise_blocks(n * d), stream, slot, n, d, static_cast<const scalar_t*>(g),
+                  static_cast<const acc_t*>(extra), alpha, out);
+    return;
   }
+  // extra is read in vectors of V acc_t: allocate aligns it for any vector.
+  const bool vec = can_vectorize<scalar_t>(d, {g, out});
+  const Plan plan = make_plan(n, graph_t.num_edges, d, vec ? kVec<scalar_t> : 1, item_size);
+  auto s = base_sweep(graph_t, d, item_size, plan, allocate);
+  s.x = g;
+  s.x_slot = slot;
+  s.extra = extra;
+  s.out = out;
+  run_horner<Source::kCompactX>(s, plan, vec, alpha, L, nullptr, allocate, stream);
 }
 
 template <typename scalar_t, typename index_t, int V>
@@ -511,9 +778,9 @@ void layer_dots_launch(Sweep<scalar_t, index_t> s, const Plan& plan, const scala
     s.s_out = l < L ? buf_b : nullptr;  // the last layer's s is never read
     s.partial = partial + l * per_layer;
     if (from_x) {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kDots, true>(s, plan, stream);
+      launch_sweep<scalar_t, index_t, V, Epilogue::kDots, Source::kX>(s, plan, stream);
     } else {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kDots, false>(s, plan, stream);
+      launch_sweep<scalar_t, index_t, V, Epilogue::kDots, Source::kLayer>(s, plan, stream);
     }
     std::swap(buf_a, buf_b);
   }

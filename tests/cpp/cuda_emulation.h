@@ -16,6 +16,8 @@
 //   meet at a barrier of those lanes and exchange values; `width` splits the
 //   warp into segments as on a GPU. Warps are 32 threads. A shuffle orders no
 //   memory access, as on a GPU; __syncwarp does.
+// - atomicMax on int: an atomic read-modify-write that ThreadSanitizer sees,
+//   relaxed (it orders no other access, as on a GPU).
 // - __shared__ memory: one copy, shared by the running block's threads (blocks
 //   do not overlap, so it is per block).
 // - Qualifiers (__global__, __device__, __host__, __forceinline__,
@@ -518,4 +520,12 @@ T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize) {
     const int src = lane ^ lane_mask;
     return src / width > lane / width ? lane : src;
   });
+}
+
+inline int atomicMax(int* address, int value) {
+  int old = __atomic_load_n(address, __ATOMIC_RELAXED);
+  while (old < value && !__atomic_compare_exchange_n(address, &old, value, /*weak=*/true,
+                                                     __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  }
+  return old;
 }

@@ -1,9 +1,12 @@
-// The CUDA kernels of propagate and layer_dots (csrc/cuda/propagate_kernels.cuh,
-// the source nvcc builds), run on CPU threads by the emulation of the CUDA
-// execution model in cuda_emulation.h, and compared with a float64 reference
-// computed here from the definition: propagate = sum_l alpha_l M^l x and
-// layer_dots[l] = <M^l x, grad>, M = D^-1/2 W D^-1/2 with the dinv and weights
-// that the kernels are given. Tolerances are those of tests/test_cuda.py.
+// The CUDA kernels of propagate, layer_dots, propagate_rows and its backward
+// (csrc/cuda/propagate_kernels.cuh, the source nvcc builds), run on CPU threads
+// by the emulation of the CUDA execution model in cuda_emulation.h, and
+// compared with a float64 reference computed here from the definition:
+// propagate = sum_l alpha_l M^l x and layer_dots[l] = <M^l x, grad>,
+// M = D^-1/2 W D^-1/2 with the dinv and weights that the kernels are given;
+// propagate_rows = propagate read at a list of rows, and its backward
+// sum_l alpha_l (M^T)^l G + G0 with G, G0 the gradients of the two outputs
+// summed at their rows. Tolerances are those of tests/test_cuda.py.
 //
 // The corpus covers every branch of the schedule and of the epilogues: an
 // empty graph (no edges), isolated nodes, a hub row of 5,000 edges, item sizes
@@ -11,8 +14,17 @@
 // d in {1, 3, 8, 64, 65, 130}, L in 1..4, weighted and unweighted, symmetric
 // and directed graphs, float32, float64, float16 and bfloat16, int32 and int64
 // columns, and x / out / grad aligned to a vector (vectorized kernels) or not
-// (scalar kernels). L = 0, N = 0 and d = 0 launch nothing: the ATen entry
-// points answer them (tests/test_cuda.py checks them on a GPU).
+// (scalar kernels). L = 0, N = 0 and d = 0 launch nothing for propagate,
+// layer_dots and propagate_rows: the ATen entry points answer them
+// (tests/test_cuda.py checks them on a GPU).
+//
+// propagate_rows runs on row lists with repeats, isolated nodes and empty
+// rows (the hub's row among them), every node, or one; its backward with L =
+// 0 to 3, with and without the second output's gradient, over M itself as
+// M^T (symmetric graphs, unweighted) or over the transposed CSR. Beside the
+// reference, both must give the numbers of propagate's kernels on the same
+// data bit for bit: the forward those of propagate at the listed rows, the
+// backward those of propagate over M^T applied to the dense G.
 //
 // Every array the kernels read or write is its own heap allocation of exactly
 // its size, so that under AddressSanitizer a read past any end is reported.
@@ -58,6 +70,7 @@ struct Csr {
   int64_t n = 0;
   std::vector<int64_t> rowptr{0}, col;
   std::vector<double> weight;  // > 0
+  bool symmetric = false;      // every edge's reverse is an edge (weights aside)
 };
 
 Csr from_edges(std::string name, int64_t n, std::vector<std::pair<int64_t, int64_t>> edges,
@@ -108,7 +121,31 @@ Csr random_graph(std::string name, int64_t n, double avg_degree, double empty_sh
       if (edges[i].first != edges[i].second) edges.emplace_back(edges[i].second, edges[i].first);
     }
   }
-  return from_edges(std::move(name), n, std::move(edges), rng);
+  Csr g = from_edges(std::move(name), n, std::move(edges), rng);
+  g.symmetric = symmetric;
+  return g;
+}
+
+// The CSR of W^T (the operator M^T over M's dinv), each edge with its weight.
+Csr transposed(const Csr& g) {
+  Csr t;
+  t.name = g.name + "^T";
+  t.n = g.n;
+  t.symmetric = g.symmetric;
+  t.rowptr.assign(g.n + 1, 0);
+  for (const int64_t c : g.col) ++t.rowptr[c + 1];
+  for (int64_t r = 0; r < g.n; ++r) t.rowptr[r + 1] += t.rowptr[r];
+  t.col.resize(g.col.size());
+  t.weight.resize(g.col.size());
+  std::vector<int64_t> cursor(t.rowptr.begin(), t.rowptr.end() - 1);
+  for (int64_t r = 0; r < g.n; ++r) {
+    for (int64_t k = g.rowptr[r]; k < g.rowptr[r + 1]; ++k) {
+      const int64_t slot = cursor[g.col[k]]++;
+      t.col[slot] = r;
+      t.weight[slot] = g.weight[k];
+    }
+  }
+  return t;
 }
 
 // ------------------------------------------------------------- device memory
@@ -205,110 +242,192 @@ struct Case {
   }
 };
 
+// The row lists of propagate_rows.
+enum class Listed { kRepeats, kAll, kOne };
+
+// A propagate_rows case: the forward on `listed` and its backward, with
+// the gradient of x[rows] too when with_grad_x.
+struct RowsCase {
+  Case c;
+  Listed listed;
+  bool with_grad_x;
+
+  std::string name() const {
+    static const char* const listed_names[] = {"repeats", "all", "one"};
+    return "rows " + c.name() + " listed=" + listed_names[static_cast<int>(listed)] +
+           (with_grad_x ? " grad_x" : "");
+  }
+};
+
 // The kernels a call runs: its dtype, column type, vector width (16 bytes or one value)
-// and L = 1, 2 or more (see main).
-std::string kernels_key(Type type, bool int64_col, bool vectorized, int64_t L) {
-  return std::string(type_name(type)) + (int64_col ? " int64" : " int32") +
+// and L = 1, 2 or more (see main); `op` tells propagate's kernels from those that
+// only the backward of propagate_rows runs (it gathers a compact x).
+std::string kernels_key(const char* op, Type type, bool int64_col, bool vectorized, int64_t L) {
+  return std::string(op) + " " + type_name(type) + (int64_col ? " int64" : " int32") +
          (vectorized ? " vectorized" : " scalar") + " L=" + std::to_string(std::min<int64_t>(L, 3));
 }
 std::set<std::string> executed;  // by the cases that ran
+
+// The item size as the CUDA entry points read it, from LIGHTGCN_EXT_CUDA_ITEM_SIZE.
+int64_t item_size_of(const Case& c) {
+  setenv("LIGHTGCN_EXT_CUDA_ITEM_SIZE", std::to_string(c.item_size).c_str(), 1);
+  const int64_t item_size = kernels::item_size_from(std::getenv("LIGHTGCN_EXT_CUDA_ITEM_SIZE"));
+  unsetenv("LIGHTGCN_EXT_CUDA_ITEM_SIZE");
+  if (item_size != c.item_size) {
+    fail(c.name() + ": LIGHTGCN_EXT_CUDA_ITEM_SIZE read as " + std::to_string(item_size));
+  }
+  return item_size;
+}
+
+// A graph's operands as the kernels see them, and in float64 as they are
+// stored: weights (1 when unweighted) and dinv, from the graph's in-degrees or
+// given (M^T takes M's dinv).
+template <typename scalar_t, typename index_t>
+struct Operands {
+  using acc_t = at::opmath_type<scalar_t>;
+  Array<int64_t> rowptr;
+  Array<index_t> col;
+  Array<acc_t> weight, dinv;
+  std::vector<double> w, dinv64;
+  bool weighted;
+
+  Operands(const Csr& g, bool weighted_, const Operands* dinv_of = nullptr)
+      : rowptr(g.n + 1),
+        col(static_cast<int64_t>(g.col.size())),
+        weight(weighted_ ? static_cast<int64_t>(g.col.size()) : 0),
+        dinv(g.n),
+        w(g.col.size()),
+        dinv64(g.n),
+        weighted(weighted_) {
+    const int64_t n = g.n, e = static_cast<int64_t>(g.col.size());
+    for (int64_t r = 0; r <= n; ++r) rowptr[r] = g.rowptr[r];
+    for (int64_t k = 0; k < e; ++k) {
+      col[k] = static_cast<index_t>(g.col[k]);
+      w[k] = weighted ? static_cast<double>(static_cast<acc_t>(g.weight[k])) : 1.0;
+      if (weighted) weight[k] = static_cast<acc_t>(g.weight[k]);
+    }
+    std::vector<double> deg(n, 0.0);
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t k = g.rowptr[r]; k < g.rowptr[r + 1]; ++k) deg[r] += w[k];
+      dinv[r] = dinv_of != nullptr ? dinv_of->dinv[r]
+                                   : static_cast<acc_t>(deg[r] > 0 ? 1.0 / std::sqrt(deg[r]) : 0.0);
+      dinv64[r] = static_cast<double>(dinv[r]);
+    }
+  }
+
+  kernels::DeviceGraph<scalar_t, index_t> device() const {
+    return {rowptr.data(), col.data(), weighted ? weight.data() : nullptr, dinv.data(),
+            dinv.size(), col.size()};
+  }
+};
+
+// tests/test_cuda.py's tolerance for a propagation of L layers whose inputs
+// were rounded `roundings` times to the type: relative to sum_l |alpha_l|
+// |M|^l |x| (`bound`).
+template <typename scalar_t>
+double propagate_rel(const Csr& g, int64_t L, int64_t roundings) {
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t max_degree = 0;
+  for (int64_t r = 0; r < g.n; ++r) max_degree = std::max(max_degree, g.rowptr[r + 1] - g.rowptr[r]);
+  return 2 * (L * (std::sqrt(static_cast<double>(max_degree)) + 2) * eps<acc_t>() +
+              roundings * eps<scalar_t>());
+}
+
+// |got[i] - want[i]| <= rel * bound[i] for every i, got finite; reports the worst entry.
+template <typename scalar_t>
+void check_elementwise(const std::string& what, const scalar_t* got, const std::vector<double>& want,
+                       const std::vector<double>& bound, double rel, int64_t d) {
+  double worst = 0;
+  int64_t worst_i = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double value = static_cast<double>(got[i]);
+    const double ratio = std::isfinite(value) ? std::abs(value - want[i]) / (rel * bound[i] + 1e-30)
+                                              : std::numeric_limits<double>::infinity();
+    if (!(ratio <= worst)) {
+      worst = ratio;
+      worst_i = static_cast<int64_t>(i);
+    }
+  }
+  if (!(worst <= 1)) {
+    fail(what + " at row " + std::to_string(worst_i / d) + ", column " +
+         std::to_string(worst_i % d) + ": got " + std::to_string(static_cast<double>(got[worst_i])) +
+         ", want " + std::to_string(want[worst_i]) + " (" + std::to_string(worst) +
+         "x the tolerance)");
+  }
+}
+
+// sum_l alpha_l layers[l], elementwise.
+std::vector<double> alpha_sum(const std::vector<std::vector<double>>& layers,
+                              const std::vector<double>& alpha) {
+  std::vector<double> out(layers[0].size(), 0.0);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    for (size_t i = 0; i < out.size(); ++i) out[i] += alpha[l] * layers[l][i];
+  }
+  return out;
+}
+
+// Random values of the type, and their float64 copies.
+template <typename scalar_t>
+std::vector<double> fill_normal(Array<scalar_t>& a, std::mt19937_64& rng) {
+  std::normal_distribution<double> normal;
+  std::vector<double> values(a.size());
+  for (int64_t i = 0; i < a.size(); ++i) {
+    a[i] = static_cast<scalar_t>(normal(rng));
+    values[i] = static_cast<double>(a[i]);
+  }
+  return values;
+}
+
+template <typename acc_t>
+std::vector<double> fill_alpha(Array<acc_t>& alpha, std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> uniform(0.1, 1.1);
+  std::vector<double> values(alpha.size());
+  for (int64_t l = 0; l < alpha.size(); ++l) {
+    alpha[l] = static_cast<acc_t>(uniform(rng));
+    values[l] = static_cast<double>(alpha[l]);
+  }
+  return values;
+}
+
+std::vector<double> abs_of(std::vector<double> v) {
+  for (double& value : v) value = std::abs(value);
+  return v;
+}
 
 template <typename scalar_t, typename index_t>
 void run_case(const Case& c, std::mt19937_64& rng) {
   using acc_t = at::opmath_type<scalar_t>;
   const Csr& g = *c.graph;
-  const int64_t n = g.n, d = c.d, L = c.L, e = static_cast<int64_t>(g.col.size());
+  const int64_t n = g.n, d = c.d, L = c.L;
   const int offset = c.misaligned ? 1 : 0;
   const std::string name = c.name();
 
-  // The operands as the kernels see them, and in float64 as they are stored.
-  Array<int64_t> rowptr(n + 1);
-  Array<index_t> col(e);
-  Array<acc_t> weight(c.weighted ? e : 0), dinv(n);
-  std::vector<double> w(e), dinv64(n), deg(n, 0.0);
-  for (int64_t r = 0; r <= n; ++r) rowptr[r] = g.rowptr[r];
-  for (int64_t k = 0; k < e; ++k) {
-    col[k] = static_cast<index_t>(g.col[k]);
-    w[k] = c.weighted ? static_cast<double>(static_cast<acc_t>(g.weight[k])) : 1.0;
-    if (c.weighted) weight[k] = static_cast<acc_t>(g.weight[k]);
-  }
-  for (int64_t r = 0; r < n; ++r) {
-    for (int64_t k = g.rowptr[r]; k < g.rowptr[r + 1]; ++k) deg[r] += w[k];
-    dinv[r] = static_cast<acc_t>(deg[r] > 0 ? 1.0 / std::sqrt(deg[r]) : 0.0);
-    dinv64[r] = static_cast<double>(dinv[r]);
-  }
-  std::normal_distribution<double> normal;
-  std::uniform_real_distribution<double> uniform(0.1, 1.1);
+  const Operands<scalar_t, index_t> m(g, c.weighted);
   Array<scalar_t> x(n * d, offset), grad(n * d, offset), out(n * d, offset);
-  std::vector<double> x64(n * d), grad64(n * d), absx(n * d), absgrad(n * d);
-  for (int64_t i = 0; i < n * d; ++i) {
-    x[i] = static_cast<scalar_t>(normal(rng));
-    grad[i] = static_cast<scalar_t>(normal(rng));
-    x64[i] = static_cast<double>(x[i]);
-    grad64[i] = static_cast<double>(grad[i]);
-    absx[i] = std::abs(x64[i]);
-    absgrad[i] = std::abs(grad64[i]);
-  }
+  const auto x64 = fill_normal(x, rng), grad64 = fill_normal(grad, rng);
+  const auto absx = abs_of(x64), absgrad = abs_of(grad64);
   Array<acc_t> alpha(L + 1), dots(L + 1);
-  std::vector<double> alpha64(L + 1);
-  for (int64_t l = 0; l <= L; ++l) {
-    alpha[l] = static_cast<acc_t>(uniform(rng));
-    alpha64[l] = static_cast<double>(alpha[l]);
-  }
+  const auto alpha64 = fill_alpha(alpha, rng);
 
-  const kernels::DeviceGraph<scalar_t, index_t> graph{
-      rowptr.data(), col.data(), c.weighted ? weight.data() : nullptr, dinv.data(), n, e};
-  // The item size as the CUDA entry points read it, from LIGHTGCN_EXT_CUDA_ITEM_SIZE.
-  setenv("LIGHTGCN_EXT_CUDA_ITEM_SIZE", std::to_string(c.item_size).c_str(), 1);
-  const int64_t item_size = kernels::item_size_from(std::getenv("LIGHTGCN_EXT_CUDA_ITEM_SIZE"));
-  unsetenv("LIGHTGCN_EXT_CUDA_ITEM_SIZE");
-  if (item_size != c.item_size) {
-    fail(name + ": LIGHTGCN_EXT_CUDA_ITEM_SIZE read as " + std::to_string(item_size));
-  }
-  executed.insert(kernels_key(c.type, c.int64_col,
+  const int64_t item_size = item_size_of(c);
+  executed.insert(kernels_key("propagate", c.type, c.int64_col,
                               kernels::can_vectorize<scalar_t>(d, {x.data(), out.data()}), L));
   {
     CallMemory memory;
-    kernels::propagate_sweeps(graph, d, item_size, x.data(), alpha.data(), L, out.data(),
+    kernels::propagate_sweeps(m.device(), d, item_size, x.data(), alpha.data(), L, out.data(),
                               memory, nullptr);
   }
   {
     CallMemory memory;
-    kernels::layer_dots_sweeps(graph, d, item_size, x.data(), grad.data(), L, dots.data(),
+    kernels::layer_dots_sweeps(m.device(), d, item_size, x.data(), grad.data(), L, dots.data(),
                                memory, nullptr);
   }
 
   // tests/test_cuda.py's tolerances: rounding relative to sum_l |alpha_l| |M|^l |x|.
-  const auto want = layers(g, w, dinv64, x64, d, L);
-  const auto abs_layers = layers(g, w, dinv64, absx, d, L);
-  const double acc_eps = eps<acc_t>(), type_eps = eps<scalar_t>();
-  int64_t max_degree = 0;
-  for (int64_t r = 0; r < n; ++r) max_degree = std::max(max_degree, g.rowptr[r + 1] - g.rowptr[r]);
-  const double rel = 2 * (L * (std::sqrt(static_cast<double>(max_degree)) + 2) * acc_eps +
-                          (L + 1) * type_eps);
-  double worst = 0;
-  int64_t worst_i = 0;
-  for (int64_t i = 0; i < n * d; ++i) {
-    double ref = 0, bound = 0;
-    for (int64_t l = 0; l <= L; ++l) {
-      ref += alpha64[l] * want[l][i];
-      bound += alpha64[l] * abs_layers[l][i];
-    }
-    const double got = static_cast<double>(out[i]);
-    const double ratio = std::isfinite(got) ? std::abs(got - ref) / (rel * bound + 1e-30)
-                                            : std::numeric_limits<double>::infinity();
-    if (!(ratio <= worst)) {
-      worst = ratio;
-      worst_i = i;
-    }
-  }
-  if (!(worst <= 1)) {
-    double ref = 0;
-    for (int64_t l = 0; l <= L; ++l) ref += alpha64[l] * want[l][worst_i];
-    fail(name + ": propagate at row " + std::to_string(worst_i / d) + ", column " +
-         std::to_string(worst_i % d) + ": got " + std::to_string(static_cast<double>(out[worst_i])) +
-         ", want " + std::to_string(ref) + " (" + std::to_string(worst) + "x the tolerance)");
-  }
+  const auto want = layers(g, m.w, m.dinv64, x64, d, L);
+  const auto abs_layers = layers(g, m.w, m.dinv64, absx, d, L);
+  check_elementwise(name + ": propagate", out.data(), alpha_sum(want, alpha64),
+                    alpha_sum(abs_layers, alpha64), propagate_rel<scalar_t>(g, L, L + 1), d);
 
   double norm_x = 0, norm_grad = 0;
   for (int64_t i = 0; i < n * d; ++i) {
@@ -317,7 +436,7 @@ void run_case(const Case& c, std::mt19937_64& rng) {
   }
   const double reduction = (std::is_same_v<scalar_t, double> ? 1e-12 : 1e-4) *
                            (std::sqrt(norm_x) * std::sqrt(norm_grad) + 1e-30);
-  const double storage_eps = sizeof(scalar_t) == 2 ? type_eps : 0.0;
+  const double storage_eps = sizeof(scalar_t) == 2 ? eps<scalar_t>() : 0.0;
   for (int64_t l = 0; l <= L; ++l) {
     double ref = 0, abs_dot = 0;
     for (int64_t i = 0; i < n * d; ++i) {
@@ -333,12 +452,173 @@ void run_case(const Case& c, std::mt19937_64& rng) {
   }
 }
 
+// The listed rows of a case: with repeats (isolated nodes, empty rows and the
+// hub's row among them: rows 0, 1 and n - 1), every node in a shuffled order,
+// or node n - 1 alone.
+std::vector<int64_t> listed_rows(const Csr& g, Listed listed, std::mt19937_64& rng) {
+  std::vector<int64_t> rows;
+  if (listed == Listed::kOne) return {g.n - 1};
+  if (listed == Listed::kAll) {
+    for (int64_t r = 0; r < g.n; ++r) rows.push_back(r);
+    std::shuffle(rows.begin(), rows.end(), rng);
+    return rows;
+  }
+  std::uniform_int_distribution<int64_t> node(0, g.n - 1);
+  for (int64_t i = 0; i < g.n / 2 + 1; ++i) rows.push_back(node(rng));
+  for (const int64_t r : {int64_t{0}, g.n - 1, g.n - 1, std::min<int64_t>(1, g.n - 1)}) {
+    rows.push_back(r);
+  }
+  rows.push_back(rows.front());  // a repeat far from the first
+  return rows;
+}
+
+// propagate_rows forward and backward against the reference and against
+// propagate's kernels (see the top of the file).
+template <typename scalar_t, typename index_t>
+void run_rows_case(const RowsCase& rc, std::mt19937_64& rng) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Case& c = rc.c;
+  const Csr& g = *c.graph;
+  const int64_t n = g.n, d = c.d, L = c.L;
+  const int offset = c.misaligned ? 1 : 0;
+  const std::string name = rc.name();
+
+  // M^T: M itself where the graph is symmetric and unweighted (W = W^T), as
+  // the op's schema allows; else the transposed CSR, over M's dinv.
+  const Csr gt = transposed(g);
+  const Operands<scalar_t, index_t> m(g, c.weighted);
+  const bool m_is_symmetric = g.symmetric && !c.weighted;
+  const Operands<scalar_t, index_t> mt_own(gt, c.weighted, &m);
+  const Operands<scalar_t, index_t>& mt = m_is_symmetric ? m : mt_own;
+
+  const std::vector<int64_t> row_ids = listed_rows(g, rc.listed, rng);
+  const int64_t k = static_cast<int64_t>(row_ids.size());
+  Array<int64_t> rows(k);
+  for (int64_t i = 0; i < k; ++i) rows[i] = row_ids[i];
+  // rows sorted stably, and the entry of rows at each sorted position (the
+  // CUDA entry point sorts with at::sort(stable=true)).
+  std::vector<int64_t> order_ids(k);
+  for (int64_t i = 0; i < k; ++i) order_ids[i] = i;
+  std::stable_sort(order_ids.begin(), order_ids.end(),
+                   [&](int64_t a, int64_t b) { return row_ids[a] < row_ids[b]; });
+  Array<int64_t> sorted(k), order(k);
+  for (int64_t t = 0; t < k; ++t) {
+    order[t] = order_ids[t];
+    sorted[t] = row_ids[order_ids[t]];
+  }
+
+  Array<scalar_t> x(n * d, offset), full(n * d, offset), out(k * d, offset);
+  Array<scalar_t> grad(k * d, offset), grad_x(k * d, offset), grad_in(n * d, offset);
+  const auto x64 = fill_normal(x, rng), grad64 = fill_normal(grad, rng);
+  const auto grad_x64 = fill_normal(grad_x, rng);
+  Array<acc_t> alpha(L + 1);
+  const auto alpha64 = fill_alpha(alpha, rng);
+  const int64_t item_size = item_size_of(c);
+
+  // The forward (L >= 1: the entry point answers L = 0 itself).
+  if (L >= 1) {
+    {
+      CallMemory memory;
+      kernels::propagate_rows_sweeps(m.device(), d, item_size, x.data(), alpha.data(), L,
+                                     rows.data(), k, out.data(), memory, nullptr);
+    }
+    {
+      CallMemory memory;
+      kernels::propagate_sweeps(m.device(), d, item_size, x.data(), alpha.data(), L, full.data(),
+                                memory, nullptr);
+    }
+    const auto want = alpha_sum(layers(g, m.w, m.dinv64, x64, d, L), alpha64);
+    const auto bound = alpha_sum(layers(g, m.w, m.dinv64, abs_of(x64), d, L), alpha64);
+    std::vector<double> want_rows(k * d), bound_rows(k * d);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = 0; j < d; ++j) {
+        want_rows[i * d + j] = want[rows[i] * d + j];
+        bound_rows[i * d + j] = bound[rows[i] * d + j];
+        differ += !(out[i * d + j] == full[rows[i] * d + j]);
+      }
+    }
+    check_elementwise(name + ": propagate_rows", out.data(), want_rows, bound_rows,
+                      propagate_rel<scalar_t>(g, L, L + 1), d);
+    if (differ > 0) {
+      fail(name + ": propagate_rows differs from propagate at its rows in " +
+           std::to_string(differ) + " entries (they must be the same, bit for bit)");
+    }
+  }
+
+  // The backward. The dense G: repeats summed in list order in the
+  // accumulation type, then rounded to the type, as the kernels store it;
+  // the sums of |grad| and |grad_x| bound the rounding of the repeats' sums.
+  std::vector<acc_t> g_sum(n * d, acc_t(0));
+  std::vector<double> g0(n * d, 0.0), abs_g(n * d, 0.0), abs_g0(n * d, 0.0);
+  std::vector<int64_t> repeats(n, 0);
+  for (int64_t i = 0; i < k; ++i) {
+    ++repeats[rows[i]];
+    for (int64_t j = 0; j < d; ++j) {
+      g_sum[rows[i] * d + j] += static_cast<acc_t>(grad[i * d + j]);
+      g0[rows[i] * d + j] += grad_x64[i * d + j];
+      abs_g[rows[i] * d + j] += std::abs(grad64[i * d + j]);
+      abs_g0[rows[i] * d + j] += std::abs(grad_x64[i * d + j]);
+    }
+  }
+  const int64_t max_repeats = *std::max_element(repeats.begin(), repeats.end());
+  std::vector<double> g64(n * d);
+  for (int64_t i = 0; i < n * d; ++i) {
+    grad_in[i] = static_cast<scalar_t>(g_sum[i]);
+    g64[i] = static_cast<double>(grad_in[i]);
+  }
+  Array<scalar_t> grad_out(n * d, offset), dense_out(n * d, offset);
+  executed.insert(kernels_key("propagate_rows_backward", c.type, c.int64_col,
+                              kernels::can_vectorize<scalar_t>(d, {grad_out.data()}), L));
+  {
+    CallMemory memory;
+    kernels::propagate_rows_backward_sweeps(mt.device(), d, item_size, grad.data(),
+                                            rc.with_grad_x ? grad_x.data() : nullptr,
+                                            alpha.data(), L, sorted.data(), order.data(), k,
+                                            grad_out.data(), memory, nullptr);
+  }
+  // The reference over the true M^T (gt), whichever CSR the kernels were given.
+  auto want = alpha_sum(layers(gt, mt_own.w, m.dinv64, g64, d, L), alpha64);
+  auto bound = alpha_sum(layers(gt, mt_own.w, m.dinv64, abs_g, d, L), alpha64);
+  if (rc.with_grad_x) {
+    for (int64_t i = 0; i < n * d; ++i) {
+      want[i] += g0[i];
+      bound[i] += abs_g0[i];
+    }
+  }
+  // More roundings than a propagation: G's, and those of the repeats' sums.
+  check_elementwise(name + ": propagate_rows_backward", grad_out.data(), want, bound,
+                    propagate_rel<scalar_t>(gt, L, L + 2 + max_repeats), d);
+  if (!rc.with_grad_x && L >= 1) {
+    {
+      CallMemory memory;
+      kernels::propagate_sweeps(mt.device(), d, item_size, grad_in.data(), alpha.data(), L,
+                                dense_out.data(), memory, nullptr);
+    }
+    int64_t differ = 0;
+    for (int64_t i = 0; i < n * d; ++i) differ += !(grad_out[i] == dense_out[i]);
+    if (differ > 0) {
+      fail(name + ": propagate_rows_backward differs from propagate over M^T in " +
+           std::to_string(differ) + " entries (they must be the same, bit for bit)");
+    }
+  }
+}
+
 template <typename scalar_t>
 void run_typed(const Case& c, std::mt19937_64& rng) {
   if (c.int64_col) {
     run_case<scalar_t, int64_t>(c, rng);
   } else {
     run_case<scalar_t, int32_t>(c, rng);
+  }
+}
+
+template <typename scalar_t>
+void run_rows_typed(const RowsCase& rc, std::mt19937_64& rng) {
+  if (rc.c.int64_col) {
+    run_rows_case<scalar_t, int64_t>(rc, rng);
+  } else {
+    run_rows_case<scalar_t, int32_t>(rc, rng);
   }
 }
 
@@ -351,13 +631,48 @@ void run(const Case& c, std::mt19937_64& rng) {
   }
 }
 
+void run(const RowsCase& rc, std::mt19937_64& rng) {
+  switch (rc.c.type) {
+    case Type::f32: return run_rows_typed<float>(rc, rng);
+    case Type::f64: return run_rows_typed<double>(rc, rng);
+    case Type::f16: return run_rows_typed<c10::Half>(rc, rng);
+    case Type::bf16: return run_rows_typed<c10::BFloat16>(rc, rng);
+  }
+}
+
+// The cases whose name contains `filter`, timed; returns how many ran. Each
+// case draws its data from a generator seeded by its name (FNV-1a), so that a
+// case run alone sees the data it sees among all the others.
+template <typename C>
+int run_all(const std::vector<C>& cases, const std::string& filter) {
+  int ran = 0;
+  for (const C& c : cases) {
+    const std::string name = c.name();
+    if (!filter.empty() && name.find(filter) == std::string::npos) continue;
+    uint64_t seed = 14695981039346656037ull;
+    for (const char ch : name) seed = (seed ^ static_cast<unsigned char>(ch)) * 1099511628211ull;
+    std::mt19937_64 rng(seed);
+    const auto t0 = std::chrono::steady_clock::now();
+    run(c, rng);
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (std::getenv("VERBOSE")) std::printf("%8.0f ms  %s\n", ms, name.c_str());
+    ++ran;
+  }
+  return ran;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::string filter = argc > 1 ? argv[1] : "";
   std::mt19937_64 rng(20261204);
-  const Csr empty = from_edges("empty(n=9,E=0)", 9, {}, rng);
-  const Csr one = from_edges("one_loop(n=1)", 1, {{0, 0}}, rng);
+  auto symmetric_graph = [](Csr g) {
+    g.symmetric = true;
+    return g;
+  };
+  const Csr empty = symmetric_graph(from_edges("empty(n=9,E=0)", 9, {}, rng));
+  const Csr one = symmetric_graph(from_edges("one_loop(n=1)", 1, {{0, 0}}, rng));
   const Csr isolated = random_graph("isolated(n=30)", 30, 3, 0.6, 0, false, rng);
   const Csr directed = random_graph("directed(n=24)", 24, 3, 0.2, 6, false, rng);
   const Csr symmetric = random_graph("symmetric(n=30)", 30, 2, 0.2, 0, true, rng);
@@ -388,26 +703,49 @@ int main(int argc, char** argv) {
   // The hub with d = 64 in float32: one layer, vectorized, items of 128.
   cases.push_back({&hub, 64, 1, Type::f32, false, true, 128, false});
 
+  // propagate_rows: every graph with L = 0 to 3 and every row list; d (the
+  // hub's 1 or 3), the type and the rest rotate as above.
+  std::vector<RowsCase> rows_cases;
+  int64_t q = 0;
+  for (const Csr* g : graphs) {
+    for (const int64_t L : {0, 1, 2, 3}) {
+      for (const Listed listed : {Listed::kRepeats, Listed::kAll, Listed::kOne}) {
+        const int64_t d = g == &hub ? 1 + 2 * (q % 2) : dims[q % 5];
+        const auto& sizes = d <= 8 ? all_sizes : wide_sizes;
+        rows_cases.push_back({{g, d, L, types[q % 4], (q / 2) % 2 == 1, (q / 3) % 2 == 0,
+                               sizes[q % sizes.size()], (q / 5) % 2 == 1},
+                              listed,
+                              q % 2 == 0});
+        ++q;
+      }
+    }
+  }
+
   // Every kernel the CUDA build instantiates must run: each dtype and column type with
   // vectorized and scalar loads, and L = 1 (the first sweep is the last), 2 (a sweep from x,
-  // then one from the buffer) and 3 or more (sweeps from one buffer into the other). What
-  // the rotation above leaves out runs on the directed graph with d = 8 (every dtype's vector
-  // divides it).
+  // then one from the buffer) and 3 or more (sweeps from one buffer into the other), for
+  // propagate's kernels and for those of propagate_rows' backward (whose first sweep gathers
+  // a compact x). What the rotations above leave out runs on the directed graph with d = 8
+  // (every dtype's vector divides it).
   auto vectorized = [](const Case& c) {
     const int64_t v = c.type == Type::f64 ? 2 : c.type == Type::f32 ? 4 : 8;
     return c.d % v == 0 && !c.misaligned;
   };
-  auto kernels_of = [&](const Case& c) {
-    return kernels_key(c.type, c.int64_col, vectorized(c), c.L);
+  auto kernels_of = [&](const char* op, const Case& c) {
+    return kernels_key(op, c.type, c.int64_col, vectorized(c), c.L);
   };
   std::set<std::string> covered;
-  for (const Case& c : cases) covered.insert(kernels_of(c));
+  for (const Case& c : cases) covered.insert(kernels_of("propagate", c));
+  for (const RowsCase& rc : rows_cases) covered.insert(kernels_of("propagate_rows_backward", rc.c));
   for (const Type t : types) {
     for (const bool int64_col : {false, true}) {
       for (const bool misaligned : {false, true}) {
         for (int64_t L = 1; L <= 3; ++L) {
           const Case c{&directed, 8, L, t, int64_col, L != 2, 7, misaligned};
-          if (covered.insert(kernels_of(c)).second) cases.push_back(c);
+          if (covered.insert(kernels_of("propagate", c)).second) cases.push_back(c);
+          if (covered.insert(kernels_of("propagate_rows_backward", c)).second) {
+            rows_cases.push_back({c, Listed::kRepeats, L == 1});
+          }
         }
       }
     }
@@ -421,18 +759,10 @@ int main(int argc, char** argv) {
     fail("item_size_from: LIGHTGCN_EXT_CUDA_ITEM_SIZE parsed wrong");
   }
 
-  int ran = 0;
   const auto start = std::chrono::steady_clock::now();
-  for (const Case& c : cases) {
-    const std::string name = c.name();
-    if (!filter.empty() && name.find(filter) == std::string::npos) continue;
-    const auto t0 = std::chrono::steady_clock::now();
-    run(c, rng);
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    if (std::getenv("VERBOSE")) std::printf("%8.0f ms  %s\n", ms, name.c_str());
-    ++ran;
-  }
+  const int ran_propagate = run_all(cases, filter);
+  const int ran_rows = run_all(rows_cases, filter);
+  const int ran = ran_propagate + ran_rows;
   if (filter.empty() && executed != covered) {
     for (const std::string& key : covered) {
       if (executed.count(key) == 0) fail("no case ran the kernels of " + key);
@@ -441,7 +771,8 @@ int main(int argc, char** argv) {
   const double s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (failures == 0) {
-    std::printf("test_cuda_emulation: %d cases passed (%.1f s)\n", ran, s);
+    std::printf("test_cuda_emulation: %d cases passed (%d propagate and layer_dots, %d "
+                "propagate_rows) (%.1f s)\n", ran, ran_propagate, ran_rows, s);
   } else {
     std::printf("test_cuda_emulation: %d failures in %d cases\n", failures, ran);
   }
