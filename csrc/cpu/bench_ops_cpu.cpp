@@ -3,10 +3,11 @@
 //   _bare_gather(rowptr, col, x) -> out, out[r] = sum_{k in row r} x[col[k]]
 //     The least work any LightGCN sweep must do: read each neighbour row once
 //     per edge and sum it; no weights, no normalization, no epilogue beyond the
-//     store. For bfloat16 x, the sums are float32 and out bfloat16: the floor
-//     of the sweeps that gather bfloat16 layers. It runs cpu::sweep, the loop of the propagate kernels (the same
+//     store. It runs cpu::sweep, the loop of the propagate kernels (the same
 //     tiles, prefetch, chunking and instruction-set copy, the same flags), so
 //     that a sweep of propagate over this floor is the cost of what it fuses.
+//     For bfloat16 x the sums are float32 and out is bfloat16: the floor of
+//     the sweeps that gather bfloat16 layers (propagate's bf16=True).
 //   _cpu_isa(str? isa=None) -> str
 //     The copy of the sweep that runs ("avx2" or "baseline"), after setting it
 //     to isa (auto, avx2 or baseline) when given: the benchmarks time both

@@ -154,7 +154,8 @@ void horner_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const Rows<
         const src_t* xr = x.row(r);
         if (xr != nullptr) {
           for (int64_t t = 0; t < width; ++t) {
-            buf_b[o + t] = static_cast<store_t>(s * (a * static_cast<acc_t>(xr[j0 + t]) + s * acc[t]));
+            const acc_t h = a * static_cast<acc_t>(xr[j0 + t]) + s * acc[t];
+            buf_b[o + t] = static_cast<store_t>(s * h);
           }
         } else {
           for (int64_t t = 0; t < width; ++t) buf_b[o + t] = static_cast<store_t>(s * (s * acc[t]));
@@ -253,7 +254,7 @@ void dispatch_storage(at::ScalarType features, bool bf16, const F& f) {
     f(float{}, c10::BFloat16{});
     return;
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features, "lightgcn_ext_horner_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features, "horner_cpu", [&] {
     f(scalar_t{}, at::opmath_type<scalar_t>{});
   });
 }
@@ -450,7 +451,8 @@ at::Tensor propagate_rows_backward_cpu(
                                : at::Tensor();
     // s_L = dinv * alpha_L * G at the nodes where G is not zero.
     const acc_t* dinv = g.dinv.data_ptr<acc_t>();
-    auto top_s = at::empty(grad_sum.sizes(), grad.options().dtype(storage_type(grad.scalar_type(), bf16)));
+    const auto store_type = storage_type(grad.scalar_type(), bf16);
+    auto top_s = at::empty(grad_sum.sizes(), grad.options().dtype(store_type));
     const acc_t* gs = grad_sum.template data_ptr<acc_t>();
     store_t* s = top_s.template data_ptr<store_t>();
     for (int64_t p = 0; p < static_cast<int64_t>(compact.nodes.size()); ++p) {
