@@ -138,6 +138,18 @@ def test_rounds_exactly_the_gathered_layers(kind, weighted, num_layers):
     assert torch.equal(got, want.float())
 
 
+def test_bare_gather_of_bfloat16_rows():
+    """The floor of the bf16 sweeps: float32 sums of bfloat16 rows, stored
+    in bfloat16 (exact sums on the grid, so one rounding each)."""
+    edge_index, _ = _graph("directed", False)
+    rowptr, col, *_ = OPS.prepare_csr(edge_index, NUM_NODES)
+    x = _grid_features(NUM_NODES, 70, seed=4)
+    a = dense_operator(edge_index, NUM_NODES, normalize=False)
+    got = OPS._bare_gather(rowptr, col, x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, (a @ x.double()).to(torch.bfloat16))
+
+
 # --------------------------------------------- against float64 and float32
 @pytest.mark.parametrize("kind", ["directed", "symmetric"])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
