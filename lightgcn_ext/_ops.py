@@ -42,19 +42,21 @@ class CsrOperator(NamedTuple):
                            self.rowptr, self.col, self.weight)
 
 
-def propagate(operator: CsrOperator, x: Tensor, alpha: Tensor) -> Tensor:
-    """sum_l alpha_l M^l x; differentiable in x and alpha."""
-    return torch.ops.lightgcn_ext.propagate(*operator, x, alpha)
+def propagate(operator: CsrOperator, x: Tensor, alpha: Tensor, bf16: bool = False) -> Tensor:
+    """sum_l alpha_l M^l x; differentiable in x and alpha. bf16 (float32 x):
+    the layers the sweeps gather, forward and backward, stored in bfloat16."""
+    return torch.ops.lightgcn_ext.propagate(*operator, x, alpha, bf16)
 
 
-def propagate_rows(operator: CsrOperator, x: Tensor, alpha: Tensor, rows: Tensor):
+def propagate_rows(operator: CsrOperator, x: Tensor, alpha: Tensor, rows: Tensor,
+                   bf16: bool = False):
     """((sum_l alpha_l M^l x)[rows], x[rows]) for int64 rows (repeats
     allowed); differentiable in x and alpha. The last sweep computes the
     listed rows only, and the gradient of x (from both outputs) is one
     [N, d] array whose first backward sweep reads the listed rows' edges
     only: the same numbers as propagate followed by indexing, at about
-    L - 1 + L full sweeps instead of 2 L."""
-    return torch.ops.lightgcn_ext.propagate_rows(*operator, x, alpha, rows)
+    L - 1 + L full sweeps instead of 2 L. bf16 as for propagate."""
+    return torch.ops.lightgcn_ext.propagate_rows(*operator, x, alpha, rows, bf16)
 
 
 def layer_dots(operator: CsrOperator, x: Tensor, grad: Tensor, num_layers: int) -> Tensor:
@@ -84,14 +86,23 @@ def _check_one_device(x, **tensors):
                          lambda: f"{name} must be on the device of x ({x.device}), got {t.device}")
 
 
+def _check_bf16(bf16, features, name):
+    torch._check(not bf16 or features.dtype == torch.float32,
+                 lambda: f"bf16=True stores the layers of float32 {name} in bfloat16: {name} "
+                         f"must be float32, got {features.dtype}")
+
+
 @torch.library.register_fake("lightgcn_ext::propagate")
-def _propagate_fake(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x, alpha):
+def _propagate_fake(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x, alpha, bf16=False):
+    _check_bf16(bf16, x, "x")
     _check_one_device(x, rowptr=rowptr, col=col, weight=weight, dinv=dinv, alpha=alpha)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("lightgcn_ext::propagate_rows")
-def _propagate_rows_fake(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x, alpha, rows):
+def _propagate_rows_fake(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x, alpha, rows,
+                         bf16=False):
+    _check_bf16(bf16, x, "x")
     _check_one_device(x, rowptr=rowptr, col=col, weight=weight, dinv=dinv, alpha=alpha, rows=rows)
     shape = (rows.shape[0], x.shape[1])
     return x.new_empty(shape), x.new_empty(shape)
@@ -99,7 +110,8 @@ def _propagate_rows_fake(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x
 
 @torch.library.register_fake("lightgcn_ext::propagate_rows_backward")
 def _propagate_rows_backward_fake(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, grad,
-                                  grad_x_rows, alpha, rows):
+                                  grad_x_rows, alpha, rows, bf16=False):
+    _check_bf16(bf16, grad, "grad")
     _check_one_device(grad, rowptr=rowptr, col=col, weight=weight, dinv=dinv, alpha=alpha,
                       rows=rows, grad_x_rows=grad_x_rows)
     return grad.new_empty((dinv.shape[0], grad.shape[1]))
@@ -121,27 +133,29 @@ _FIRST, _SECOND = _NUM_GRAPH_OPERANDS, _NUM_GRAPH_OPERANDS + 1  # (x, alpha) or 
 
 
 def _propagate_setup_context(ctx, inputs, output):
-    *graph, x, alpha = inputs
+    *graph, x, alpha, bf16 = inputs
     # x is needed only for the gradient of alpha.
     ctx.save_for_backward(x if ctx.needs_input_grad[_SECOND] else None, alpha, *graph)
+    ctx.bf16 = bf16
 
 
 def _propagate_backward(ctx, grad_out):
     x, alpha, *graph = ctx.saved_tensors
     operator = CsrOperator(*graph)
     needs_x, needs_alpha = ctx.needs_input_grad[_FIRST], ctx.needs_input_grad[_SECOND]
-    # The adjoint of M is M^T: the same propagation on the transposed graph.
-    grad_x = propagate(operator.transposed(), grad_out, alpha) if needs_x else None
+    # The adjoint of M is M^T: the same propagation on the transposed graph,
+    # its gathered layers stored as the forward's were.
+    grad_x = propagate(operator.transposed(), grad_out, alpha, ctx.bf16) if needs_x else None
     grad_alpha = None
     if needs_alpha:
         grad_alpha = layer_dots(operator, x, grad_out, alpha.shape[0] - 1).to(alpha.dtype)
-    return _NO_GRAPH_GRADS + (grad_x, grad_alpha)
+    return _NO_GRAPH_GRADS + (grad_x, grad_alpha, None)
 
 
 def _propagate_rows_setup_context(ctx, inputs, output):
-    *graph, x, alpha, rows = inputs
+    *graph, x, alpha, rows, bf16 = inputs
     ctx.save_for_backward(x if ctx.needs_input_grad[_SECOND] else None, alpha, rows, *graph)
-    ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+    ctx.x_shape, ctx.x_dtype, ctx.bf16 = x.shape, x.dtype, bf16
 
 
 def _propagate_rows_backward(ctx, grad_out, grad_x_rows):
@@ -154,14 +168,14 @@ def _propagate_rows_backward(ctx, grad_out, grad_x_rows):
     grad_x = None
     if needs_x:
         grad_x = torch.ops.lightgcn_ext.propagate_rows_backward(*operator, grad_out, grad_x_rows,
-                                                                alpha, rows)
+                                                                alpha, rows, ctx.bf16)
     grad_alpha = None
     if needs_alpha:
         # <M^l x, G> with G the batch's gradient scattered to its rows: the
         # full layer_dots (alpha is a trained parameter in few models).
         dense = grad_out.new_zeros(ctx.x_shape).index_add_(0, rows, grad_out)
         grad_alpha = layer_dots(operator, x, dense, alpha.shape[0] - 1).to(alpha.dtype)
-    return _NO_GRAPH_GRADS + (grad_x, grad_alpha, None)
+    return _NO_GRAPH_GRADS + (grad_x, grad_alpha, None, None)
 
 
 def _layer_dots_setup_context(ctx, inputs, output):

@@ -54,7 +54,7 @@ def test_bare_gather_rejects_bad_operands():
     edge_index = random_edges(10, 30, seed=1)
     rowptr, col, *_ = OPS.prepare_csr(edge_index, 10)
     x = features(10, 4, torch.float32)
-    with pytest.raises(RuntimeError, match="x must be a 2-D float32 or float64"):
+    with pytest.raises(RuntimeError, match="x must be a 2-D float32, float64 or bfloat16"):
         OPS._bare_gather(rowptr, col, x.half())
     with pytest.raises(RuntimeError, match="rowptr must have len\\(x\\) \\+ 1 = 9"):
         OPS._bare_gather(rowptr, col, x[:8])

@@ -106,12 +106,13 @@ def test_bench_train_quick_runs(tmp_path):
     out = run_module("bench.bench_train", "--quick", "--threads", "1", "--parity-epochs", "1",
                      "--results-dir", str(tmp_path))
     assert "| implementation | step ms | epoch s (steps x step) | ours faster |" in out
-    for label in ("(ours)", "torch_geometric LightGCN, edge_index",
+    for label in ("(ours)", "--precision bf16 (ours)", "torch_geometric LightGCN, edge_index",
                   "torch_geometric LightGCN, torch.sparse CSR adj_t"):
         assert label in out
-    assert out.count(QUICK_UNJUDGED) == 2  # the speed targets
+    # The speed targets: float32 and bf16 steps against the floor, the epoch against PyG's.
+    assert out.count(QUICK_UNJUDGED) == 4
     assert_all_pass(out, 1)  # the same recall@20 and ndcg@20 after an epoch
-    assert out.count("recall@20") == 3
+    assert out.count("recall@20") == 4  # ours, ours in bf16, PyG, and the verdict
     assert len(list(tmp_path.glob("train-cpu-*.md"))) == 1
 
 

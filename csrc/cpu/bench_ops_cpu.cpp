@@ -6,6 +6,8 @@
 //     store. It runs cpu::sweep, the loop of the propagate kernels (the same
 //     tiles, prefetch, chunking and instruction-set copy, the same flags), so
 //     that a sweep of propagate over this floor is the cost of what it fuses.
+//     For bfloat16 x the sums are float32 and out is bfloat16: the floor of
+//     the sweeps that gather bfloat16 layers (propagate's bf16=True).
 //   _cpu_isa(str? isa=None) -> str
 //     The copy of the sweep that runs ("avx2" or "baseline"), after setting it
 //     to isa (auto, avx2 or baseline) when given: the benchmarks time both
@@ -34,8 +36,9 @@ at::Tensor bare_gather_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in
               "col must be a 1-D int32 or int64 tensor, got ", col_in.dim(), "-D ",
               col_in.scalar_type());
   TORCH_CHECK(x_in.dim() == 2 && (x_in.scalar_type() == at::kFloat ||
-                                  x_in.scalar_type() == at::kDouble),
-              "x must be a 2-D float32 or float64 tensor, got ", x_in.dim(), "-D ",
+                                  x_in.scalar_type() == at::kDouble ||
+                                  x_in.scalar_type() == at::kBFloat16),
+              "x must be a 2-D float32, float64 or bfloat16 tensor, got ", x_in.dim(), "-D ",
               x_in.scalar_type());
   TORCH_CHECK(rowptr_in.numel() == x_in.size(0) + 1, "rowptr must have len(x) + 1 = ",
               x_in.size(0) + 1, " entries, got ", rowptr_in.numel());
@@ -46,14 +49,17 @@ at::Tensor bare_gather_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in
   const int64_t n = x.size(0), d = x.size(1);
   auto out = at::zeros_like(x);
   if (n == 0 || d == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bare_gather_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "bare_gather_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "bare_gather_cpu_col", [&] {
-      const cpu::Csr<scalar_t, index_t> csr{rowptr.data_ptr<int64_t>(), col.data_ptr<index_t>(),
-                                            nullptr, nullptr, n};
+      const cpu::Csr<acc_t, index_t> csr{rowptr.data_ptr<int64_t>(), col.data_ptr<index_t>(),
+                                         nullptr, nullptr, n};
       scalar_t* o = out.data_ptr<scalar_t>();
       cpu::sweep(csr, x.data_ptr<scalar_t>(), d, cpu::balanced_row_chunks(csr.rowptr, n),
-                 [&](int64_t, int64_t r, int64_t j0, int64_t width, const scalar_t* acc) {
-                   for (int64_t t = 0; t < width; ++t) o[r * d + j0 + t] = acc[t];
+                 [&](int64_t, int64_t r, int64_t j0, int64_t width, const acc_t* acc) {
+                   for (int64_t t = 0; t < width; ++t) {
+                     o[r * d + j0 + t] = static_cast<scalar_t>(acc[t]);
+                   }
                  });
     });
   });

@@ -4,7 +4,10 @@
 // that keeps the sweeps cheap: the kernels never gather dinv per edge. They
 // carry the *source-scaled* features s = dinv * h, so a row of M h is
 // dinv[r] * sum_k w_k s[col_k], and the next s is written by the epilogue.
-// Working memory: two [N, d] buffers in the accumulation type, whatever L and E.
+// Working memory: two [N, d] buffers, whatever L and E, in the accumulation
+// type, or in bfloat16 where the op's bf16 flag asks for it (float32
+// features): the rows the sweeps gather are then half the bytes, while every
+// sum, the result and x's own contribution stay float32.
 #include "../checks.h"
 #include "sweep.h"
 
@@ -58,10 +61,10 @@ struct Rows {
 };
 
 // The first sweep of a backward restricted to a batch (see horner_kernel).
-template <typename acc_t, typename index_t>
+template <typename acc_t, typename store_t, typename index_t>
 struct TopLayer {
   Csr<acc_t, index_t> graph;
-  const acc_t* s;
+  const store_t* s;
 };
 
 // (index_t is deduced from the graph alone: top may be a plain nullptr.)
@@ -82,14 +85,17 @@ using NotDeduced = typename NotDeducedImpl<T>::type;
 //    backward of a batch). Otherwise s_L = dinv * alpha_L * x over g.
 //  * last_rows.rows != nullptr: the last sweep (layer 0) computes only the
 //    num_out_rows listed rows; out holds one row per listed position.
-// buf_b may be out's memory where out has every row and the type acc_t.
-template <typename scalar_t, typename src_t, typename index_t>
+// The layers s_L .. s_1 that the sweeps gather are stored in buf_a and
+// buf_b as store_t (the accumulation type, or bfloat16); the sums are in
+// the accumulation type. buf_b may be out's memory where out has every row
+// and the type store_t.
+template <typename scalar_t, typename store_t, typename src_t, typename index_t>
 void horner_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const Rows<src_t>& x,
                    const Rows<at::opmath_type<scalar_t>>& extra,
                    const std::vector<at::opmath_type<scalar_t>>& alpha, int64_t d,
-                   const NotDeduced<TopLayer<at::opmath_type<scalar_t>, index_t>>* top,
-                   cpu::RowList last_rows, int64_t num_out_rows, at::opmath_type<scalar_t>* buf_a,
-                   at::opmath_type<scalar_t>* buf_b, scalar_t* out) {
+                   const NotDeduced<TopLayer<at::opmath_type<scalar_t>, store_t, index_t>>* top,
+                   cpu::RowList last_rows, int64_t num_out_rows, store_t* buf_a, store_t* buf_b,
+                   scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = g.num_rows, L = static_cast<int64_t>(alpha.size()) - 1;
   const acc_t* dinv = g.dinv;
@@ -100,11 +106,13 @@ void horner_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const Rows<
     const acc_t alpha_last = alpha[L];
     for_each_row(n, d, [&](int64_t r) {
       const src_t* xr = x.row(r);
-      acc_t* s = buf_a + r * d;
+      store_t* s = buf_a + r * d;
       if (xr == nullptr) {
-        std::fill(s, s + d, acc_t(0));
+        std::fill(s, s + d, store_t(0));
       } else {
-        for (int64_t j = 0; j < d; ++j) s[j] = dinv[r] * alpha_last * static_cast<acc_t>(xr[j]);
+        for (int64_t j = 0; j < d; ++j) {
+          s[j] = static_cast<store_t>(dinv[r] * alpha_last * static_cast<acc_t>(xr[j]));
+        }
       }
     });
   }
@@ -113,7 +121,7 @@ void horner_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const Rows<
     const acc_t a = alpha[l];
     const bool first = l == L - 1 && top != nullptr;
     const auto& graph = first ? top->graph : g;
-    const acc_t* in = first ? top->s : buf_a;
+    const store_t* in = first ? top->s : buf_a;
     if (l == 0) {
       const auto out_chunks =
           last_rows.rows != nullptr ? listed_row_chunks(graph.rowptr, last_rows.rows, num_out_rows)
@@ -145,10 +153,12 @@ void horner_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const Rows<
         const acc_t s = dinv[r];
         const src_t* xr = x.row(r);
         if (xr != nullptr) {
-          for (int64_t t = 0; t < width; ++t)
-            buf_b[o + t] = s * (a * static_cast<acc_t>(xr[j0 + t]) + s * acc[t]);
+          for (int64_t t = 0; t < width; ++t) {
+            const acc_t h = a * static_cast<acc_t>(xr[j0 + t]) + s * acc[t];
+            buf_b[o + t] = static_cast<store_t>(s * h);
+          }
         } else {
-          for (int64_t t = 0; t < width; ++t) buf_b[o + t] = s * (s * acc[t]);
+          for (int64_t t = 0; t < width; ++t) buf_b[o + t] = static_cast<store_t>(s * (s * acc[t]));
         }
       });
       std::swap(buf_a, buf_b);
@@ -220,14 +230,43 @@ void with_csr(const GraphOperands& g, const F& f) {
   });
 }
 
+// The type of the layers that a Horner scheme's sweeps gather, for features
+// of the given type: bfloat16 where the op's bf16 flag is set, else the
+// accumulation type.
+at::ScalarType storage_type(at::ScalarType features, bool bf16) {
+  return bf16 ? at::kBFloat16 : at::toOpMathType(features);
+}
+
+// bf16 = True stores the gathered layers of float32 features in bfloat16;
+// `name` is the features' argument.
+void check_bf16(bool bf16, const at::Tensor& features, const char* name) {
+  TORCH_CHECK(!bf16 || features.scalar_type() == at::kFloat,
+              "bf16=True stores the layers of float32 ", name, " in bfloat16: ", name,
+              " must be float32, got ", features.scalar_type());
+}
+
+// Calls f(scalar_t{}, store_t{}) for the features' type scalar_t and the
+// type store_t of the gathered layers (storage_type).
+template <typename F>
+void dispatch_storage(at::ScalarType features, bool bf16, const F& f) {
+  if (bf16) {
+    TORCH_INTERNAL_ASSERT(features == at::kFloat);
+    f(float{}, c10::BFloat16{});
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features, "horner_cpu", [&] {
+    f(scalar_t{}, at::opmath_type<scalar_t>{});
+  });
+}
+
 // The working buffers of a Horner scheme over n rows whose result is `out`:
 // the second one is the output itself where the output has every row and the
-// accumulation type (float32, float64), which saves an [N, d] buffer.
+// buffers' type (float32, float64), which saves an [N, d] buffer.
 std::pair<at::Tensor, at::Tensor> horner_buffers(int64_t n, int64_t d, int64_t L,
-                                                 const at::Tensor& out) {
-  const auto acc_type = at::toOpMathType(out.scalar_type());
-  auto buf_a = at::empty({n, d}, out.options().dtype(acc_type));
-  if (acc_type == out.scalar_type() && out.size(0) == n) return {buf_a, out};
+                                                 const at::Tensor& out, bool bf16) {
+  const auto store_type = storage_type(out.scalar_type(), bf16);
+  auto buf_a = at::empty({n, d}, out.options().dtype(store_type));
+  if (store_type == out.scalar_type() && out.size(0) == n) return {buf_a, out};
   return {buf_a, L > 1 ? at::empty_like(buf_a) : buf_a};
 }
 
@@ -241,8 +280,9 @@ at::Tensor propagate_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
                          const OptTensor& weight_in, const at::Tensor& dinv_in,
                          const OptTensor& /*rowptr_t*/, const OptTensor& /*col_t*/,
                          const OptTensor& /*weight_t*/, const at::Tensor& x_in,
-                         const at::Tensor& alpha) {
+                         const at::Tensor& alpha, bool bf16) {
   const auto args = checked_propagate_operands(rowptr_in, col_in, weight_in, dinv_in, x_in, alpha);
+  check_bf16(bf16, args.x, "x");
   const auto& g = args.graph;
   const auto& x = args.x;
   const int64_t L = args.num_layers;
@@ -250,14 +290,16 @@ at::Tensor propagate_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
   const int64_t n = x.size(0), d = x.size(1);
   if (L == 0 || n == 0 || d == 0) return alpha0_times_x(x, alpha);
   auto out = at::empty_like(x);
-  const auto [buf_a, buf_b] = horner_buffers(n, d, L, out);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "propagate_cpu", [&] {
+  const auto [buf_a, buf_b] = horner_buffers(n, d, L, out, bf16);
+  dispatch_storage(x.scalar_type(), bf16, [&](auto scalar, auto store) {
+    using scalar_t = decltype(scalar);
+    using store_t = decltype(store);
     using acc_t = at::opmath_type<scalar_t>;
     with_csr<acc_t>(g, [&](const auto& csr) {
-      horner_kernel<scalar_t>(csr, Rows<scalar_t>{x.data_ptr<scalar_t>(), nullptr, d},
-                              Rows<acc_t>{}, alpha_values<acc_t>(alpha), d, nullptr, {}, n,
-                              buf_a.data_ptr<acc_t>(), buf_b.data_ptr<acc_t>(),
-                              out.data_ptr<scalar_t>());
+      horner_kernel<scalar_t, store_t>(csr, Rows<scalar_t>{x.data_ptr<scalar_t>(), nullptr, d},
+                                       Rows<acc_t>{}, alpha_values<acc_t>(alpha), d, nullptr, {},
+                                       n, buf_a.data_ptr<store_t>(), buf_b.data_ptr<store_t>(),
+                                       out.data_ptr<scalar_t>());
     });
   });
   return out;
@@ -269,9 +311,10 @@ std::tuple<at::Tensor, at::Tensor> propagate_rows_cpu(
     const at::Tensor& rowptr_in, const at::Tensor& col_in, const OptTensor& weight_in,
     const at::Tensor& dinv_in, const OptTensor& /*rowptr_t*/, const OptTensor& /*col_t*/,
     const OptTensor& /*weight_t*/, const at::Tensor& x_in, const at::Tensor& alpha,
-    const at::Tensor& rows_in) {
+    const at::Tensor& rows_in, bool bf16) {
   const auto args =
       checked_propagate_rows_operands(rowptr_in, col_in, weight_in, dinv_in, x_in, alpha, rows_in);
+  check_bf16(bf16, args.propagate.x, "x");
   const auto& g = args.propagate.graph;
   const auto &x = args.propagate.x, &rows = args.rows;
   const int64_t L = args.propagate.num_layers;
@@ -281,16 +324,17 @@ std::tuple<at::Tensor, at::Tensor> propagate_rows_cpu(
   auto x_rows = x.index_select(0, rows);
   if (L == 0 || num_rows == 0 || d == 0) return {alpha0_times_x(x_rows, alpha), x_rows};
   auto out = at::empty({num_rows, d}, x.options());
-  const auto [buf_a, buf_b] = horner_buffers(n, d, L, out);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
-                                  "propagate_rows_cpu", [&] {
+  const auto [buf_a, buf_b] = horner_buffers(n, d, L, out, bf16);
+  dispatch_storage(x.scalar_type(), bf16, [&](auto scalar, auto store) {
+    using scalar_t = decltype(scalar);
+    using store_t = decltype(store);
     using acc_t = at::opmath_type<scalar_t>;
     with_csr<acc_t>(g, [&](const auto& csr) {
-      horner_kernel<scalar_t>(csr, Rows<scalar_t>{x.data_ptr<scalar_t>(), nullptr, d},
-                              Rows<acc_t>{}, alpha_values<acc_t>(alpha), d, nullptr,
-                              cpu::RowList{rows.data_ptr<int64_t>()}, num_rows,
-                              buf_a.data_ptr<acc_t>(), buf_b.data_ptr<acc_t>(),
-                              out.data_ptr<scalar_t>());
+      horner_kernel<scalar_t, store_t>(csr, Rows<scalar_t>{x.data_ptr<scalar_t>(), nullptr, d},
+                                       Rows<acc_t>{}, alpha_values<acc_t>(alpha), d, nullptr,
+                                       cpu::RowList{rows.data_ptr<int64_t>()}, num_rows,
+                                       buf_a.data_ptr<store_t>(), buf_b.data_ptr<store_t>(),
+                                       out.data_ptr<scalar_t>());
     });
   });
   return {out, x_rows};
@@ -374,10 +418,11 @@ at::Tensor propagate_rows_backward_cpu(
     const at::Tensor& rowptr_in, const at::Tensor& col_in, const OptTensor& weight_in,
     const at::Tensor& dinv_in, const OptTensor& rowptr_t_in, const OptTensor& col_t_in,
     const OptTensor& weight_t_in, const at::Tensor& grad_in, const OptTensor& grad_x_rows_in,
-    const at::Tensor& alpha, const at::Tensor& rows_in) {
+    const at::Tensor& alpha, const at::Tensor& rows_in, bool bf16) {
   const auto args = checked_propagate_rows_backward_operands(
       rowptr_in, col_in, weight_in, dinv_in, rowptr_t_in, col_t_in, weight_t_in, grad_in,
       grad_x_rows_in, alpha, rows_in);
+  check_bf16(bf16, args.grad, "grad");
   const auto &g = args.graph, &g_t = args.graph_t;
   const auto &grad = args.grad, &rows = args.rows;
   const int64_t L = args.num_layers, n = g.dinv.numel(), d = grad.size(1);
@@ -392,9 +437,10 @@ at::Tensor propagate_rows_backward_cpu(
     return sum.to(grad.scalar_type());
   }
   auto out = at::empty({n, d}, grad.options());
-  const auto [buf_a, buf_b] = horner_buffers(n, d, L, out);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
-                                  "propagate_rows_backward_cpu", [&] {
+  const auto [buf_a, buf_b] = horner_buffers(n, d, L, out, bf16);
+  dispatch_storage(grad.scalar_type(), bf16, [&](auto scalar, auto store) {
+    using scalar_t = decltype(scalar);
+    using store_t = decltype(store);
     using acc_t = at::opmath_type<scalar_t>;
     const auto a = alpha_values<acc_t>(alpha);
     const int64_t* row_ids = rows.data_ptr<int64_t>();
@@ -405,23 +451,26 @@ at::Tensor propagate_rows_backward_cpu(
                                : at::Tensor();
     // s_L = dinv * alpha_L * G at the nodes where G is not zero.
     const acc_t* dinv = g.dinv.data_ptr<acc_t>();
-    auto top_s = at::empty_like(grad_sum);
-    const acc_t *gs = grad_sum.data_ptr<acc_t>();
-    acc_t* s = top_s.data_ptr<acc_t>();
+    const auto store_type = storage_type(grad.scalar_type(), bf16);
+    auto top_s = at::empty(grad_sum.sizes(), grad.options().dtype(store_type));
+    const acc_t* gs = grad_sum.template data_ptr<acc_t>();
+    store_t* s = top_s.template data_ptr<store_t>();
     for (int64_t p = 0; p < static_cast<int64_t>(compact.nodes.size()); ++p) {
       const int64_t u = compact.nodes[p];
-      for (int64_t j = 0; j < d; ++j) s[p * d + j] = dinv[u] * a[L] * gs[p * d + j];
+      for (int64_t j = 0; j < d; ++j) {
+        s[p * d + j] = static_cast<store_t>(dinv[u] * a[L] * gs[p * d + j]);
+      }
     }
     const Rows<acc_t> x_rows{gs, compact.slot.data(), d};
-    const Rows<acc_t> extra{extra_sum.defined() ? extra_sum.data_ptr<acc_t>() : nullptr,
+    const Rows<acc_t> extra{extra_sum.defined() ? extra_sum.template data_ptr<acc_t>() : nullptr,
                             compact.slot.data(), d};
     with_csr<acc_t>(g, [&](const auto& m) {
       using index_t = std::remove_const_t<std::remove_pointer_t<decltype(m.col)>>;
       const SubCsr<acc_t, index_t> sub(m, compact.nodes);
-      const TopLayer<acc_t, index_t> top{sub.view(dinv), s};
-      horner_kernel<scalar_t>(csr_view<acc_t, index_t>(g_t), x_rows, extra, a, d, &top, {}, n,
-                              buf_a.data_ptr<acc_t>(), buf_b.data_ptr<acc_t>(),
-                              out.data_ptr<scalar_t>());
+      const TopLayer<acc_t, store_t, index_t> top{sub.view(dinv), s};
+      horner_kernel<scalar_t, store_t>(csr_view<acc_t, index_t>(g_t), x_rows, extra, a, d, &top,
+                                       {}, n, buf_a.data_ptr<store_t>(), buf_b.data_ptr<store_t>(),
+                                       out.data_ptr<scalar_t>());
     });
   });
   return out;

@@ -1,7 +1,9 @@
 // The row sweep that every CPU kernel of lightgcn_ext is built on: for each
 // row r of a CSR and each feature tile, acc = sum_k w_k * in[col_k, tile],
-// handed to an epilogue. propagate_cpu.cpp fuses the normalization into its
-// epilogues; bare_gather_cpu.cpp runs the same sweep with none, which is the
+// handed to an epilogue. The gathered rows `in` may be stored in a narrower
+// type than the sums (bfloat16 rows, float32 sums: half the bytes gathered).
+// propagate_cpu.cpp fuses the normalization into its
+// epilogues; bench_ops_cpu.cpp runs the same sweep with none, which is the
 // floor the benchmarks hold the kernels against. One copy of the loop, so that
 // the floor moves with the kernels' loop, flags and instruction set.
 #pragma once
@@ -77,7 +79,12 @@ constexpr int kTile = 64 / sizeof(acc_t) * 4;  // 64 floats or 32 doubles
 // the hardware prefetcher cannot guess them: requesting the tile of the edge
 // kPrefetchDistance ahead overlaps the memory latency (about 3x per sweep on
 // Gowalla, d = 64, measured here).
-constexpr int64_t kPrefetchDistance = 4;
+// The distance is counted in bytes, four float32 tiles, so that rows of a
+// narrower type (bfloat16: twice as many edges ahead) keep as many cache
+// lines in flight.
+constexpr int64_t kPrefetchBytes = 4 * 64 * 4;
+template <int T, typename in_t>
+constexpr int64_t kPrefetchDistance = kPrefetchBytes / (T * sizeof(in_t));
 
 #if defined(__GNUC__) || defined(__clang__)
 #define LIGHTGCN_EXT_ALWAYS_INLINE __attribute__((always_inline))
@@ -86,10 +93,10 @@ constexpr int64_t kPrefetchDistance = 4;
 #endif
 constexpr int kCacheLine = 64;
 
-template <int T, typename acc_t>
-inline void prefetch_tile(const acc_t* p) {
+template <int T, typename in_t>
+inline void prefetch_tile(const in_t* p) {
 #if defined(__GNUC__) || defined(__clang__)
-  for (int offset = 0; offset < T * static_cast<int>(sizeof(acc_t)); offset += kCacheLine) {
+  for (int offset = 0; offset < T * static_cast<int>(sizeof(in_t)); offset += kCacheLine) {
     __builtin_prefetch(reinterpret_cast<const char*>(p) + offset);
   }
 #endif
@@ -104,11 +111,11 @@ struct RowList {
 
 // The positions [i0, i1) of chunk c: for every row r = rows.row(i) and
 // feature tile [j0, j0 + width), computes acc = sum_k w_k * in[col_k, j0 :
-// j0 + width] and calls epilogue(c, i, j0, width, acc), i the position (the
-// row itself when every row is swept). Always inlined, so that each caller
-// below compiles it for its own instruction set.
-template <bool kWeighted, typename acc_t, typename index_t, typename Epilogue>
-LIGHTGCN_EXT_ALWAYS_INLINE inline void sweep_chunk(const Csr<acc_t, index_t>& g, const acc_t* in,
+// j0 + width] in acc_t and calls epilogue(c, i, j0, width, acc), i the
+// position (the row itself when every row is swept). Always inlined, so that
+// each caller below compiles it for its own instruction set.
+template <bool kWeighted, typename acc_t, typename in_t, typename index_t, typename Epilogue>
+LIGHTGCN_EXT_ALWAYS_INLINE inline void sweep_chunk(const Csr<acc_t, index_t>& g, const in_t* in,
                                                   int64_t d, RowList rows, int64_t c, int64_t i0,
                                                   int64_t i1, const Epilogue& epilogue) {
   constexpr int T = kTile<acc_t>;
@@ -121,18 +128,25 @@ LIGHTGCN_EXT_ALWAYS_INLINE inline void sweep_chunk(const Csr<acc_t, index_t>& g,
       for (int t = 0; t < T; ++t) acc[t] = acc_t(0);
       if (width == T) {
         for (int64_t k = begin; k < end; ++k) {
-          if (k + kPrefetchDistance < end) {
-            prefetch_tile<T>(in + static_cast<int64_t>(g.col[k + kPrefetchDistance]) * d + j0);
+          constexpr int64_t ahead = kPrefetchDistance<T, in_t>;
+          if (k + ahead < end) {
+            prefetch_tile<T>(in + static_cast<int64_t>(g.col[k + ahead]) * d + j0);
           }
-          const acc_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
+          const in_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
           const acc_t w = kWeighted ? g.weight[k] : acc_t(1);
-          for (int t = 0; t < T; ++t) acc[t] += kWeighted ? w * src[t] : src[t];
+          for (int t = 0; t < T; ++t) {
+            const acc_t v = static_cast<acc_t>(src[t]);
+            acc[t] += kWeighted ? w * v : v;
+          }
         }
       } else {
         for (int64_t k = begin; k < end; ++k) {
-          const acc_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
+          const in_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
           const acc_t w = kWeighted ? g.weight[k] : acc_t(1);
-          for (int64_t t = 0; t < width; ++t) acc[t] += kWeighted ? w * src[t] : src[t];
+          for (int64_t t = 0; t < width; ++t) {
+            const acc_t v = static_cast<acc_t>(src[t]);
+            acc[t] += kWeighted ? w * v : v;
+          }
         }
       }
       epilogue(c, i, j0, width, acc);
@@ -144,9 +158,9 @@ LIGHTGCN_EXT_ALWAYS_INLINE inline void sweep_chunk(const Csr<acc_t, index_t>& g,
 // where the CPU has AVX2 and FMA, the sweep can run a copy compiled for them.
 #if defined(__GNUC__) && defined(__x86_64__)
 #define LIGHTGCN_EXT_HAS_AVX2_COPY 1
-template <bool kWeighted, typename acc_t, typename index_t, typename Epilogue>
+template <bool kWeighted, typename acc_t, typename in_t, typename index_t, typename Epilogue>
 __attribute__((target("avx2,fma"))) void sweep_chunk_avx2(
-    const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d, RowList rows, int64_t c, int64_t i0,
+    const Csr<acc_t, index_t>& g, const in_t* in, int64_t d, RowList rows, int64_t c, int64_t i0,
     int64_t i1, const Epilogue& epilogue) {
   sweep_chunk<kWeighted>(g, in, d, rows, c, i0, i1, epilogue);
 }
@@ -193,8 +207,8 @@ inline std::atomic<int>& isa_setting() {
 
 inline Isa current_isa() { return static_cast<Isa>(isa_setting().load(std::memory_order_relaxed)); }
 
-template <bool kWeighted, typename acc_t, typename index_t, typename Epilogue>
-void sweep_rows(const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d, RowList rows,
+template <bool kWeighted, typename acc_t, typename in_t, typename index_t, typename Epilogue>
+void sweep_rows(const Csr<acc_t, index_t>& g, const in_t* in, int64_t d, RowList rows,
                 const std::vector<int64_t>& chunks, const Epilogue& epilogue) {
   // Read once per sweep: a change of the setting mid-sweep cannot mix copies.
   const Isa isa = current_isa();
@@ -211,8 +225,8 @@ void sweep_rows(const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d, RowLis
 
 // One sweep over the positions that `chunks` cuts (balanced_row_chunks of
 // the CSR for every row; listed_row_chunks for a list).
-template <typename acc_t, typename index_t, typename Epilogue>
-void sweep(const Csr<acc_t, index_t>& g, const acc_t* in, int64_t d,
+template <typename acc_t, typename in_t, typename index_t, typename Epilogue>
+void sweep(const Csr<acc_t, index_t>& g, const in_t* in, int64_t d,
            const std::vector<int64_t>& chunks, const Epilogue& epilogue, RowList rows = {}) {
   if (g.weight != nullptr) {
     sweep_rows<true>(g, in, d, rows, chunks, epilogue);

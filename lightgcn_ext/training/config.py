@@ -10,6 +10,7 @@ from .. import validation
 from ..data.ids import ID_MODES
 from ..data.logs import SEPARATORS as LOG_SUFFIXES
 from ..data.sampling import SAMPLING
+from ..propagation import PRECISIONS
 
 # The options of reading an interaction log (lightgcn_ext.data.read_log's,
 # TrainConfig's fields of the same names); the random split's seed is the
@@ -31,6 +32,10 @@ class TrainConfig:
     reg: float = 1e-4  # the paper's lambda: reg / 2 * |ego embeddings of the batch|^2 / batch
     # How an epoch's BPR triples are drawn: lightgcn_ext.data.sampling.SAMPLING.
     sampling: str = "interactions"
+    # How a training step's propagation stores the layers it gathers:
+    # "float32", or "bf16" (bfloat16 layers, float32 sums, weights and Adam
+    # state; evaluation in float32): lightgcn_ext.propagation.PRECISIONS.
+    precision: str = "float32"
     device: str = "auto"
     out: str = "runs/lightgcn"
     seed: int = 0
@@ -90,6 +95,7 @@ class TrainConfig:
         validation.positive_ints(self.topk, "topk")
         validation.choice(self.ids, "ids", ID_MODES)
         validation.choice(self.sampling, "sampling", SAMPLING)
+        validation.choice(self.precision, "precision", PRECISIONS)
         if self.threads is not None:
             validation.positive_int(self.threads, "threads")
         if self.checkpoint_every is not None:
@@ -148,6 +154,20 @@ def resolve_device(name):
         raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} "
                          f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
+
+
+def check_precision(precision, device=None, world_size=1):
+    """Refuses, in one line, a --precision that this device or this number
+    of processes cannot train with: bf16 has CPU kernels only, and the
+    distributed propagation is float32."""
+    if precision == "float32":
+        return
+    if world_size > 1:
+        raise ValueError(f"--precision {precision} trains in one process only: use --precision "
+                         f"float32 under torchrun ({world_size} processes)")
+    if device is not None and device.type != "cpu":
+        raise ValueError(f"--precision {precision} runs on the CPU only for now: use "
+                         f"--precision float32 with --device {device}, or --device cpu")
 
 
 def data_source(spec, root=None):

@@ -42,7 +42,7 @@ from ..evaluation import popularity_baseline, test_users
 from ..graph import Graph
 from ..model import LightGCN
 from . import run_files
-from .config import data_source, is_log, load_data, resolve_device
+from .config import check_precision, data_source, is_log, load_data, resolve_device
 from .results import final_results, start_results, summary_line, write_results
 from .resume import apply_lr, resume_changes, run_options
 from .run_directory import RunDirectory
@@ -143,6 +143,7 @@ def train(config, data=None):
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    check_precision(config.precision, device)
     if data is None and is_log(config.data):
         data = load_run_data(config)
     with RunDirectory.open(config.out, resume=config.resume, overwrite=config.overwrite):
@@ -197,7 +198,7 @@ class LocalWorker:
 
     def step(self, users, positives, negatives):
         return bpr_step(self.model, self.graph, self.optimizer, self.data.num_users, users,
-                        positives, negatives, self.config.reg / 2)
+                        positives, negatives, self.config.reg / 2, self.config.precision)
 
     def mean_loss(self, loss_sum, steps):
         return loss_sum.item() / steps

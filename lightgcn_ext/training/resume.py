@@ -25,6 +25,7 @@ RESUME_POLICY = {
     "layers": "fixed",
     "batch_size": "fixed",
     "sampling": "fixed",
+    "precision": "fixed",  # the steps' rounding: a run continues as it began
     "seed": "fixed",
     "topk": "fixed",  # early stopping and the history compare recall@topk[0]
     "lr": "applied",  # set in the optimizer's parameter groups

@@ -7,9 +7,12 @@ from ..evaluation import ranking_metrics
 from ..model import BPRLoss
 
 
-def bpr_step(model, graph, optimizer, num_users, users, positives, negatives, lambda_reg):
+def bpr_step(model, graph, optimizer, num_users, users, positives, negatives, lambda_reg,
+             precision="float32"):
     """One optimizer step on a batch (item ids 0-based, items are nodes
-    num_users + item); returns the loss, still on the device."""
+    num_users + item); returns the loss, still on the device. precision:
+    how the propagation stores the layers it gathers ("float32" or "bf16",
+    LightGCN.get_embedding_rows); a model with PyG's API only is float32."""
     # First, so that the last step's gradient is not kept through this one.
     optimizer.zero_grad(set_to_none=True)
     nodes = torch.cat([users, positives + num_users, negatives + num_users])
@@ -17,7 +20,10 @@ def bpr_step(model, graph, optimizer, num_users, users, positives, negatives, la
     # backward of both is one [N, d] gradient, the last forward sweep and the
     # first backward sweep touch the batch's rows and their edges only.
     if hasattr(model, "get_embedding_rows"):
-        out, emb = model.get_embedding_rows(graph, nodes)
+        out, emb = model.get_embedding_rows(graph, nodes, precision=precision)
+    elif precision != "float32":
+        raise ValueError(f"precision={precision!r} needs lightgcn_ext's LightGCN, got "
+                         f"{type(model).__name__}")
     else:  # a model with PyG's API only (torch_geometric's LightGCN)
         out, emb = model.get_embedding(graph)[nodes], model.embedding.weight[nodes]
     user_emb, pos_emb, neg_emb = out.split([users.numel(), positives.numel(), negatives.numel()])
