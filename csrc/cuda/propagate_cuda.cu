@@ -78,11 +78,18 @@ void run_sweeps(const at::Tensor& x, const GraphOperands& graph, const Sweeps& s
   });
 }
 
+// bfloat16 layers (bf16=True) have CPU kernels only so far.
+void check_no_bf16(bool bf16) {
+  TORCH_CHECK(!bf16, "bf16=True (bfloat16 layers) has no CUDA kernel yet: propagate CUDA "
+              "tensors with bf16=False (precision='float32')");
+}
+
 at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
                           const OptTensor& weight_in, const at::Tensor& dinv_in,
                           const OptTensor& /*rowptr_t*/, const OptTensor& /*col_t*/,
                           const OptTensor& /*weight_t*/, const at::Tensor& x_in,
-                          const at::Tensor& alpha_in) {
+                          const at::Tensor& alpha_in, bool bf16) {
+  check_no_bf16(bf16);
   const auto args =
       checked_propagate_operands(rowptr_in, col_in, weight_in, dinv_in, x_in, alpha_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -119,7 +126,8 @@ std::tuple<at::Tensor, at::Tensor> propagate_rows_cuda(
     const at::Tensor& rowptr_in, const at::Tensor& col_in, const OptTensor& weight_in,
     const at::Tensor& dinv_in, const OptTensor& /*rowptr_t*/, const OptTensor& /*col_t*/,
     const OptTensor& /*weight_t*/, const at::Tensor& x_in, const at::Tensor& alpha_in,
-    const at::Tensor& rows_in) {
+    const at::Tensor& rows_in, bool bf16) {
+  check_no_bf16(bf16);
   const auto args = checked_propagate_rows_operands(rowptr_in, col_in, weight_in, dinv_in, x_in,
                                                     alpha_in, rows_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -152,7 +160,8 @@ at::Tensor propagate_rows_backward_cuda(
     const at::Tensor& rowptr_in, const at::Tensor& col_in, const OptTensor& weight_in,
     const at::Tensor& dinv_in, const OptTensor& rowptr_t_in, const OptTensor& col_t_in,
     const OptTensor& weight_t_in, const at::Tensor& grad_in, const OptTensor& grad_x_rows_in,
-    const at::Tensor& alpha_in, const at::Tensor& rows_in) {
+    const at::Tensor& alpha_in, const at::Tensor& rows_in, bool bf16) {
+  check_no_bf16(bf16);
   const auto args = checked_propagate_rows_backward_operands(
       rowptr_in, col_in, weight_in, dinv_in, rowptr_t_in, col_t_in, weight_t_in, grad_in,
       grad_x_rows_in, alpha_in, rows_in);

@@ -43,12 +43,12 @@ using PrepareCsrFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
 #define GRAPH_OPERANDS \
   const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const OptTensor&, \
       const OptTensor&, const OptTensor&
-using PropagateFn = Tensor(GRAPH_OPERANDS, const Tensor&, const Tensor&);
+using PropagateFn = Tensor(GRAPH_OPERANDS, const Tensor&, const Tensor&, bool);
 using LayerDotsFn = Tensor(GRAPH_OPERANDS, const Tensor&, const Tensor&, int64_t);
 using PropagateRowsFn = std::tuple<Tensor, Tensor>(GRAPH_OPERANDS, const Tensor&, const Tensor&,
-                                                   const Tensor&);
+                                                   const Tensor&, bool);
 using PropagateRowsBackwardFn = Tensor(GRAPH_OPERANDS, const Tensor&, const OptTensor&,
-                                       const Tensor&, const Tensor&);
+                                       const Tensor&, const Tensor&, bool);
 #undef GRAPH_OPERANDS
 
 
@@ -90,7 +90,7 @@ auto propagate_rows_backward_op() {
 // The kernels read no M^T (only autograd does): these pass None for it.
 Tensor call_propagate(const Tensor& rowptr, const Tensor& col, const OptTensor& weight,
                       const Tensor& dinv, const Tensor& x, const Tensor& alpha) {
-  return propagate_op().call(rowptr, col, weight, dinv, {}, {}, {}, x, alpha);
+  return propagate_op().call(rowptr, col, weight, dinv, {}, {}, {}, x, alpha, false);
 }
 
 Tensor call_layer_dots(const Tensor& rowptr, const Tensor& col, const OptTensor& weight,
@@ -406,12 +406,12 @@ void check_propagate_rows(const Case& c, std::mt19937_64& rng, int64_t L, const 
   try {
     const auto [out, out_x] =
         propagate_rows_op().call(rowptr, col, weight, dinv, rowptr_t, col_t, weight_t, x, alpha,
-                                 rows_t);
+                                 rows_t, false);
     expect_close(what, to_doubles(out), want, scale, tol, d);
     expect_close(what + " (x rows)", to_doubles(out_x), want_x, scale, {0, 0}, d);
     const auto grad_x = propagate_rows_backward_op().call(rowptr, col, weight, dinv, rowptr_t,
                                                           col_t, weight_t, grad, grad0, alpha,
-                                                          rows_t);
+                                                          rows_t, false);
     expect_close(what + "_backward", to_doubles(grad_x), want_grad, grad_scale, tol, d);
   } catch (const c10::Error& e) {
     fail(str(what, ": threw: ", e.what_without_backtrace()));
@@ -547,12 +547,12 @@ void check_bad_arguments(const Graph& g, const Prepared& p) {
   });
   expect_error("propagate_rows, a row id >= num_nodes", "rows", [&] {
     propagate_rows_op().call(p.rowptr, p.col, none, dinv, {}, {}, {}, x, alpha,
-                             at::tensor(std::vector<int64_t>{0, g.n}, at::kLong));
+                             at::tensor(std::vector<int64_t>{0, g.n}, at::kLong), false);
   });
   expect_error("propagate_rows_backward, grad with one row too many", "grad", [&] {
     propagate_rows_backward_op().call(p.rowptr, p.col, none, dinv, {}, {}, {},
                                       at::rand({3, 8}, at::kFloat), none, alpha,
-                                      at::zeros({2}, at::kLong));
+                                      at::zeros({2}, at::kLong), false);
   });
   expect_error("prepare_csr, a node id >= num_nodes", "edge_index", [&] {
     prepare_csr_op().call(edge_index_of(g), g.n - 1);
