@@ -36,7 +36,7 @@ path = glob.glob("lightgcn_ext/_C*.so")[0]
 spec = importlib.util.spec_from_file_location("lightgcn_ext._C", path)
 ext = importlib.util.module_from_spec(spec)
 assert ext.with_cuda == 1, f"{path} was built without CUDA"
-for op in ("propagate", "layer_dots"):
+for op in ("propagate", "layer_dots", "propagate_rows", "propagate_rows_backward"):
     for key in ("CPU", "CUDA"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lightgcn_ext::{op}", key), \
             f"lightgcn_ext::{op}: no {key} kernel"
