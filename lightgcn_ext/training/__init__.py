@@ -11,9 +11,8 @@ checks before a run starts), resume.py (what a resumed run may change),
 results.py (results.json and the learning curve), cuda_graph.py
 (`CapturedBPRStep`, imported from there: it needs CUDA).
 """
-from .config import TrainConfig, load_data, resolve_device
-from .loop import (Interrupted, LocalWorker, Worker, check_table_fits, load_run_data, train,
-                   train_loop)
+from .config import TrainConfig, check_table_fits, load_data, resolve_device
+from .loop import Interrupted, LocalWorker, Worker, load_run_data, train, train_loop
 from .step import bpr_step, evaluate_model, make_optimizer, make_sampler
 
 __all__ = ["TrainConfig", "train", "bpr_step", "train_loop", "Worker", "LocalWorker",

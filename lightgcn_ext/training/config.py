@@ -1,5 +1,6 @@
 """What a training run does (`TrainConfig`, the CLI's options one for one), and
-resolving its device and data."""
+resolving its device and data, and whether its model fits on the device."""
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -219,3 +220,21 @@ def check_tensorboard():
 
 def _listed(value):
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_table_fits(data, config, device):
+    """Refuses, in one line, a model whose embedding table and Adam's state
+    (4 float32 copies) cannot fit in the device's memory, before allocating
+    it: ids taken as given (--keep-ids) can ask for billions of rows."""
+    rows = data.num_nodes
+    need = rows * config.dim * 4 * 4
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        hint = ("; the ids are taken as given (--keep-ids): drop it to number the ids in use "
+                "0, 1, ..." if config.ids == "given" else "")
+        raise ValueError(f"the model needs {rows:,} embedding rows of {config.dim} "
+                         f"(about {need / 2**30:,.0f} GiB with Adam's state), more than the "
+                         f"{have / 2**30:,.0f} GiB of memory of {device}{hint}")

@@ -42,7 +42,8 @@ from ..evaluation import popularity_baseline, test_users
 from ..graph import Graph
 from ..model import LightGCN
 from . import run_files
-from .config import check_precision, data_source, is_log, load_data, resolve_device
+from .config import (check_precision, check_table_fits, data_source, is_log, load_data,
+                     resolve_device)
 from .results import final_results, start_results, summary_line, write_results
 from .resume import apply_lr, resume_changes, run_options
 from .run_directory import RunDirectory
@@ -159,24 +160,6 @@ def load_run_data(config):
     if note:
         print(note, flush=True)
     return load_data(config.data, config.data_root, config.ids, config.log_options())
-
-
-def check_table_fits(data, config, device):
-    """Refuses, in one line, a model whose embedding table and Adam's state
-    (4 float32 copies) cannot fit in the device's memory, before allocating
-    it: ids taken as given (--keep-ids) can ask for billions of rows."""
-    rows = data.num_nodes
-    need = rows * config.dim * 4 * 4
-    if device.type == "cuda":
-        have = torch.cuda.get_device_properties(device).total_memory
-    else:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > have:
-        hint = ("; the ids are taken as given (--keep-ids): drop it to number the ids in use "
-                "0, 1, ..." if config.ids == "given" else "")
-        raise ValueError(f"the model needs {rows:,} embedding rows of {config.dim} "
-                         f"(about {need / 2**30:,.0f} GiB with Adam's state), more than the "
-                         f"{have / 2**30:,.0f} GiB of memory of {device}{hint}")
 
 
 class LocalWorker:
