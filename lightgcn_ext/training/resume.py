@@ -2,7 +2,10 @@
 resume may give it a new value (`RESUME_POLICY`), the changes a resume makes
 (`resume_changes`, recorded in results.json with the epoch they took effect)
 and the one change that needs more than the new value (`apply_lr`)."""
+from dataclasses import fields
 from pathlib import Path
+
+from .config import TrainConfig
 
 
 class ResumeRefused(ValueError):
@@ -57,6 +60,9 @@ RESUME_POLICY = {
 }
 
 
+_DEFAULTS = {field.name: field.default for field in fields(TrainConfig)}
+
+
 def resume_changes(saved, config, epoch):
     """The options that a resume changes: saved and config are {option:
     value} of the run so far and of this invocation, epoch the last
@@ -67,9 +73,10 @@ def resume_changes(saved, config, epoch):
     refused, changes = [], []
     for option in config:
         policy = RESUME_POLICY[option]
-        if policy == "invocation" or option not in saved:
+        if policy == "invocation" or (option not in saved and option not in _DEFAULTS):
             continue
-        before, now = saved[option], config[option]
+        # A checkpoint from before an option existed ran with its default.
+        before, now = saved.get(option, _DEFAULTS.get(option)), config[option]
         if _same(option, before, now):
             continue
         if policy == "fixed":

@@ -75,3 +75,13 @@ def test_apply_lr_reaches_adams_step():
 def test_run_options_leave_out_the_invocation():
     options = resume.run_options(TrainConfig(topk=(10, 20), resume=True))
     assert options["topk"] == [10, 20] and "resume" not in options and "out" not in options
+
+
+def test_an_option_newer_than_the_checkpoint_counts_as_its_default():
+    # A checkpoint written before --sampling and --precision existed ran with
+    # their defaults: a resume may give those, and is refused anything else.
+    assert resume.resume_changes(SAVED, dict(SAVED, sampling="interactions",
+                                             precision="float32"), epoch=5) == []
+    with pytest.raises(ResumeRefused) as error:
+        resume.resume_changes(SAVED, dict(SAVED, sampling="users"), epoch=5)
+    assert "--sampling users (the run has interactions)" in one_line(error)
