@@ -95,7 +95,7 @@ export -f env_info build cuda_tests sanitizer
 
 stage env 30 env_info
 if stage build 200 build; then
-  if [ -d tests ]; then stage tests 120 cuda_tests; else skip tests "no tests/"; fi
+  if [ -d tests ]; then stage tests 150 cuda_tests; else skip tests "no tests/"; fi
   stage bench_cuda 100 "$PY" -m bench.bench_cuda --results-dir "$OUT"
   if command -v compute-sanitizer >/dev/null; then
     stage sanitizer 90 sanitizer
