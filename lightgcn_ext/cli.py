@@ -14,7 +14,7 @@ from .data.sampling import SAMPLING
 from .inference.commands import COMMANDS as RUN_COMMANDS, add_commands, run_command
 from .propagation import PRECISIONS
 from .training import Interrupted, TrainConfig, train
-from .training.config import LOG_OPTIONS, check_precision
+from .training.config import LOG_OPTIONS
 from .training.results import best_line
 from .training.run_files import CHECKPOINT
 
@@ -238,11 +238,8 @@ def _resume_command(argv):
 
 def launch(config):
     """Trains in this process, or across torchrun's processes when there are several."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from .distributed import train_distributed  # a single process imports none of it
-
-        check_precision(config.precision, world_size=world_size)
 
         return train_distributed(config)
     return train(config)

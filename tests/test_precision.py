@@ -301,6 +301,11 @@ def test_config_and_cli_refuse_a_bad_precision(tmp_path, capsys, monkeypatch):
                              "--no-progress"], capsys)
     assert "--precision bf16 trains in one process only" in one_error_line(code, err)
     assert not (tmp_path / "dist").exists()
+    from lightgcn_ext.distributed import train_distributed  # from Python, not the CLI
+
+    with pytest.raises(ValueError, match="--precision bf16 trains in one process only"):
+        train_distributed(TrainConfig(precision="bf16", out=str(tmp_path / "dist")))
+    assert not (tmp_path / "dist").exists()
 
 
 def test_cli_help_documents_precision(capsys):

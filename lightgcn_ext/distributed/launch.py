@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from ..training import check_table_fits, load_run_data, resolve_device, train_loop
-from ..training.config import is_log
+from ..training.config import check_precision, is_log
 from ..training.run_directory import RunDirectory
 from .exchange import collective
 from .graph import CHUNK_ROWS
@@ -59,6 +59,7 @@ def train_distributed(config, data=None):
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    check_precision(config.precision, device, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     if data is None and is_log(config.data):
         data = load_run_data(config)
     run = None
