@@ -93,7 +93,11 @@ WITH_CUDA = (
 # -fopenmp: at::parallel_for is inlined from torch's headers (ATen/ParallelOpenMP.h) into our
 # code, and runs serially without it. Nothing more is linked: the GOMP symbols resolve to the
 # libgomp that torch itself loads.
+# -ffp-contract=off: no multiply and add fused behind the code's back, so that every copy of the
+# CPU sweep (baseline, AVX2, AVX-512: csrc/cpu/sweep.h) computes the same bits, and a run goes on
+# with the same numbers on another x86 CPU.
 cxx = ["-O0", "-g", "-fopenmp"] if DEBUG else ["-O3", "-fno-math-errno", "-fopenmp"]
+cxx += ["-ffp-contract=off"]
 cxx += [f'-DLIGHTGCN_EXT_TORCH_VERSION="{torch.__version__}"',
         f"-DLIGHTGCN_EXT_WITH_CUDA={int(WITH_CUDA)}"]
 nvcc = ["-O0", "-g", "-G"] if DEBUG else ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]

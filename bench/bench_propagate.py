@@ -127,13 +127,13 @@ def ours_prepare(p):
 
 
 def _cpu_isas():
-    """(the copy of the CPU sweep that lightgcn_ext runs by default, the other
-    copy where this CPU can run it, else None)."""
+    """(the copy of the CPU sweep that lightgcn_ext runs by default, the next
+    narrower copy (the baseline's: AVX2) where this CPU can run it, else None)."""
     chosen = OPS._cpu_isa()
-    other = {"avx2": "baseline", "baseline": "avx2"}[chosen]
+    other = {"avx512": "avx2", "avx2": "baseline", "baseline": "avx2"}[chosen]
     try:
         OPS._cpu_isa(other)
-    except RuntimeError:  # no AVX2 here
+    except RuntimeError:  # a baseline-only CPU
         other = None
     OPS._cpu_isa(chosen)
     return chosen, other
@@ -513,7 +513,7 @@ def floor_of(name, floors):
 
 
 def floor_label(key):
-    return f"bare-gather floor ({key} sweep)" if key in ("avx2", "baseline") else \
+    return f"bare-gather floor ({key} sweep)" if key in ("avx512", "avx2", "baseline") else \
         f"the sweeps' bytes at {key} bandwidth"
 
 

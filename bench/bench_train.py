@@ -5,7 +5,8 @@
     python -m bench.bench_train --quick                     # a small graph: the smoke test
 
 Per step: 2048 (user, positive, negative) triples from the device-side
-sampler, the BPR loss with its L2 term, backward and an Adam step, for
+sampler, the BPR loss with its L2 term, backward and the trainer's Adam step
+(fused: one pass over the weights and both moments), for
   * ours: lightgcn_ext.LightGCN on the prepared graph;
   * ours, bf16: the same with --precision bf16 (the layers the propagation
     gathers stored in bfloat16; CPU only);
@@ -42,7 +43,7 @@ from bench.timing import time_interleaved, verdict
 from lightgcn_ext import LightGCN
 from lightgcn_ext.data import BPRSampler
 from lightgcn_ext.evaluation import ranking_metrics
-from lightgcn_ext.training import bpr_step
+from lightgcn_ext.training import bpr_step, make_optimizer
 from lightgcn_ext.training.run_files import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ class Trainee:
         self.precision = precision
         self.model = cls(data.num_nodes, args.dim, args.layers).to(device)
         self.graph = graph
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.optimizer = make_optimizer(self.model.parameters(), args)  # the trainer's
         self.sampler = BPRSampler(data.train, data.num_users, data.num_items, args.batch_size,
                                   device)
         self.generator = torch.Generator(device=device).manual_seed(0)

@@ -9,9 +9,9 @@
 //     For bfloat16 x the sums are float32 and out is bfloat16: the floor of
 //     the sweeps that gather bfloat16 layers (propagate's bf16=True).
 //   _cpu_isa(str? isa=None) -> str
-//     The copy of the sweep that runs ("avx2" or "baseline"), after setting it
-//     to isa (auto, avx2 or baseline) when given: the benchmarks time both
-//     copies side by side in one process.
+//     The copy of the sweep that runs ("avx512", "avx2" or "baseline"), after
+//     setting it to isa (auto, avx512, avx2 or baseline) when given: the
+//     benchmarks time copies side by side in one process.
 #include "../checks.h"
 #include "sweep.h"
 

@@ -79,10 +79,12 @@ constexpr int kTile = 64 / sizeof(acc_t) * 4;  // 64 floats or 32 doubles
 // the hardware prefetcher cannot guess them: requesting the tile of the edge
 // kPrefetchDistance ahead overlaps the memory latency (about 3x per sweep on
 // Gowalla, d = 64, measured here).
-// The distance is counted in bytes, four float32 tiles, so that rows of a
+// The distance is counted in bytes, eight float32 tiles, so that rows of a
 // narrower type (bfloat16: twice as many edges ahead) keep as many cache
-// lines in flight.
-constexpr int64_t kPrefetchBytes = 4 * 64 * 4;
+// lines in flight. Eight tiles ran a bare sweep about 5% faster than four on
+// the AMD EPYC of the benchmarks, with either copy of the loop (timed
+// interleaved, 60 rounds).
+constexpr int64_t kPrefetchBytes = 8 * 64 * 4;
 template <int T, typename in_t>
 constexpr int64_t kPrefetchDistance = kPrefetchBytes / (T * sizeof(in_t));
 
@@ -155,7 +157,11 @@ LIGHTGCN_EXT_ALWAYS_INLINE inline void sweep_chunk(const Csr<acc_t, index_t>& g,
 }
 
 // The build targets baseline x86-64 (SSE2) so that the wheel runs anywhere;
-// where the CPU has AVX2 and FMA, the sweep can run a copy compiled for them.
+// where the CPU has AVX2 and FMA, or AVX-512, the sweep can run a copy
+// compiled for them. The copies differ in vector width only: the build turns
+// off the fusing of multiplies and adds (-ffp-contract=off), which the
+// compiler would otherwise do where each instruction set allows it, so every
+// copy computes the same operations in the same order, and the same bits.
 #if defined(__GNUC__) && defined(__x86_64__)
 #define LIGHTGCN_EXT_HAS_AVX2_COPY 1
 template <bool kWeighted, typename acc_t, typename in_t, typename index_t, typename Epilogue>
@@ -164,17 +170,27 @@ __attribute__((target("avx2,fma"))) void sweep_chunk_avx2(
     int64_t i1, const Epilogue& epilogue) {
   sweep_chunk<kWeighted>(g, in, d, rows, c, i0, i1, epilogue);
 }
+
+template <bool kWeighted, typename acc_t, typename in_t, typename index_t, typename Epilogue>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void sweep_chunk_avx512(
+    const Csr<acc_t, index_t>& g, const in_t* in, int64_t d, RowList rows, int64_t c, int64_t i0,
+    int64_t i1, const Epilogue& epilogue) {
+  sweep_chunk<kWeighted>(g, in, d, rows, c, i0, i1, epilogue);
+}
 #endif
 
-// Which copy of the sweep runs. "auto" picks AVX2+FMA where the CPU has them,
-// a choice made by measurement: on the AMD EPYC of the benchmarks (Gowalla,
-// d = 64, 2 threads, python -m bench.bench_propagate, which times both copies
-// interleaved) one bare-gather sweep took 3.8 ms with AVX2 and 6.7 ms without,
-// the whole forward 12.7 ms and 22.0 ms (README, Benchmarks). The environment
-// variable LIGHTGCN_EXT_CPU_ISA (auto, avx2, baseline) sets the choice once, at
-// the first sweep; the private op lightgcn_ext::_cpu_isa changes it at run
-// time, so that a benchmark can time both copies side by side in one process.
-enum class Isa : int { kBaseline = 0, kAvx2 = 1 };
+// Which copy of the sweep runs. "auto" picks the widest this CPU has, a
+// choice made by measurement: on the AMD EPYC of the benchmarks (Gowalla,
+// d = 64, 2 threads, python -m bench.bench_propagate, which times the chosen
+// copy beside the next narrower one, interleaved) one bare-gather sweep took
+// 3.8 ms with AVX2 and 6.7 ms without, the whole forward 12.7 ms and 22.0 ms
+// (README, Benchmarks); AVX-512 ran a float32 sweep about 12% and a bfloat16
+// one about 27% faster than AVX2 (its conversions of bfloat16 rows to float32
+// are half the instructions). The environment variable LIGHTGCN_EXT_CPU_ISA
+// (auto, avx512, avx2, baseline) sets the choice once, at the first sweep; the
+// private op lightgcn_ext::_cpu_isa changes it at run time, so that a
+// benchmark can time copies side by side in one process.
+enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
 inline bool cpu_has_avx2_fma() {
 #if defined(LIGHTGCN_EXT_HAS_AVX2_COPY)
@@ -185,14 +201,35 @@ inline bool cpu_has_avx2_fma() {
 #endif
 }
 
-inline const char* isa_name(Isa isa) { return isa == Isa::kAvx2 ? "avx2" : "baseline"; }
+inline bool cpu_has_avx512() {
+#if defined(LIGHTGCN_EXT_HAS_AVX2_COPY)
+  static const bool has = cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return has;
+#else
+  return false;
+#endif
+}
 
-// The Isa that `name` (auto, avx2 or baseline) selects on this CPU; `what`
-// names the setting in the error.
+inline const char* isa_name(Isa isa) {
+  return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "baseline";
+}
+
+// The Isa that `name` (auto, avx512, avx2 or baseline) selects on this CPU;
+// `what` names the setting in the error.
 inline Isa parse_isa(const std::string& name, const char* what) {
-  if (name == "auto") return cpu_has_avx2_fma() ? Isa::kAvx2 : Isa::kBaseline;
+  if (name == "auto") {
+    return cpu_has_avx512() ? Isa::kAvx512 : cpu_has_avx2_fma() ? Isa::kAvx2 : Isa::kBaseline;
+  }
   if (name == "baseline") return Isa::kBaseline;
-  TORCH_CHECK(name == "avx2", what, " must be auto, avx2 or baseline, got '", name, "'");
+  TORCH_CHECK(name == "avx2" || name == "avx512", what,
+              " must be auto, avx512, avx2 or baseline, got '", name, "'");
+  if (name == "avx512") {
+    TORCH_CHECK(cpu_has_avx512(), what,
+                " = avx512, but this CPU (or build) has no AVX-512 (F, BW, VL, DQ)");
+    return Isa::kAvx512;
+  }
   TORCH_CHECK(cpu_has_avx2_fma(), what, " = avx2, but this CPU (or build) has no AVX2+FMA");
   return Isa::kAvx2;
 }
@@ -214,6 +251,10 @@ void sweep_rows(const Csr<acc_t, index_t>& g, const in_t* in, int64_t d, RowList
   const Isa isa = current_isa();
   for_each_chunk(static_cast<int64_t>(chunks.size()) - 1, [&](int64_t c) {
 #if defined(LIGHTGCN_EXT_HAS_AVX2_COPY)
+    if (isa == Isa::kAvx512) {
+      sweep_chunk_avx512<kWeighted>(g, in, d, rows, c, chunks[c], chunks[c + 1], epilogue);
+      return;
+    }
     if (isa == Isa::kAvx2) {
       sweep_chunk_avx2<kWeighted>(g, in, d, rows, c, chunks[c], chunks[c + 1], epilogue);
       return;
