@@ -85,8 +85,8 @@ using NotDeduced = typename NotDeducedImpl<T>::type;
 //    backward of a batch). Otherwise s_L = dinv * alpha_L * x over g.
 //  * last_rows.rows != nullptr: the last sweep (layer 0) computes only the
 //    num_out_rows listed rows; out holds one row per listed position.
-// The layers s_L .. s_1 that the sweeps gather are stored in buf_a and
-// buf_b as store_t (the accumulation type, or bfloat16); the sums are in
+// The layers s_L .. s_1 that the sweeps gather (s_L only where the first
+// sweep cannot read x itself) are stored in buf_a and buf_b as store_t (the accumulation type, or bfloat16); the sums are in
 // the accumulation type. buf_b may be out's memory where out has every row
 // and the type store_t.
 template <typename scalar_t, typename store_t, typename src_t, typename index_t>
@@ -102,7 +102,12 @@ void horner_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const Rows<
   // s_1, which the last sweep reads while it writes out, is always in
   // buf_a, so that buf_b may be the output's own memory.
   if (L % 2 == 0) std::swap(buf_a, buf_b);
-  if (top == nullptr) {
+  // Where x is dense and the layers are stored in its own type, the first
+  // sweep reads x itself, each row scaled by dinv * alpha_L as it is
+  // gathered: no pass writes s_L, and the sums are the same.
+  constexpr bool kStoredAsX = std::is_same_v<store_t, acc_t> && std::is_same_v<src_t, acc_t>;
+  const bool scaled_first = kStoredAsX && top == nullptr && x.data != nullptr && x.slot == nullptr;
+  if (top == nullptr && !scaled_first) {
     const acc_t alpha_last = alpha[L];
     for_each_row(n, d, [&](int64_t r) {
       const src_t* xr = x.row(r);
@@ -122,6 +127,16 @@ void horner_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const Rows<
     const bool first = l == L - 1 && top != nullptr;
     const auto& graph = first ? top->graph : g;
     const store_t* in = first ? top->s : buf_a;
+    const auto run_sweep = [&](const std::vector<int64_t>& sweep_chunks, const auto& epilogue,
+                               cpu::RowList rows) {
+      if constexpr (kStoredAsX) {
+        if (scaled_first && l == L - 1) {
+          sweep<true>(graph, x.data, d, sweep_chunks, epilogue, rows, alpha[L]);
+          return;
+        }
+      }
+      sweep(graph, in, d, sweep_chunks, epilogue, rows);
+    };
     if (l == 0) {
       const auto out_chunks =
           last_rows.rows != nullptr ? listed_row_chunks(graph.rowptr, last_rows.rows, num_out_rows)
@@ -145,10 +160,10 @@ void horner_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const Rows<
           out[o + t] = static_cast<scalar_t>(v);
         }
       };
-      sweep(graph, in, d, out_chunks, epilogue, last_rows);
+      run_sweep(out_chunks, epilogue, last_rows);
     } else {
-      sweep(graph, in, d, first ? balanced_row_chunks(graph.rowptr, n) : chunks,
-            [&](int64_t, int64_t r, int64_t j0, int64_t width, const acc_t* acc) {
+      run_sweep(first ? balanced_row_chunks(graph.rowptr, n) : chunks,
+                [&](int64_t, int64_t r, int64_t j0, int64_t width, const acc_t* acc) {
         const int64_t o = r * d + j0;
         const acc_t s = dinv[r];
         const src_t* xr = x.row(r);
@@ -160,7 +175,7 @@ void horner_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const Rows<
         } else {
           for (int64_t t = 0; t < width; ++t) buf_b[o + t] = static_cast<store_t>(s * (s * acc[t]));
         }
-      });
+      }, {});
       std::swap(buf_a, buf_b);
     }
   }

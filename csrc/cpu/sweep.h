@@ -113,12 +113,17 @@ struct RowList {
 // The positions [i0, i1) of chunk c: for every row r = rows.row(i) and
 // feature tile [j0, j0 + width), computes acc = sum_k w_k * in[col_k, j0 :
 // j0 + width] in acc_t and calls epilogue(c, i, j0, width, acc), i the
-// position (the row itself when every row is swept). Always inlined, so that
+// position (the row itself when every row is swept). kScaled: each gathered
+// row is first multiplied by dinv[col_k] * source_alpha, so that the first
+// sweep of a Horner scheme reads x itself rather than a scaled copy written
+// by a pass of its own (the products are the copy's, rounded alike). Always inlined, so that
 // each caller below compiles it for its own instruction set.
-template <bool kWeighted, typename acc_t, typename in_t, typename index_t, typename Epilogue>
+template <bool kWeighted, bool kScaled, typename acc_t, typename in_t, typename index_t,
+          typename Epilogue>
 LIGHTGCN_EXT_ALWAYS_INLINE inline void sweep_chunk(const Csr<acc_t, index_t>& g, const in_t* in,
                                                   int64_t d, RowList rows, int64_t c, int64_t i0,
-                                                  int64_t i1, const Epilogue& epilogue) {
+                                                  int64_t i1, const Epilogue& epilogue,
+                                                  acc_t source_alpha) {
   constexpr int T = kTile<acc_t>;
   alignas(64) acc_t acc[T];
   // The end of the edges a prefetch may request: the chunk's, where its rows
@@ -145,19 +150,23 @@ LIGHTGCN_EXT_ALWAYS_INLINE inline void sweep_chunk(const Csr<acc_t, index_t>& g,
           } else if (ahead - end + next_begin < next_end) {
             prefetch_tile<T>(in + static_cast<int64_t>(g.col[ahead - end + next_begin]) * d + j0);
           }
-          const in_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
+          const int64_t source = g.col[k];
+          const in_t* src = in + source * d + j0;
           const acc_t w = kWeighted ? g.weight[k] : acc_t(1);
+          const acc_t scale = kScaled ? g.dinv[source] * source_alpha : acc_t(1);
           for (int t = 0; t < T; ++t) {
-            const acc_t v = static_cast<acc_t>(src[t]);
+            const acc_t v = kScaled ? scale * static_cast<acc_t>(src[t]) : static_cast<acc_t>(src[t]);
             acc[t] += kWeighted ? w * v : v;
           }
         }
       } else {
         for (int64_t k = begin; k < end; ++k) {
-          const in_t* src = in + static_cast<int64_t>(g.col[k]) * d + j0;
+          const int64_t source = g.col[k];
+          const in_t* src = in + source * d + j0;
           const acc_t w = kWeighted ? g.weight[k] : acc_t(1);
+          const acc_t scale = kScaled ? g.dinv[source] * source_alpha : acc_t(1);
           for (int64_t t = 0; t < width; ++t) {
-            const acc_t v = static_cast<acc_t>(src[t]);
+            const acc_t v = kScaled ? scale * static_cast<acc_t>(src[t]) : static_cast<acc_t>(src[t]);
             acc[t] += kWeighted ? w * v : v;
           }
         }
@@ -175,18 +184,20 @@ LIGHTGCN_EXT_ALWAYS_INLINE inline void sweep_chunk(const Csr<acc_t, index_t>& g,
 // copy computes the same operations in the same order, and the same bits.
 #if defined(__GNUC__) && defined(__x86_64__)
 #define LIGHTGCN_EXT_HAS_AVX2_COPY 1
-template <bool kWeighted, typename acc_t, typename in_t, typename index_t, typename Epilogue>
+template <bool kWeighted, bool kScaled, typename acc_t, typename in_t, typename index_t,
+          typename Epilogue>
 __attribute__((target("avx2,fma"))) void sweep_chunk_avx2(
     const Csr<acc_t, index_t>& g, const in_t* in, int64_t d, RowList rows, int64_t c, int64_t i0,
-    int64_t i1, const Epilogue& epilogue) {
-  sweep_chunk<kWeighted>(g, in, d, rows, c, i0, i1, epilogue);
+    int64_t i1, const Epilogue& epilogue, acc_t source_alpha) {
+  sweep_chunk<kWeighted, kScaled>(g, in, d, rows, c, i0, i1, epilogue, source_alpha);
 }
 
-template <bool kWeighted, typename acc_t, typename in_t, typename index_t, typename Epilogue>
+template <bool kWeighted, bool kScaled, typename acc_t, typename in_t, typename index_t,
+          typename Epilogue>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void sweep_chunk_avx512(
     const Csr<acc_t, index_t>& g, const in_t* in, int64_t d, RowList rows, int64_t c, int64_t i0,
-    int64_t i1, const Epilogue& epilogue) {
-  sweep_chunk<kWeighted>(g, in, d, rows, c, i0, i1, epilogue);
+    int64_t i1, const Epilogue& epilogue, acc_t source_alpha) {
+  sweep_chunk<kWeighted, kScaled>(g, in, d, rows, c, i0, i1, epilogue, source_alpha);
 }
 #endif
 
@@ -255,35 +266,42 @@ inline std::atomic<int>& isa_setting() {
 
 inline Isa current_isa() { return static_cast<Isa>(isa_setting().load(std::memory_order_relaxed)); }
 
-template <bool kWeighted, typename acc_t, typename in_t, typename index_t, typename Epilogue>
+template <bool kWeighted, bool kScaled, typename acc_t, typename in_t, typename index_t,
+          typename Epilogue>
 void sweep_rows(const Csr<acc_t, index_t>& g, const in_t* in, int64_t d, RowList rows,
-                const std::vector<int64_t>& chunks, const Epilogue& epilogue) {
+                const std::vector<int64_t>& chunks, const Epilogue& epilogue, acc_t source_alpha) {
   // Read once per sweep: a change of the setting mid-sweep cannot mix copies.
   const Isa isa = current_isa();
   for_each_chunk(static_cast<int64_t>(chunks.size()) - 1, [&](int64_t c) {
 #if defined(LIGHTGCN_EXT_HAS_AVX2_COPY)
     if (isa == Isa::kAvx512) {
-      sweep_chunk_avx512<kWeighted>(g, in, d, rows, c, chunks[c], chunks[c + 1], epilogue);
+      sweep_chunk_avx512<kWeighted, kScaled>(g, in, d, rows, c, chunks[c], chunks[c + 1], epilogue,
+                                               source_alpha);
       return;
     }
     if (isa == Isa::kAvx2) {
-      sweep_chunk_avx2<kWeighted>(g, in, d, rows, c, chunks[c], chunks[c + 1], epilogue);
+      sweep_chunk_avx2<kWeighted, kScaled>(g, in, d, rows, c, chunks[c], chunks[c + 1], epilogue,
+                                             source_alpha);
       return;
     }
 #endif
-    sweep_chunk<kWeighted>(g, in, d, rows, c, chunks[c], chunks[c + 1], epilogue);
+    sweep_chunk<kWeighted, kScaled>(g, in, d, rows, c, chunks[c], chunks[c + 1], epilogue,
+                                    source_alpha);
   });
 }
 
 // One sweep over the positions that `chunks` cuts (balanced_row_chunks of
-// the CSR for every row; listed_row_chunks for a list).
-template <typename acc_t, typename in_t, typename index_t, typename Epilogue>
+// the CSR for every row; listed_row_chunks for a list); kScaled and
+// source_alpha as for sweep_chunk.
+template <bool kScaled = false, typename acc_t, typename in_t, typename index_t,
+          typename Epilogue>
 void sweep(const Csr<acc_t, index_t>& g, const in_t* in, int64_t d,
-           const std::vector<int64_t>& chunks, const Epilogue& epilogue, RowList rows = {}) {
+           const std::vector<int64_t>& chunks, const Epilogue& epilogue, RowList rows = {},
+           acc_t source_alpha = acc_t(1)) {
   if (g.weight != nullptr) {
-    sweep_rows<true>(g, in, d, rows, chunks, epilogue);
+    sweep_rows<true, kScaled>(g, in, d, rows, chunks, epilogue, source_alpha);
   } else {
-    sweep_rows<false>(g, in, d, rows, chunks, epilogue);
+    sweep_rows<false, kScaled>(g, in, d, rows, chunks, epilogue, source_alpha);
   }
 }
 
