@@ -21,7 +21,10 @@
 // layer is rounded once, when it is stored. The first layer s_L = dinv *
 // alpha_L * x is then written (rounded) by a pass of its own rather than
 // scaled as the first sweep gathers x, so that every sweep gathers bfloat16
-// rows, and the CPU and CUDA kernels round the same float32 values.
+// rows and the first layer is the CPU's, bit for bit. The later layers are
+// the CPU's up to the float32 rounding of the sums that they round (rows cut
+// by work items are summed in pieces, and nvcc fuses multiplies and adds),
+// which now and then moves a value to the neighbouring bfloat16 number.
 //
 // Schedule: merge path (../merge_path.h). Work items of the same number of
 // (row end + edge) positions are spread over groups of G lanes (a power of
@@ -531,7 +534,9 @@ __global__ void __launch_bounds__(kThreads)
     const scalar_t gi = static_cast<scalar_t>(sum);
     g[i] = gi;
     if (extra != nullptr) extra[i] = sum_x;
-    if (top != nullptr) top[i] = static_cast<store_t>(dinv[node] * *alpha_top * static_cast<acc_t>(gi));
+    if (top != nullptr) {
+      top[i] = static_cast<store_t>(dinv[node] * *alpha_top * static_cast<acc_t>(gi));
+    }
   }
 }
 
