@@ -15,9 +15,10 @@
 // d in {1, 3, 8, 64, 65, 130}, L in 1..4, weighted and unweighted, symmetric
 // and directed graphs, float32, float64, float16 and bfloat16, float32 with
 // bfloat16 layers (the ops' bf16=True), int32 and int64 columns, and x / out /
-// grad aligned to a vector (vectorized kernels) or not (scalar kernels). L = 0, N = 0 and d = 0 launch nothing for propagate,
-// layer_dots and propagate_rows: the ATen entry points answer them
-// (tests/test_cuda.py checks them on a GPU).
+// grad aligned to a vector (vectorized kernels) or not (scalar kernels). L =
+// 0, N = 0 and d = 0 launch nothing for propagate, layer_dots and
+// propagate_rows: the ATen entry points answer them (tests/test_cuda.py
+// checks them on a GPU).
 //
 // propagate_rows runs on row lists with repeats, isolated nodes and empty
 // rows (the hub's row among them), every node, or one; its backward with L =
@@ -544,6 +545,29 @@ std::vector<int64_t> listed_rows(const Csr& g, Listed listed, std::mt19937_64& r
   return rows;
 }
 
+// A row list as the kernels take it: rows, and rows sorted stably with the
+// entry of rows at each sorted position (the CUDA entry point sorts with
+// at::sort(stable=true)).
+struct RowList {
+  int64_t k;
+  Array<int64_t> rows, sorted, order;
+
+  explicit RowList(const std::vector<int64_t>& ids)
+      : k(static_cast<int64_t>(ids.size())), rows(k), sorted(k), order(k) {
+    std::vector<int64_t> order_ids(k);
+    for (int64_t i = 0; i < k; ++i) {
+      rows[i] = ids[i];
+      order_ids[i] = i;
+    }
+    std::stable_sort(order_ids.begin(), order_ids.end(),
+                     [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
+    for (int64_t t = 0; t < k; ++t) {
+      order[t] = order_ids[t];
+      sorted[t] = ids[order_ids[t]];
+    }
+  }
+};
+
 // propagate_rows forward and backward against the reference and against
 // propagate's kernels (see the top of the file).
 template <typename scalar_t, typename store_t, typename index_t>
@@ -563,21 +587,9 @@ void run_rows_case(const RowsCase& rc, std::mt19937_64& rng) {
   const Operands<scalar_t, index_t> mt_own(gt, c.weighted, &m);
   const Operands<scalar_t, index_t>& mt = m_is_symmetric ? m : mt_own;
 
-  const std::vector<int64_t> row_ids = listed_rows(g, rc.listed, rng);
-  const int64_t k = static_cast<int64_t>(row_ids.size());
-  Array<int64_t> rows(k);
-  for (int64_t i = 0; i < k; ++i) rows[i] = row_ids[i];
-  // rows sorted stably, and the entry of rows at each sorted position (the
-  // CUDA entry point sorts with at::sort(stable=true)).
-  std::vector<int64_t> order_ids(k);
-  for (int64_t i = 0; i < k; ++i) order_ids[i] = i;
-  std::stable_sort(order_ids.begin(), order_ids.end(),
-                   [&](int64_t a, int64_t b) { return row_ids[a] < row_ids[b]; });
-  Array<int64_t> sorted(k), order(k);
-  for (int64_t t = 0; t < k; ++t) {
-    order[t] = order_ids[t];
-    sorted[t] = row_ids[order_ids[t]];
-  }
+  const RowList list(listed_rows(g, rc.listed, rng));
+  const int64_t k = list.k;
+  const Array<int64_t> &rows = list.rows, &sorted = list.sorted, &order = list.order;
 
   Array<scalar_t> x(n * d, offset), full(n * d, offset), out(k * d, offset);
   Array<scalar_t> grad(k * d, offset), grad_x(k * d, offset), grad_in(n * d, offset);
@@ -774,7 +786,7 @@ std::vector<double> fill_grid(Array<T>& a, std::mt19937_64& rng) {
   return values;
 }
 
-// How many entries of got differ from want (as float32), and a failure if any.
+// A failure, with the number of entries, where got is not want rounded to float32.
 void check_bits(const std::string& what, const float* got, const std::vector<double>& want) {
   int64_t differ = 0;
   size_t first = 0;
@@ -819,20 +831,9 @@ void run(const GridCase& gc, std::mt19937_64& rng) {
   }
   check_bits(name + ": propagate", out.data(), want);
 
-  const std::vector<int64_t> row_ids = listed_rows(g, Listed::kRepeats, rng);
-  const int64_t k = static_cast<int64_t>(row_ids.size());
-  Array<int64_t> rows(k), sorted(k), order(k);
-  std::vector<int64_t> order_ids(k);
-  for (int64_t i = 0; i < k; ++i) {
-    rows[i] = row_ids[i];
-    order_ids[i] = i;
-  }
-  std::stable_sort(order_ids.begin(), order_ids.end(),
-                   [&](int64_t a, int64_t b) { return row_ids[a] < row_ids[b]; });
-  for (int64_t t = 0; t < k; ++t) {
-    order[t] = order_ids[t];
-    sorted[t] = row_ids[order_ids[t]];
-  }
+  const RowList list(listed_rows(g, Listed::kRepeats, rng));
+  const int64_t k = list.k;
+  const Array<int64_t> &rows = list.rows, &sorted = list.sorted, &order = list.order;
   Array<float> out_rows(k * d);
   {
     CallMemory memory;
