@@ -9,7 +9,7 @@ sampler, the BPR loss with its L2 term, backward and the trainer's Adam step
 (fused: one pass over the weights and both moments), for
   * ours: lightgcn_ext.LightGCN on the prepared graph;
   * ours, bf16: the same with --precision bf16 (the layers the propagation
-    gathers stored in bfloat16; CPU only);
+    gathers stored in bfloat16);
   * PyG, CSR adj_t: torch_geometric's LightGCN with a torch.sparse CSR adj_t;
   * PyG, edge_index: torch_geometric's LightGCN with the [2, E] edge_index.
 The loop is the trainer's (lightgcn_ext.training.bpr_step): ours computes
@@ -119,8 +119,6 @@ def trainees(data, args, device):
     chosen = {"ours": (LightGCN, graph, "float32"), "ours_bf16": (LightGCN, graph, "bf16"),
               "pyg_csr": (PygLightGCN, adj_t, "float32"),
               "pyg_edge_index": (PygLightGCN, edge_index, "float32")}
-    if device.type != "cpu":  # bf16 has CPU kernels only
-        chosen.pop("ours_bf16")
     return {name: Trainee(cls, g, data, args, device, precision)
             for name, (cls, g, precision) in chosen.items()
             if name == "ours" or name not in args.skip}

@@ -239,6 +239,12 @@ void check_csr_contents(const at::Tensor& rowptr, const at::Tensor& col, int64_t
   if (remember) checked_csrs().add(rowptr, col, num_nodes);
 }
 
+void check_bf16_features(bool bf16, const at::Tensor& features, const char* name) {
+  TORCH_CHECK(!bf16 || features.scalar_type() == at::kFloat,
+              "bf16=True stores the layers of float32 ", name, " in bfloat16: ", name,
+              " must be float32, got ", features.scalar_type());
+}
+
 at::Tensor alpha0_times_x(const at::Tensor& x, const at::Tensor& alpha) {
   const auto acc_type = at::toOpMathType(x.scalar_type());
   return (x.to(acc_type) * alpha[0].to(acc_type)).to(x.scalar_type());

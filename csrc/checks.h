@@ -84,6 +84,11 @@ void check_csr_contents(const at::Tensor& rowptr, const at::Tensor& col, int64_t
 // int64 with ids in [0, num_nodes) (a ValueError otherwise; one host read).
 void check_prepare_csr_input(const at::Tensor& edge_index, int64_t num_nodes);
 
+// bf16 = True (the layers that the sweeps of propagate and its row variants
+// gather, stored in bfloat16) takes float32 features only; `name` is the
+// features' argument (x, or grad for a backward).
+void check_bf16_features(bool bf16, const at::Tensor& features, const char* name);
+
 // alpha_0 * x in x's dtype (computed in its accumulation type): propagate
 // with no layers, or with nothing to propagate.
 at::Tensor alpha0_times_x(const at::Tensor& x, const at::Tensor& alpha);

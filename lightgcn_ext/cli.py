@@ -64,8 +64,7 @@ def _parser():
     train.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
                        help="how a training step's propagation stores the layers it gathers: "
                             "'bf16' keeps them in bfloat16 (half the bytes read, a faster "
-                            "step; sums, weights, Adam's state and evaluation stay float32); "
-                            "CPU only")
+                            "step; sums, weights, Adam's state and evaluation stay float32)")
     train.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate")
     train.add_argument("--reg", type=float, default=DEFAULTS.reg,
                        help="L2 weight lambda on the batch's layer-0 embeddings, as the paper")

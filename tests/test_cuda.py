@@ -14,7 +14,15 @@ Random CSR graphs with empty rows, duplicate edges, self-loops and a hub row;
 x in float16, bfloat16, float32 and float64; col in int32 and int64; with and
 without edge weights; alpha on the device in several dtypes; aligned,
 misaligned and non-contiguous x; L = 0..3; n = 0 and d = 0. float64 is also
-compared with an independent index_add reference. The cases whose id starts
+compared with an independent index_add reference. 
+bfloat16 layers (bf16=True, float32 x): on data where float32 arithmetic is
+exact (no normalization, weights and alphas powers of two, features on a
+grid that bfloat16 cannot hold), CUDA and the CPU round the same layers to
+the same bits; elsewhere CUDA is held to the CPU's bound against the exact
+result, and to the CPU within twice that (each may round a layer value to
+the neighbouring bfloat16 number where their float32 sums differ).
+
+The cases whose id starts
 with "small" are the ones compute-sanitizer runs (tools/gpu_check.sh):
 
     pytest tests/test_cuda.py -k "small or mixed_device"
@@ -24,7 +32,8 @@ import itertools
 import pytest
 import torch
 
-from helpers import NEEDS_CUDA, OPS, csr_operands, features, symmetrize, tiny_graph
+from helpers import (NEEDS_CUDA, OPS, csr_operands, dense_operator, features, symmetrize,
+                     tiny_graph)
 from lightgcn_ext import Graph, propagate
 from lightgcn_ext._ops import CsrOperator
 
@@ -347,10 +356,11 @@ def test_cuda_propagate_rows_matches_cpu(shape, L, graph_kind, seed):
                         f"propagate_rows_backward {name}: not propagate's numbers over M^T"
 
 
-def test_cuda_propagate_rows_in_a_cuda_graph():
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16"])
+def test_cuda_propagate_rows_in_a_cuda_graph(bf16):
     """Both ops captured in a CUDA graph: replays with other rows (repeats
     included) and another gradient give the eager numbers, bit for bit, and
-    the eager calls make no host synchronization."""
+    the eager calls make no host synchronization; with bfloat16 layers too."""
     gen = torch.Generator().manual_seed(77)
     n, d, L, k = 3000, 64, 3, 500
     operator64, _ = rows_operator(n, 8, 500, gen, "directed", True)
@@ -360,8 +370,8 @@ def test_cuda_propagate_rows_in_a_cuda_graph():
     alpha = torch.tensor([0.4, 0.3, 0.2, 0.1], device=DEVICE)
 
     def run(rows, grad):
-        out, _ = OPS.propagate_rows(*op, x, alpha, rows)
-        return out, OPS.propagate_rows_backward(*op, grad, grad.flip(0), alpha, rows)
+        out, _ = OPS.propagate_rows(*op, x, alpha, rows, bf16)
+        return out, OPS.propagate_rows_backward(*op, grad, grad.flip(0), alpha, rows, bf16)
 
     def batch():
         rows = torch.randint(0, n, (k,), generator=gen)
@@ -390,6 +400,145 @@ def test_cuda_propagate_rows_in_a_cuda_graph():
         finally:
             torch.cuda.set_sync_debug_mode("default")
         assert torch.equal(static_out, out) and torch.equal(static_grad_x, grad_x)
+
+
+# ------------------------------------------------------------ bf16 layers
+# (n, d, average degree, extra edges of row 0): scalar (d = 1, 3, 65) and
+# vector (d = 64) loads; the last one for the bound only (its long sums are
+# not exact in float32).
+BF16_SHAPES = [(1, 1, 1, 0), (9, 3, 1, 0), (40, 64, 3, 4), (50, 65, 3, 20), (2000, 64, 6, 2000)]
+BF16_UNIT_ROUNDOFF = 2.0 ** -8
+
+
+def _bf16_cases():
+    params = []
+    for seed, (shape, L, graph_kind) in enumerate(itertools.product(
+            BF16_SHAPES, [1, 2, 3], ["directed", "symmetric"])):
+        n, d, _, hub = shape
+        size = "small" if (n, L) in {(9, 3), (40, 1)} else "full"
+        case_id = f"{size}-bf16-n{n}-d{d}-hub{hub}-L{L}-{graph_kind}"
+        params.append(pytest.param(shape, L, graph_kind, seed, id=case_id))
+    return params
+
+
+def bf16_graph(n, deg, hub, gen, graph_kind, weights):
+    """make_graph's edges (symmetrized for "symmetric") and their weights:
+    "none", "powers" (1/2, 1 or 2 per edge) or "random"."""
+    rowptr, col, weight = make_graph(n, deg, gen, hub)
+    edge_index = torch.stack([col, torch.repeat_interleave(torch.arange(n), rowptr.diff())])
+    if weights == "powers":
+        weight = 2.0 ** torch.randint(-1, 2, (col.numel(),), generator=gen).double()
+    weight = None if weights == "none" else weight
+    if graph_kind == "symmetric":
+        edge_index, weight = symmetrize(edge_index, weight)
+    return edge_index, weight
+
+
+def bf16_layers_bound(m, x, alpha):
+    """tests/test_precision.py's bound on what bfloat16 layers add to the
+    error of sum_l alpha_l M^l x (M dense, >= 0): u sum_{l=1..L} M^l |h_l|
+    over Horner's partial sums h_L = alpha_L x, h_l = alpha_l x + M h_{l+1}."""
+    num_layers = alpha.numel() - 1
+    h, bound = alpha[num_layers] * x, torch.zeros_like(x)
+    for layer in range(num_layers, 0, -1):
+        reached = h.abs()
+        for _ in range(layer):
+            reached = m @ reached
+        bound += BF16_UNIT_ROUNDOFF * reached
+        h = alpha[layer - 1] * x + m @ h
+    return bound
+
+
+def exact_propagation(m, x, alpha):
+    out, h = alpha[0] * x, x
+    for a in alpha[1:]:
+        h = m @ h
+        out = out + a * h
+    return out
+
+
+def run_bf16_ops(op, x, alpha, rows, grad, grad_x):
+    """propagate, propagate_rows and propagate_rows_backward with bf16=True
+    on op's device, the results on the CPU."""
+    device = op.rowptr.device
+    x, alpha, rows = x.to(device), alpha.to(device), rows.to(device)
+    grad, grad_x = grad.to(device), grad_x.to(device)
+    out = OPS.propagate(*op, x, alpha, True)
+    out_rows, x_rows = OPS.propagate_rows(*op, x, alpha, rows, True)
+    assert torch.equal(out_rows, out[rows]) and torch.equal(x_rows, x[rows])
+    back = OPS.propagate_rows_backward(*op, grad, grad_x, alpha, rows, True)
+    for t in (out, back):
+        assert t.dtype == torch.float32
+    return out.cpu(), out_rows.cpu(), back.cpu()
+
+
+@pytest.mark.parametrize("shape, L, graph_kind, seed", _bf16_cases())
+def test_cuda_bf16_layers_match_cpu(shape, L, graph_kind, seed):
+    """bf16=True on DEVICE and on the CPU: the same bits where float32 is
+    exact; else CUDA within the bound of the exact result and twice it of
+    the CPU, not the float32 numbers, the same in two runs; propagate_rows
+    at its rows equal to propagate, for int32 and int64 columns."""
+    n, d, deg, hub = shape
+    gen = torch.Generator().manual_seed(3000 + seed)
+    rows = listed_rows(n, gen)["repeats"]
+    alpha = torch.tensor([0.5, 0.25, 0.125, 0.125])[:L + 1]
+    if n <= 50:  # exact: no normalization, powers of two, a grid of 2^-9
+        for weights, index_dtype in itertools.product(["none", "powers"],
+                                                      [torch.int32, torch.int64]):
+            edge_index, w = bf16_graph(n, deg, hub, gen, graph_kind, weights)
+            op_cpu = cast_operator(csr_operands(edge_index, n, w, torch.float32, normalize=False),
+                                   index_dtype, torch.float32)
+            op_dev = CsrOperator(*(None if t is None else t.to(DEVICE) for t in op_cpu))
+            x = torch.randint(-511, 512, (n, d), generator=gen).float() / 512
+            grad = torch.randint(-511, 512, (rows.numel(), d), generator=gen).float() / 512
+            grad_x = torch.randint(-511, 512, (rows.numel(), d), generator=gen).float() / 512
+            want = run_bf16_ops(op_cpu, x, alpha, rows, grad, grad_x)
+            got = run_bf16_ops(op_dev, x, alpha, rows, grad, grad_x)
+            for what, g, w_ in zip(["propagate", "propagate_rows", "propagate_rows_backward"],
+                                   got, want):
+                assert torch.equal(g, w_), f"{what} {weights} {index_dtype}: not the CPU's bits"
+
+    # Normalized, random weights and features.
+    edge_index, w = bf16_graph(n, deg, hub, gen, graph_kind, "random")
+    op64 = csr_operands(edge_index, n, w, torch.float64)
+    op_cpu = cast_operator(op64, torch.int32, torch.float32)
+    op_dev = CsrOperator(*(None if t is None else t.to(DEVICE) for t in op_cpu))
+    x = torch.randn(n, d, generator=gen)
+    grad = torch.randn(rows.numel(), d, generator=gen)
+    grad_x = torch.randn(rows.numel(), d, generator=gen)
+    want = run_bf16_ops(op_cpu, x, alpha, rows, grad, grad_x)
+    got = run_bf16_ops(op_dev, x, alpha, rows, grad, grad_x)
+    again = run_bf16_ops(op_dev, x, alpha, rows, grad, grad_x)
+    assert all(torch.equal(a, b) for a, b in zip(got, again)), "two runs differ"
+    if edge_index.shape[1] > 0:  # else nothing is gathered, nor rounded
+        float32 = OPS.propagate(*op_dev, x.to(DEVICE), alpha.to(DEVICE)).cpu()
+        assert not torch.equal(got[0], float32), "bf16=True gave the float32 numbers"
+
+    # The tolerance: the bound of the bfloat16 roundings (5% more for the
+    # second-order terms) and that of float32 CUDA against the CPU.
+    m = dense_operator(edge_index, n, w)
+    dense_g = torch.zeros(n, d, dtype=torch.float64).index_add_(0, rows, grad.double())
+    dense_g0 = torch.zeros(n, d, dtype=torch.float64).index_add_(0, rows, grad_x.double())
+    abs_g0 = torch.zeros(n, d, dtype=torch.float64).index_add_(0, rows, grad_x.double().abs())
+    op64_t = op64.transposed()
+    checks = {
+        "propagate": (got[0], want[0], exact_propagation(m, x.double(), alpha.double()),
+                      bf16_layers_bound(m, x.double(), alpha.double()),
+                      tolerance(torch.float32, L, op64.rowptr,
+                                reference_layers(op64.rowptr, op64.col, op64.weight, op64.dinv,
+                                                 x.abs(), L), alpha)),
+        "propagate_rows_backward": (
+            got[2], want[2], exact_propagation(m.t(), dense_g, alpha.double()) + dense_g0,
+            bf16_layers_bound(m.t(), dense_g, alpha.double()),
+            tolerance(torch.float32, L, op64_t.rowptr,
+                      reference_layers(op64_t.rowptr, op64_t.col, op64_t.weight, op64_t.dinv,
+                                       dense_g.abs(), L), alpha,
+                      extra_roundings=1 + int(torch.bincount(rows).max()), extra_bound=abs_g0)),
+    }
+    for what, (got_, cpu, exact, bound, float32_tol) in checks.items():
+        tol = 1.05 * bound + float32_tol
+        assert_within(f"{what} vs the exact result", got_, exact, tol)
+        assert_within(f"{what} vs the CPU", got_, cpu, 2 * tol)
 
 
 # ------------------------------------------------------------ mixed devices

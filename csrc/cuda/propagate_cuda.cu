@@ -17,6 +17,7 @@
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -63,25 +64,38 @@ cuda_kernels::DeviceGraph<scalar_t, index_t> device_graph(const GraphOperands& g
           graph.col.numel()};
 }
 
-// Runs sweeps(scalar_t{}, device graph, item size, memory, stream) for x's
-// floating type and the graph's column index type: the dispatch and the setup
-// that both entry points share.
-template <typename Sweeps>
-void run_sweeps(const at::Tensor& x, const GraphOperands& graph, const Sweeps& sweeps) {
-  const int64_t size = item_size();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  CallMemory memory(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cuda_sweeps", [&] {
-    AT_DISPATCH_INDEX_TYPES(graph.col.scalar_type(), "cuda_sweeps_col", [&] {
-      sweeps(scalar_t{}, device_graph<scalar_t, index_t>(graph), size, memory, stream);
-    });
+// Calls f(scalar_t{}, store_t{}) for the features' type scalar_t and the
+// type store_t of the layers that the sweeps gather: bfloat16 where bf16 is
+// set (float32 features, checked by check_bf16_features), else the features'
+// own type.
+template <typename F>
+void dispatch_storage(at::ScalarType features, bool bf16, const F& f) {
+  if (bf16) {
+    TORCH_INTERNAL_ASSERT(features == at::kFloat);
+    f(float{}, c10::BFloat16{});
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features, "cuda_sweeps", [&] {
+    f(scalar_t{}, scalar_t{});
   });
 }
 
-// bfloat16 layers (bf16=True) have CPU kernels only so far.
-void check_no_bf16(bool bf16) {
-  TORCH_CHECK(!bf16, "bf16=True (bfloat16 layers) has no CUDA kernel yet: propagate CUDA "
-              "tensors with bf16=False (precision='float32')");
+// Runs sweeps(scalar_t{}, store_t{}, device graph, item size, memory, stream)
+// for x's floating type, the storage type of the layers (dispatch_storage)
+// and the graph's column index type: the dispatch and the setup that every
+// entry point shares.
+template <typename Sweeps>
+void run_sweeps(const at::Tensor& x, const GraphOperands& graph, bool bf16,
+                const Sweeps& sweeps) {
+  const int64_t size = item_size();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  CallMemory memory(x);
+  dispatch_storage(x.scalar_type(), bf16, [&](auto scalar, auto store) {
+    using scalar_t = decltype(scalar);
+    AT_DISPATCH_INDEX_TYPES(graph.col.scalar_type(), "cuda_sweeps_col", [&] {
+      sweeps(scalar, store, device_graph<scalar_t, index_t>(graph), size, memory, stream);
+    });
+  });
 }
 
 at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
@@ -89,9 +103,9 @@ at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
                           const OptTensor& /*rowptr_t*/, const OptTensor& /*col_t*/,
                           const OptTensor& /*weight_t*/, const at::Tensor& x_in,
                           const at::Tensor& alpha_in, bool bf16) {
-  check_no_bf16(bf16);
   const auto args =
       checked_propagate_operands(rowptr_in, col_in, weight_in, dinv_in, x_in, alpha_in);
+  check_bf16_features(bf16, args.x, "x");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto& graph = args.graph;
   const auto& x = args.x;
@@ -102,11 +116,11 @@ at::Tensor propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in,
   // alpha stays on the device: the kernels read alpha[l] themselves.
   const auto alpha = alpha_in.to(acc_type).contiguous();
   auto out = at::empty_like(x);
-  run_sweeps(x, graph,
-             [&](auto scalar, const auto& device, int64_t size, CallMemory& memory,
+  run_sweeps(x, graph, bf16,
+             [&](auto scalar, auto store, const auto& device, int64_t size, CallMemory& memory,
                  cudaStream_t stream) {
                using scalar_t = decltype(scalar);
-               cuda_kernels::propagate_sweeps(
+               cuda_kernels::propagate_sweeps<decltype(store)>(
                    device, d, size, x.const_data_ptr<scalar_t>(),
                    alpha.const_data_ptr<at::opmath_type<scalar_t>>(), L,
                    out.mutable_data_ptr<scalar_t>(), memory, stream);
@@ -127,9 +141,9 @@ std::tuple<at::Tensor, at::Tensor> propagate_rows_cuda(
     const at::Tensor& dinv_in, const OptTensor& /*rowptr_t*/, const OptTensor& /*col_t*/,
     const OptTensor& /*weight_t*/, const at::Tensor& x_in, const at::Tensor& alpha_in,
     const at::Tensor& rows_in, bool bf16) {
-  check_no_bf16(bf16);
   const auto args = checked_propagate_rows_operands(rowptr_in, col_in, weight_in, dinv_in, x_in,
                                                     alpha_in, rows_in);
+  check_bf16_features(bf16, args.propagate.x, "x");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto& graph = args.propagate.graph;
   const auto &x = args.propagate.x, &rows = args.rows;
@@ -140,11 +154,11 @@ std::tuple<at::Tensor, at::Tensor> propagate_rows_cuda(
   check_num_listed(rows);
   const auto alpha = alpha_in.to(at::toOpMathType(x.scalar_type())).contiguous();
   auto out = at::empty({num_rows, d}, x.options());
-  run_sweeps(x, graph,
-             [&](auto scalar, const auto& device, int64_t size, CallMemory& memory,
+  run_sweeps(x, graph, bf16,
+             [&](auto scalar, auto store, const auto& device, int64_t size, CallMemory& memory,
                  cudaStream_t stream) {
                using scalar_t = decltype(scalar);
-               cuda_kernels::propagate_rows_sweeps(
+               cuda_kernels::propagate_rows_sweeps<decltype(store)>(
                    device, d, size, x.const_data_ptr<scalar_t>(),
                    alpha.const_data_ptr<at::opmath_type<scalar_t>>(), L,
                    rows.const_data_ptr<int64_t>(), num_rows, out.mutable_data_ptr<scalar_t>(),
@@ -161,10 +175,10 @@ at::Tensor propagate_rows_backward_cuda(
     const at::Tensor& dinv_in, const OptTensor& rowptr_t_in, const OptTensor& col_t_in,
     const OptTensor& weight_t_in, const at::Tensor& grad_in, const OptTensor& grad_x_rows_in,
     const at::Tensor& alpha_in, const at::Tensor& rows_in, bool bf16) {
-  check_no_bf16(bf16);
   const auto args = checked_propagate_rows_backward_operands(
       rowptr_in, col_in, weight_in, dinv_in, rowptr_t_in, col_t_in, weight_t_in, grad_in,
       grad_x_rows_in, alpha_in, rows_in);
+  check_bf16_features(bf16, args.grad, "grad");
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const auto& graph_t = args.graph_t;
   const auto &grad = args.grad, &rows = args.rows;
@@ -175,11 +189,11 @@ at::Tensor propagate_rows_backward_cuda(
   at::Tensor sorted, order;
   std::tie(sorted, order) = at::sort(rows, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   auto out = at::empty({n, d}, grad.options());
-  run_sweeps(grad, graph_t,
-             [&](auto scalar, const auto& device, int64_t size, CallMemory& memory,
+  run_sweeps(grad, graph_t, bf16,
+             [&](auto scalar, auto store, const auto& device, int64_t size, CallMemory& memory,
                  cudaStream_t stream) {
                using scalar_t = decltype(scalar);
-               cuda_kernels::propagate_rows_backward_sweeps(
+               cuda_kernels::propagate_rows_backward_sweeps<decltype(store)>(
                    device, d, size, grad.const_data_ptr<scalar_t>(),
                    args.grad_x_rows.has_value() ? args.grad_x_rows->const_data_ptr<scalar_t>()
                                                 : nullptr,
@@ -207,9 +221,9 @@ at::Tensor layer_dots_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in
     return at::dot(x.to(acc_type).flatten(), grad.to(acc_type).flatten()).reshape({1});
   }
   auto dots = at::empty({num_layers + 1}, x.options().dtype(acc_type));
-  run_sweeps(x, graph,
-             [&](auto scalar, const auto& device, int64_t size, CallMemory& memory,
-                 cudaStream_t stream) {
+  run_sweeps(x, graph, /*bf16=*/false,
+             [&](auto scalar, auto /*store: scalar_t*/, const auto& device, int64_t size,
+                 CallMemory& memory, cudaStream_t stream) {
                using scalar_t = decltype(scalar);
                cuda_kernels::layer_dots_sweeps(
                    device, d, size, x.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),

@@ -15,6 +15,17 @@
 // bfloat16 sweeps gather half the bytes of float32 ones (sums are float32
 // whatever the type).
 //
+// bfloat16 layers for float32 x (the ops' bf16=True): the buffers s are
+// stored in bfloat16 (store_t) while x, every sum, x's own term and the
+// result stay float32, with the rounding points of the CPU kernels: each
+// layer is rounded once, when it is stored. The first layer s_L = dinv *
+// alpha_L * x is then written (rounded) by a pass of its own rather than
+// scaled as the first sweep gathers x, so that every sweep gathers bfloat16
+// rows and the first layer is the CPU's, bit for bit. The later layers are
+// the CPU's up to the float32 rounding of the sums that they round (rows cut
+// by work items are summed in pieces, and nvcc fuses multiplies and adds),
+// which now and then moves a value to the neighbouring bfloat16 number.
+//
 // Schedule: merge path (../merge_path.h). Work items of the same number of
 // (row end + edge) positions are spread over groups of G lanes (a power of
 // two <= 32, sized to d): a sweep no longer waits for its longest row, and
@@ -50,6 +61,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
+#include <type_traits>
 #include <utility>
 
 #if defined(__CUDACC__)
@@ -128,13 +140,26 @@ enum class Epilogue {
 
 // Where a sweep's gathered rows come from.
 enum class Source {
-  kX,         // x itself (a first sweep): each row times dinv[col], the sum times *src_scale
-  kCompactX,  // the same from a compact x (Sweep::x_slot): no load where x's row is zero
-  kLayer,     // s, a previous sweep's output
+  kX,             // x itself (a first sweep): each row times dinv[col], the sum times *src_scale
+  kCompactX,      // the same from a compact x (Sweep::x_slot): no load where x's row is zero
+  kLayer,         // s, a stored layer: a previous sweep's output, or x scaled by a pass
+  kCompactLayer,  // the same, compact: row x_slot[col] of s (none where it is -1)
 };
 
-// Everything one sweep reads and writes.
-template <typename scalar_t, typename index_t>
+// Whether the source is x itself, in x's type (else a layer, in store_t).
+__host__ __device__ constexpr bool gathers_x(Source source) {
+  return source == Source::kX || source == Source::kCompactX;
+}
+
+// Whether the gathered rows are compact (indexed through Sweep::x_slot).
+__host__ __device__ constexpr bool gathers_compact(Source source) {
+  return source == Source::kCompactX || source == Source::kCompactLayer;
+}
+
+// Everything one sweep reads and writes. scalar_t is the type of x and of
+// the result; store_t that of the layers s that the sweeps write and gather
+// (scalar_t, or bfloat16 for float32 x: bf16=True).
+template <typename scalar_t, typename store_t, typename index_t>
 struct Sweep {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t* __restrict__ rowptr;
@@ -142,10 +167,11 @@ struct Sweep {
   const acc_t* __restrict__ weight;  // null: every edge has weight 1
   const acc_t* __restrict__ dinv;
   int64_t num_rows, num_edges, d, item_size;
-  // The gathered rows: s (a previous sweep's output), or x for the first
-  // sweep, which multiplies each by dinv[col] and the sum by *src_scale
-  // (alpha_L for propagate, null for 1).
-  const scalar_t* __restrict__ src;
+  // The gathered rows. A first sweep that gathers x itself (kX, kCompactX)
+  // reads src_x, multiplies each row by dinv[col] and the sum by *src_scale
+  // (alpha_L for propagate, null for 1); the others read the layer src.
+  const scalar_t* __restrict__ src_x;
+  const store_t* __restrict__ src;
   const acc_t* __restrict__ src_scale;
   const scalar_t* __restrict__ x;    // the epilogue's own rows: x, or grad for layer_dots
   // Null: x is dense, [N, d]. Else x is compact: node r's row is x[x_slot[r]], and
@@ -153,7 +179,7 @@ struct Sweep {
   const int32_t* __restrict__ x_slot;
   const acc_t* __restrict__ extra;   // kFinal, with x_slot: added at x's rows (null: none)
   const acc_t* __restrict__ alpha;   // &alpha[l] for kNext and kFinal
-  scalar_t* __restrict__ s_out;      // kNext, kDots (null: not needed)
+  store_t* __restrict__ s_out;       // kNext, kDots (null: not needed)
   scalar_t* __restrict__ out;        // kFinal
   // kFinal only. Null: every row, out is [N, d]. Else only the rows r with
   // out_slot[r] >= 0 are computed, into out[out_slot[r]] (a batch's rows).
@@ -216,8 +242,8 @@ __device__ __forceinline__ bool computes_row(const S& s, int64_t r) {
 
 // Row r is complete: its sum is acc (its columns [first, first + V)). Writes
 // what the epilogue makes of it and adds to the dots.
-template <Epilogue kEpilogue, int V, typename scalar_t, typename index_t>
-__device__ __forceinline__ void finish_row(const Sweep<scalar_t, index_t>& s, int64_t r,
+template <Epilogue kEpilogue, int V, typename scalar_t, typename store_t, typename index_t>
+__device__ __forceinline__ void finish_row(const Sweep<scalar_t, store_t, index_t>& s, int64_t r,
                                            int64_t first, at::opmath_type<scalar_t> (&acc)[V],
                                            at::opmath_type<scalar_t>& dot,
                                            at::opmath_type<scalar_t>& dot0) {
@@ -251,18 +277,18 @@ __device__ __forceinline__ void finish_row(const Sweep<scalar_t, index_t>& s, in
     store_vec(s.out + out_row * s.d + first, ov);
   } else if constexpr (kEpilogue == Epilogue::kNext) {
     const acc_t a = *s.alpha;
-    Vec<scalar_t, V> sv;
+    Vec<store_t, V> sv;
 #pragma unroll
     for (int i = 0; i < V; ++i)
-      sv.v[i] = static_cast<scalar_t>(dr * (a * static_cast<acc_t>(xv.v[i]) + dr * scale * acc[i]));
+      sv.v[i] = static_cast<store_t>(dr * (a * static_cast<acc_t>(xv.v[i]) + dr * scale * acc[i]));
     store_vec(s.s_out + o, sv);
   } else {
-    Vec<scalar_t, V> sv;
+    Vec<store_t, V> sv;
 #pragma unroll
     for (int i = 0; i < V; ++i) {
       const acc_t h = dr * scale * acc[i];
       dot += h * static_cast<acc_t>(xv.v[i]);
-      sv.v[i] = static_cast<scalar_t>(dr * h);
+      sv.v[i] = static_cast<store_t>(dr * h);
     }
     if (s.s_out != nullptr) store_vec(s.s_out + o, sv);
     if (s.dot0_x != nullptr) {
@@ -287,10 +313,18 @@ __device__ __forceinline__ void store_acc(T* p, const T (&acc)[V]) {
 // an item's rows that are not computed are skipped, edges and all: the rows
 // that are computed are summed exactly as in a sweep over every row, so
 // their results are the same, bit for bit.
-template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue, Source kSource>
+template <typename scalar_t, typename store_t, typename index_t, int V, Epilogue kEpilogue,
+          Source kSource>
 __global__ void __launch_bounds__(kThreads)
-    sweep_kernel(const Sweep<scalar_t, index_t> s, int log2_group) {
+    sweep_kernel(const Sweep<scalar_t, store_t, index_t> s, int log2_group) {
   using acc_t = at::opmath_type<scalar_t>;
+  using gather_t = std::conditional_t<gathers_x(kSource), scalar_t, store_t>;
+  const gather_t* __restrict__ src;
+  if constexpr (gathers_x(kSource)) {
+    src = s.src_x;
+  } else {
+    src = s.src;
+  }
   const Lanes g = lanes<V>(log2_group, s);
   const int64_t d = s.d;
   acc_t dot = 0, dot0 = 0;
@@ -340,29 +374,29 @@ __global__ void __launch_bounds__(kThreads)
         for (int64_t k0 = edge_begin; k0 < edge_end; k0 += g.group) {
           // One edge per lane, broadcast below; lanes past the run's end
           // hold (node 0, weight 0), so that every load of a batch is valid.
-          // From a compact x, the column becomes x's slot (-1: a zero row).
-          index_t my_col = kSource == Source::kCompactX ? -1 : 0;
+          // From compact rows, the column becomes the row's slot (-1: a zero row).
+          index_t my_col = gathers_compact(kSource) ? -1 : 0;
           acc_t my_w = 0;
           if (k0 + g.lane < edge_end) {
             my_col = s.col[k0 + g.lane];
             my_w = s.weight != nullptr ? s.weight[k0 + g.lane] : acc_t(1);
-            if constexpr (kSource != Source::kLayer) my_w *= s.dinv[my_col];
-            if constexpr (kSource == Source::kCompactX) my_col = s.x_slot[my_col];
+            if constexpr (gathers_x(kSource)) my_w *= s.dinv[my_col];
+            if constexpr (gathers_compact(kSource)) my_col = s.x_slot[my_col];
           }
           const int count =
               edge_end - k0 < g.group ? static_cast<int>(edge_end - k0) : g.group;
           for (int t0 = 0; t0 < count; t0 += kBatch) {
-            Vec<scalar_t, V> rows[kBatch];
+            Vec<gather_t, V> rows[kBatch];
             acc_t w[kBatch];
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
               const int64_t c = __shfl_sync(g.mask, my_col, t0 + b, g.group);
               w[b] = __shfl_sync(g.mask, my_w, t0 + b, g.group);
-              if (active && (kSource != Source::kCompactX || c >= 0)) {
-                rows[b] = load_vec<scalar_t, V>(s.src + c * d + first);
-              } else if (active) {  // a zero row of a compact x: adds 0, as a dense x would
+              if (active && (!gathers_compact(kSource) || c >= 0)) {
+                rows[b] = load_vec<gather_t, V>(src + c * d + first);
+              } else if (active) {  // a zero row of compact rows: adds 0, as a dense one would
 #pragma unroll
-                for (int i = 0; i < V; ++i) rows[b].v[i] = static_cast<scalar_t>(0.0f);
+                for (int i = 0; i < V; ++i) rows[b].v[i] = static_cast<gather_t>(0.0f);
               }
             }
 #pragma unroll
@@ -389,9 +423,9 @@ __global__ void __launch_bounds__(kThreads)
 
 // The rows that the sweep left pending: each one's pieces added in item
 // order, then the epilogue.
-template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue>
+template <typename scalar_t, typename store_t, typename index_t, int V, Epilogue kEpilogue>
 __global__ void __launch_bounds__(kThreads)
-    fixup_kernel(const Sweep<scalar_t, index_t> s, int log2_group) {
+    fixup_kernel(const Sweep<scalar_t, store_t, index_t> s, int log2_group) {
   using acc_t = at::opmath_type<scalar_t>;
   const Lanes g = lanes<V>(log2_group, s);
   const int64_t d = s.d;
@@ -472,12 +506,18 @@ __global__ void __launch_bounds__(kThreads)
 // from sorted), g[t] = sum of grad[order[t']] over the run of t' that list
 // the row whose slot is t, in list order; likewise extra from grad_x (when
 // not null), kept in the accumulation type. No atomics: deterministic.
-template <typename scalar_t>
+// Where top is not null, also the first layer that the sweeps gather, stored:
+// top[t] = dinv[row] * *alpha_top * g[t] (the layer s_L = dinv * alpha_L * G
+// at the rows where G is not zero).
+template <typename scalar_t, typename store_t>
 __global__ void __launch_bounds__(kThreads)
     sum_listed_kernel(const int64_t* __restrict__ sorted, const int64_t* __restrict__ order,
                       const int32_t* __restrict__ slot, int64_t num_listed, int64_t d,
                       const scalar_t* __restrict__ grad, const scalar_t* __restrict__ grad_x,
-                      scalar_t* __restrict__ g, at::opmath_type<scalar_t>* __restrict__ extra) {
+                      scalar_t* __restrict__ g, at::opmath_type<scalar_t>* __restrict__ extra,
+                      const at::opmath_type<scalar_t>* __restrict__ dinv,
+                      const at::opmath_type<scalar_t>* __restrict__ alpha_top,
+                      store_t* __restrict__ top) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < num_listed * d;
        i += int64_t{gridDim.x} * kThreads) {
@@ -491,8 +531,26 @@ __global__ void __launch_bounds__(kThreads)
       sum += static_cast<acc_t>(grad[o]);
       if (grad_x != nullptr) sum_x += static_cast<acc_t>(grad_x[o]);
     }
-    g[i] = static_cast<scalar_t>(sum);
+    const scalar_t gi = static_cast<scalar_t>(sum);
+    g[i] = gi;
     if (extra != nullptr) extra[i] = sum_x;
+    if (top != nullptr) {
+      top[i] = static_cast<store_t>(dinv[node] * *alpha_top * static_cast<acc_t>(gi));
+    }
+  }
+}
+
+// s = dinv * *alpha_top * x, rounded to store_t: the first layer that the
+// sweeps gather, where it is stored in another type than x's.
+template <typename scalar_t, typename store_t>
+__global__ void __launch_bounds__(kThreads)
+    scale_kernel(const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ dinv,
+                 const at::opmath_type<scalar_t>* __restrict__ alpha_top, int64_t n, int64_t d,
+                 store_t* __restrict__ s) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < n * d;
+       i += int64_t{gridDim.x} * kThreads) {
+    s[i] = static_cast<store_t>(dinv[i / d] * *alpha_top * static_cast<acc_t>(x[i]));
   }
 }
 
@@ -552,12 +610,14 @@ void launch_kernel(const char* name, void (*kernel)(Params...), int64_t blocks,
 }
 
 // Runs one sweep and its fix-up.
-template <typename scalar_t, typename index_t, int V, Epilogue kEpilogue, Source kSource>
-void launch_sweep(const Sweep<scalar_t, index_t>& s, const Plan& plan, cudaStream_t stream) {
-  launch_kernel("sweep_kernel", sweep_kernel<scalar_t, index_t, V, kEpilogue, kSource>,
+template <int V, Epilogue kEpilogue, Source kSource, typename scalar_t, typename store_t,
+          typename index_t>
+void launch_sweep(const Sweep<scalar_t, store_t, index_t>& s, const Plan& plan,
+                  cudaStream_t stream) {
+  launch_kernel("sweep_kernel", sweep_kernel<scalar_t, store_t, index_t, V, kEpilogue, kSource>,
                 plan.blocks, stream, s, plan.log2_group);
-  launch_kernel("fixup_kernel", fixup_kernel<scalar_t, index_t, V, kEpilogue>, plan.blocks,
-                stream, s, plan.log2_group);
+  launch_kernel("fixup_kernel", fixup_kernel<scalar_t, store_t, index_t, V, kEpilogue>,
+                plan.blocks, stream, s, plan.log2_group);
 }
 
 // Blocks for an elementwise kernel over `count` indices.
@@ -598,13 +658,14 @@ T* allocate_array(Allocate& allocate, int64_t count) {
   return static_cast<T*>(allocate(count * static_cast<int64_t>(sizeof(T))));
 }
 
-// A sweep over the graph with its scratch: the pieces of cut rows and the
-// pending rows.
-template <typename scalar_t, typename index_t, typename Allocate>
-Sweep<scalar_t, index_t> base_sweep(const DeviceGraph<scalar_t, index_t>& graph, int64_t d,
-                                    int64_t item_size, const Plan& plan, Allocate& allocate) {
+// A sweep over the graph with its scratch (the pieces of cut rows and the
+// pending rows), whose layers are stored as store_t.
+template <typename store_t, typename scalar_t, typename index_t, typename Allocate>
+Sweep<scalar_t, store_t, index_t> base_sweep(const DeviceGraph<scalar_t, index_t>& graph,
+                                             int64_t d, int64_t item_size, const Plan& plan,
+                                             Allocate& allocate) {
   using acc_t = at::opmath_type<scalar_t>;
-  Sweep<scalar_t, index_t> s{};
+  Sweep<scalar_t, store_t, index_t> s{};
   s.rowptr = graph.rowptr;
   s.col = graph.col;
   s.weight = graph.weight;
@@ -619,68 +680,88 @@ Sweep<scalar_t, index_t> base_sweep(const DeviceGraph<scalar_t, index_t>& graph,
   return s;
 }
 
+// The source of the first sweep of a Horner scheme whose layers are stored as
+// store_t: x itself where x is in that type (each row scaled as it is
+// gathered: no pass writes s_L); else the layer s_L = dinv * alpha_L * x,
+// rounded to store_t once by a pass of its own, as the CPU kernels round it.
+template <typename scalar_t, typename store_t>
+constexpr Source kFirstSource = std::is_same_v<scalar_t, store_t> ? Source::kX : Source::kLayer;
+template <typename scalar_t, typename store_t>
+constexpr Source kCompactFirstSource =
+    std::is_same_v<scalar_t, store_t> ? Source::kCompactX : Source::kCompactLayer;
+
 // Horner's scheme: h_L = alpha_L x; h_l = alpha_l x + M h_{l+1}; out = h_0,
-// with s.x, s.x_slot, s.extra and s.out set by the caller. The first sweep
-// gathers x itself (kFirst: kX, or kCompactX for a compact x); the others
-// gather s_l = dinv h_l from the buffers. The last sweep computes the rows
-// of out_slot only, when not null.
-template <typename scalar_t, typename index_t, int V, Source kFirst>
-void horner_launch(Sweep<scalar_t, index_t> s, const Plan& plan,
-                   const at::opmath_type<scalar_t>* alpha, int64_t L, scalar_t* buf_a,
-                   scalar_t* buf_b, const int32_t* out_slot, cudaStream_t stream) {
+// with s.x, s.x_slot, s.extra and s.out set by the caller, and s.src too where
+// the first sweep gathers a stored layer (kFirst: kLayer, kCompactLayer). The
+// first sweep gathers x itself for kFirst kX (kCompactX for a compact x); the
+// others gather s_l = dinv h_l, which each sweep but the last writes to
+// `next`, alternating with `spare`. The last sweep computes the rows of
+// out_slot only, when not null.
+template <int V, Source kFirst, typename scalar_t, typename store_t, typename index_t>
+void horner_launch(Sweep<scalar_t, store_t, index_t> s, const Plan& plan,
+                   const at::opmath_type<scalar_t>* alpha, int64_t L, store_t* next,
+                   store_t* spare, const int32_t* out_slot, cudaStream_t stream) {
+  s.src_x = s.x;
   for (int64_t l = L - 1; l >= 0; --l) {
     const bool first = l == L - 1;
-    s.src = first ? s.x : buf_a;
-    s.src_scale = first ? alpha + L : nullptr;
+    s.src_scale = first && gathers_x(kFirst) ? alpha + L : nullptr;
     s.alpha = alpha + l;
-    s.s_out = buf_b;
+    s.s_out = l > 0 ? next : nullptr;
     s.out_slot = l == 0 ? out_slot : nullptr;
     if (l > 0 && first) {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kNext, kFirst>(s, plan, stream);
+      launch_sweep<V, Epilogue::kNext, kFirst>(s, plan, stream);
     } else if (l > 0) {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kNext, Source::kLayer>(s, plan, stream);
+      launch_sweep<V, Epilogue::kNext, Source::kLayer>(s, plan, stream);
     } else if (first) {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kFinal, kFirst>(s, plan, stream);
+      launch_sweep<V, Epilogue::kFinal, kFirst>(s, plan, stream);
     } else {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kFinal, Source::kLayer>(s, plan, stream);
+      launch_sweep<V, Epilogue::kFinal, Source::kLayer>(s, plan, stream);
     }
-    std::swap(buf_a, buf_b);
+    s.src = next;
+    std::swap(next, spare);
   }
 }
 
-// Runs horner_launch (L >= 1) with its buffers: the sweep outputs that a
-// later sweep gathers (none for L = 1, one for L = 2), in x's dtype.
-template <Source kFirst, typename scalar_t, typename index_t, typename Allocate>
-void run_horner(const Sweep<scalar_t, index_t>& s, const Plan& plan, bool vec,
+// Runs horner_launch (L >= 1) with its buffers, [N, d] arrays of store_t:
+// the layers s_{L-1} .. s_1 that the sweeps write for the next one to gather
+// (none for L = 1), and for kFirst kLayer the layer s_L before them, which a
+// pass writes here; two buffers at most, used in turn.
+template <Source kFirst, typename scalar_t, typename store_t, typename index_t, typename Allocate>
+void run_horner(Sweep<scalar_t, store_t, index_t> s, const Plan& plan, bool vec,
                 const at::opmath_type<scalar_t>* alpha, int64_t L, const int32_t* out_slot,
                 Allocate& allocate, cudaStream_t stream) {
   const int64_t n = s.num_rows, d = s.d;
-  scalar_t* buf_a = L > 1 ? allocate_array<scalar_t>(allocate, n * d) : nullptr;
-  scalar_t* buf_b = L > 2 ? allocate_array<scalar_t>(allocate, n * d) : buf_a;
-  // The first sweep writes b: swap so that every sweep reads a, writes b.
+  const int64_t stored = L - 1 + (kFirst == Source::kLayer ? 1 : 0);
+  store_t* next = stored >= 1 ? allocate_array<store_t>(allocate, n * d) : nullptr;
+  store_t* spare = stored >= 2 ? allocate_array<store_t>(allocate, n * d) : next;
+  if constexpr (kFirst == Source::kLayer) {
+    launch_kernel("scale_kernel", scale_kernel<scalar_t, store_t>, elementwise_blocks(n * d),
+                  stream, s.x, s.dinv, alpha + L, n, d, next);
+    s.src = next;
+    std::swap(next, spare);
+  }
   if (vec) {
-    horner_launch<scalar_t, index_t, kVec<scalar_t>, kFirst>(s, plan, alpha, L, buf_b, buf_a,
-                                                             out_slot, stream);
+    horner_launch<kVec<scalar_t>, kFirst>(s, plan, alpha, L, next, spare, out_slot, stream);
   } else {
-    horner_launch<scalar_t, index_t, 1, kFirst>(s, plan, alpha, L, buf_b, buf_a, out_slot,
-                                                stream);
+    horner_launch<1, kFirst>(s, plan, alpha, L, next, spare, out_slot, stream);
   }
 }
 
 // out = sum_l alpha[l] M^l x for l = 0..L, on the graph's N x d rows, with
-// alpha (L + 1 values) on the device. Needs L >= 1, N >= 1, d >= 1: the
-// entry points answer the other cases without a kernel.
-template <typename scalar_t, typename index_t, typename Allocate>
+// alpha (L + 1 values) on the device, the layers that the sweeps gather
+// stored as store_t (x's type, or bfloat16 for float32 x). Needs L >= 1,
+// N >= 1, d >= 1: the entry points answer the other cases without a kernel.
+template <typename store_t, typename scalar_t, typename index_t, typename Allocate>
 void propagate_sweeps(const DeviceGraph<scalar_t, index_t>& graph, int64_t d, int64_t item_size,
                       const scalar_t* x, const at::opmath_type<scalar_t>* alpha, int64_t L,
                       scalar_t* out, Allocate&& allocate, cudaStream_t stream) {
   const bool vec = can_vectorize<scalar_t>(d, {x, out});
   const Plan plan =
       make_plan(graph.num_rows, graph.num_edges, d, vec ? kVec<scalar_t> : 1, item_size);
-  auto s = base_sweep(graph, d, item_size, plan, allocate);
+  auto s = base_sweep<store_t>(graph, d, item_size, plan, allocate);
   s.x = x;
   s.out = out;
-  run_horner<Source::kX>(s, plan, vec, alpha, L, nullptr, allocate, stream);
+  run_horner<kFirstSource<scalar_t, store_t>>(s, plan, vec, alpha, L, nullptr, allocate, stream);
 }
 
 // slot (N entries) for the listed rows rows[0 .. num_listed).
@@ -698,9 +779,9 @@ int32_t* list_rows(const int64_t* rows, int64_t num_listed, int64_t n, Allocate&
 // out[i] = (sum_l alpha[l] M^l x)[rows[i]] for i < num_listed (out is
 // [num_listed, d]; rows are node ids, repeats allowed, fewer than 2^31): the
 // sweeps of propagate_sweeps, but the last one computes each listed row once
-// and reads only its edges. The numbers are those of propagate_sweeps, bit for
-// bit. Needs L >= 1, N >= 1, d >= 1, num_listed >= 1.
-template <typename scalar_t, typename index_t, typename Allocate>
+// and reads only its edges. The numbers are those of propagate_sweeps (with
+// the same store_t), bit for bit. Needs L >= 1, N >= 1, d >= 1, num_listed >= 1.
+template <typename store_t, typename scalar_t, typename index_t, typename Allocate>
 void propagate_rows_sweeps(const DeviceGraph<scalar_t, index_t>& graph, int64_t d,
                            int64_t item_size, const scalar_t* x,
                            const at::opmath_type<scalar_t>* alpha, int64_t L, const int64_t* rows,
@@ -709,11 +790,11 @@ void propagate_rows_sweeps(const DeviceGraph<scalar_t, index_t>& graph, int64_t 
   const bool vec = can_vectorize<scalar_t>(d, {x, out});
   const Plan plan =
       make_plan(graph.num_rows, graph.num_edges, d, vec ? kVec<scalar_t> : 1, item_size);
-  auto s = base_sweep(graph, d, item_size, plan, allocate);
+  auto s = base_sweep<store_t>(graph, d, item_size, plan, allocate);
   const int32_t* slot = list_rows(rows, num_listed, graph.num_rows, allocate, stream);
   s.x = x;
   s.out = out;
-  run_horner<Source::kX>(s, plan, vec, alpha, L, slot, allocate, stream);
+  run_horner<kFirstSource<scalar_t, store_t>>(s, plan, vec, alpha, L, slot, allocate, stream);
   launch_kernel("copy_repeats_kernel", copy_repeats_kernel<scalar_t>,
                 elementwise_blocks(num_listed * d), stream, rows, slot, num_listed, d, out);
 }
@@ -725,9 +806,11 @@ void propagate_rows_sweeps(const DeviceGraph<scalar_t, index_t>& graph, int64_t 
 // and order (the entry of rows at each sorted position). G is kept compact,
 // one row per listed node, and the first sweep gathers only those rows (no
 // atomics: the numbers are deterministic, and those of propagate_sweeps on
-// the dense G, bit for bit, where no row is listed twice). Needs N >= 1,
-// d >= 1, num_listed >= 1, fewer than 2^31; L = 0 too.
-template <typename scalar_t, typename index_t, typename Allocate>
+// the dense G with the same store_t, bit for bit, where no row is listed
+// twice). Where store_t is not grad's type, the first layer s_L is stored
+// compact too, beside G. Needs N >= 1, d >= 1, num_listed >= 1, fewer than
+// 2^31; L = 0 too.
+template <typename store_t, typename scalar_t, typename index_t, typename Allocate>
 void propagate_rows_backward_sweeps(const DeviceGraph<scalar_t, index_t>& graph_t, int64_t d,
                                     int64_t item_size, const scalar_t* grad,
                                     const scalar_t* grad_x,
@@ -736,32 +819,37 @@ void propagate_rows_backward_sweeps(const DeviceGraph<scalar_t, index_t>& graph_
                                     int64_t num_listed, scalar_t* out, Allocate&& allocate,
                                     cudaStream_t stream) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr Source kFirst = kCompactFirstSource<scalar_t, store_t>;
   const int64_t n = graph_t.num_rows;
   const int32_t* slot = list_rows(sorted, num_listed, n, allocate, stream);
   scalar_t* g = allocate_array<scalar_t>(allocate, num_listed * d);
   acc_t* extra = grad_x != nullptr ? allocate_array<acc_t>(allocate, num_listed * d) : nullptr;
-  launch_kernel("sum_listed_kernel", sum_listed_kernel<scalar_t>,
+  store_t* top = kFirst == Source::kCompactLayer && L >= 1
+                     ? allocate_array<store_t>(allocate, num_listed * d)
+                     : nullptr;
+  launch_kernel("sum_listed_kernel", sum_listed_kernel<scalar_t, store_t>,
                 elementwise_blocks(num_listed * d), stream, sorted, order, slot, num_listed, d,
-                grad, grad_x, g, extra);
+                grad, grad_x, g, extra, graph_t.dinv, alpha + L, top);
   if (L == 0) {
     launch_kernel("listed_to_dense_kernel", listed_to_dense_kernel<scalar_t>,
                   elementwise_blocks(n * d), stream, slot, n, d, static_cast<const scalar_t*>(g),
                   static_cast<const acc_t*>(extra), alpha, out);
     return;
   }
-  // extra is read in vectors of V acc_t: allocate aligns it for any vector.
+  // extra and top are read in vectors of V: allocate aligns them for any vector.
   const bool vec = can_vectorize<scalar_t>(d, {g, out});
   const Plan plan = make_plan(n, graph_t.num_edges, d, vec ? kVec<scalar_t> : 1, item_size);
-  auto s = base_sweep(graph_t, d, item_size, plan, allocate);
+  auto s = base_sweep<store_t>(graph_t, d, item_size, plan, allocate);
   s.x = g;
   s.x_slot = slot;
   s.extra = extra;
+  s.src = top;
   s.out = out;
-  run_horner<Source::kCompactX>(s, plan, vec, alpha, L, nullptr, allocate, stream);
+  run_horner<kFirst>(s, plan, vec, alpha, L, nullptr, allocate, stream);
 }
 
-template <typename scalar_t, typename index_t, int V>
-void layer_dots_launch(Sweep<scalar_t, index_t> s, const Plan& plan, const scalar_t* x,
+template <int V, typename scalar_t, typename index_t>
+void layer_dots_launch(Sweep<scalar_t, scalar_t, index_t> s, const Plan& plan, const scalar_t* x,
                        const scalar_t* grad, int64_t L, scalar_t* buf_a, scalar_t* buf_b,
                        at::opmath_type<scalar_t>* partial, at::opmath_type<scalar_t>* dots,
                        cudaStream_t stream) {
@@ -773,14 +861,15 @@ void layer_dots_launch(Sweep<scalar_t, index_t> s, const Plan& plan, const scala
   s.partial0 = partial;
   for (int64_t l = 1; l <= L; ++l) {
     const bool from_x = l == 1;
-    s.src = from_x ? x : buf_a;
+    s.src_x = x;
+    s.src = buf_a;
     s.dot0_x = from_x ? x : nullptr;
     s.s_out = l < L ? buf_b : nullptr;  // the last layer's s is never read
     s.partial = partial + l * per_layer;
     if (from_x) {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kDots, Source::kX>(s, plan, stream);
+      launch_sweep<V, Epilogue::kDots, Source::kX>(s, plan, stream);
     } else {
-      launch_sweep<scalar_t, index_t, V, Epilogue::kDots, Source::kLayer>(s, plan, stream);
+      launch_sweep<V, Epilogue::kDots, Source::kLayer>(s, plan, stream);
     }
     std::swap(buf_a, buf_b);
   }
@@ -799,17 +888,15 @@ void layer_dots_sweeps(const DeviceGraph<scalar_t, index_t>& graph, int64_t d, i
   const int64_t n = graph.num_rows;
   const bool vec = can_vectorize<scalar_t>(d, {x, grad});
   const Plan plan = make_plan(n, graph.num_edges, d, vec ? kVec<scalar_t> : 1, item_size);
-  const auto s = base_sweep(graph, d, item_size, plan, allocate);
+  const auto s = base_sweep<scalar_t>(graph, d, item_size, plan, allocate);
   // Every block of every sweep and fix-up writes its partials: no zeroing.
   acc_t* partial = allocate_array<acc_t>(allocate, (L + 1) * 2 * plan.blocks);
   scalar_t* buf_a = L > 1 ? allocate_array<scalar_t>(allocate, n * d) : nullptr;
   scalar_t* buf_b = L > 2 ? allocate_array<scalar_t>(allocate, n * d) : buf_a;
   if (vec) {
-    layer_dots_launch<scalar_t, index_t, kVec<scalar_t>>(s, plan, x, grad, L, buf_b, buf_a,
-                                                         partial, dots, stream);
+    layer_dots_launch<kVec<scalar_t>>(s, plan, x, grad, L, buf_b, buf_a, partial, dots, stream);
   } else {
-    layer_dots_launch<scalar_t, index_t, 1>(s, plan, x, grad, L, buf_b, buf_a, partial, dots,
-                                            stream);
+    layer_dots_launch<1>(s, plan, x, grad, L, buf_b, buf_a, partial, dots, stream);
   }
 }
 

@@ -158,17 +158,14 @@ def resolve_device(name):
 
 
 def check_precision(precision, device=None, world_size=1):
-    """Refuses, in one line, a --precision that this device or this number
-    of processes cannot train with: bf16 has CPU kernels only, and the
-    distributed propagation is float32."""
+    """Refuses, in one line, a --precision that this number of processes
+    cannot train with: the distributed propagation is float32. (bf16 has
+    CPU and CUDA kernels: any device of one process takes it.)"""
     if precision == "float32":
         return
     if world_size > 1:
         raise ValueError(f"--precision {precision} trains in one process only: use --precision "
                          f"float32 under torchrun ({world_size} processes)")
-    if device is not None and device.type != "cpu":
-        raise ValueError(f"--precision {precision} runs on the CPU only for now: use "
-                         f"--precision float32 with --device {device}, or --device cpu")
 
 
 def data_source(spec, root=None):

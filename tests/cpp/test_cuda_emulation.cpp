@@ -6,17 +6,19 @@
 // M = D^-1/2 W D^-1/2 with the dinv and weights that the kernels are given;
 // propagate_rows = propagate read at a list of rows, and its backward
 // sum_l alpha_l (M^T)^l G + G0 with G, G0 the gradients of the two outputs
-// summed at their rows. Tolerances are those of tests/test_cuda.py.
+// summed at their rows. Tolerances are those of tests/test_cuda.py, with an
+// absolute term for the spacing of float16's subnormal numbers.
 //
 // The corpus covers every branch of the schedule and of the epilogues: an
 // empty graph (no edges), isolated nodes, a hub row of 5,000 edges, item sizes
 // 1, 2, 7, 128 and 100,000 (the value LIGHTGCN_EXT_CUDA_ITEM_SIZE would set),
 // d in {1, 3, 8, 64, 65, 130}, L in 1..4, weighted and unweighted, symmetric
-// and directed graphs, float32, float64, float16 and bfloat16, int32 and int64
-// columns, and x / out / grad aligned to a vector (vectorized kernels) or not
-// (scalar kernels). L = 0, N = 0 and d = 0 launch nothing for propagate,
-// layer_dots and propagate_rows: the ATen entry points answer them
-// (tests/test_cuda.py checks them on a GPU).
+// and directed graphs, float32, float64, float16 and bfloat16, float32 with
+// bfloat16 layers (the ops' bf16=True), int32 and int64 columns, and x / out /
+// grad aligned to a vector (vectorized kernels) or not (scalar kernels). L =
+// 0, N = 0 and d = 0 launch nothing for propagate, layer_dots and
+// propagate_rows: the ATen entry points answer them (tests/test_cuda.py
+// checks them on a GPU).
 //
 // propagate_rows runs on row lists with repeats, isolated nodes and empty
 // rows (the hub's row among them), every node, or one; its backward with L =
@@ -25,6 +27,14 @@
 // reference, both must give the numbers of propagate's kernels on the same
 // data bit for bit: the forward those of propagate at the listed rows, the
 // backward those of propagate over M^T applied to the dense G.
+//
+// bfloat16 layers are held to tests/test_precision.py's bound (each gathered
+// layer rounded once to bfloat16, on top of float32's rounding), and, on
+// features and weights where float32 arithmetic is exact (dinv = 1, weights
+// and alphas powers of two, features on a grid finer than bfloat16), to a
+// float64 reference that rounds the same layers at the same points, bit for
+// bit: propagate, propagate_rows and its backward, d in {1, 64, 65}, L in
+// 1..3, weighted and unweighted, repeated rows, the empty graph.
 //
 // Every array the kernels read or write is its own heap allocation of exactly
 // its size, so that under AddressSanitizer a read past any end is reported.
@@ -214,13 +224,16 @@ std::vector<std::vector<double>> layers(const Csr& g, const std::vector<double>&
 }
 
 // ---------------------------------------------------------------- cases
-enum class Type { f32, f64, f16, bf16 };
+// The features' type, and f32_bf16: float32 features whose gathered layers
+// are stored in bfloat16 (the ops' bf16=True).
+enum class Type { f32, f64, f16, bf16, f32_bf16 };
 const char* type_name(Type t) {
   switch (t) {
     case Type::f32: return "float32";
     case Type::f64: return "float64";
     case Type::f16: return "float16";
-    default: return "bfloat16";
+    case Type::bf16: return "bfloat16";
+    default: return "float32-bf16-layers";
   }
 }
 
@@ -315,6 +328,14 @@ struct Operands {
     }
   }
 
+  // No normalization: dinv = 1, so that M is the weighted adjacency itself.
+  void unit_dinv() {
+    for (int64_t r = 0; r < dinv.size(); ++r) {
+      dinv[r] = acc_t(1);
+      dinv64[r] = 1.0;
+    }
+  }
+
   kernels::DeviceGraph<scalar_t, index_t> device() const {
     return {rowptr.data(), col.data(), weighted ? weight.data() : nullptr, dinv.data(),
             dinv.size(), col.size()};
@@ -394,7 +415,54 @@ std::vector<double> abs_of(std::vector<double> v) {
   return v;
 }
 
-template <typename scalar_t, typename index_t>
+// The unit roundoff of bfloat16 (8 significant bits, round to nearest even).
+constexpr double kBf16UnitRoundoff = 1.0 / 256;
+
+// tests/test_precision.py's bound on what bfloat16 layers add to the error
+// of sum_l alpha_l M^l v: rounding each gathered layer h_l (Horner's partial
+// sums h_L = alpha_L v, h_l = alpha_l v + M h_{l+1}) errs by at most u |h_l|,
+// and that error reaches the result through M^l (M >= 0 here), so |error|
+// <= u sum_{l=1..L} M^l |h_l|; 5% more for the second-order terms.
+std::vector<double> bf16_layers_bound(const Csr& g, const std::vector<double>& w,
+                                      const std::vector<double>& dinv,
+                                      const std::vector<double>& v, int64_t d,
+                                      const std::vector<double>& alpha) {
+  const int64_t L = static_cast<int64_t>(alpha.size()) - 1;
+  std::vector<double> h(v.size()), bound(v.size(), 0.0);
+  for (size_t i = 0; i < v.size(); ++i) h[i] = alpha[L] * v[i];
+  for (int64_t l = L; l >= 1; --l) {
+    const auto reached = layers(g, w, dinv, abs_of(h), d, l).back();
+    for (size_t i = 0; i < v.size(); ++i) bound[i] += 1.05 * kBf16UnitRoundoff * reached[i];
+    if (l > 1) {
+      const auto mh = layers(g, w, dinv, h, d, 1).back();
+      for (size_t i = 0; i < v.size(); ++i) h[i] = alpha[l - 1] * v[i] + mh[i];
+    }
+  }
+  return bound;
+}
+
+// The elementwise tolerance of a propagation of L layers over g whose inputs
+// were rounded `roundings` times to the type: propagate_rel relative to
+// abs_bound; plus, as an absolute term, `roundings` times the spacing of the
+// type's subnormal numbers (float16's below 6e-5), where a rounding errs by up
+// to half of it whatever the value; plus, where the layers are stored in
+// bfloat16 (store_t is not scalar_t), the bound of their rounding, bf16_bound.
+template <typename scalar_t, typename store_t>
+std::vector<double> propagate_tolerance(const Csr& g, int64_t L, int64_t roundings,
+                                        const std::vector<double>& abs_bound,
+                                        const std::vector<double>& bf16_bound) {
+  const double rel = propagate_rel<scalar_t>(g, L, roundings);
+  const double subnormal =
+      roundings * static_cast<double>(std::numeric_limits<scalar_t>::denorm_min());
+  std::vector<double> tol(abs_bound.size());
+  for (size_t i = 0; i < tol.size(); ++i) {
+    tol[i] = rel * abs_bound[i] + subnormal +
+             (std::is_same_v<scalar_t, store_t> ? 0.0 : bf16_bound[i]);
+  }
+  return tol;
+}
+
+template <typename scalar_t, typename store_t, typename index_t>
 void run_case(const Case& c, std::mt19937_64& rng) {
   using acc_t = at::opmath_type<scalar_t>;
   const Csr& g = *c.graph;
@@ -414,20 +482,25 @@ void run_case(const Case& c, std::mt19937_64& rng) {
                               kernels::can_vectorize<scalar_t>(d, {x.data(), out.data()}), L));
   {
     CallMemory memory;
-    kernels::propagate_sweeps(m.device(), d, item_size, x.data(), alpha.data(), L, out.data(),
-                              memory, nullptr);
-  }
-  {
-    CallMemory memory;
-    kernels::layer_dots_sweeps(m.device(), d, item_size, x.data(), grad.data(), L, dots.data(),
-                               memory, nullptr);
+    kernels::propagate_sweeps<store_t>(m.device(), d, item_size, x.data(), alpha.data(), L,
+                                       out.data(), memory, nullptr);
   }
 
   // tests/test_cuda.py's tolerances: rounding relative to sum_l |alpha_l| |M|^l |x|.
   const auto want = layers(g, m.w, m.dinv64, x64, d, L);
   const auto abs_layers = layers(g, m.w, m.dinv64, absx, d, L);
   check_elementwise(name + ": propagate", out.data(), alpha_sum(want, alpha64),
-                    alpha_sum(abs_layers, alpha64), propagate_rel<scalar_t>(g, L, L + 1), d);
+                    propagate_tolerance<scalar_t, store_t>(
+                        g, L, L + 1, alpha_sum(abs_layers, alpha64),
+                        bf16_layers_bound(g, m.w, m.dinv64, x64, d, alpha64)),
+                    1.0, d);
+  if constexpr (!std::is_same_v<scalar_t, store_t>) return;  // layer_dots has no bf16 layers
+
+  {
+    CallMemory memory;
+    kernels::layer_dots_sweeps(m.device(), d, item_size, x.data(), grad.data(), L, dots.data(),
+                               memory, nullptr);
+  }
 
   double norm_x = 0, norm_grad = 0;
   for (int64_t i = 0; i < n * d; ++i) {
@@ -472,9 +545,32 @@ std::vector<int64_t> listed_rows(const Csr& g, Listed listed, std::mt19937_64& r
   return rows;
 }
 
+// A row list as the kernels take it: rows, and rows sorted stably with the
+// entry of rows at each sorted position (the CUDA entry point sorts with
+// at::sort(stable=true)).
+struct RowList {
+  int64_t k;
+  Array<int64_t> rows, sorted, order;
+
+  explicit RowList(const std::vector<int64_t>& ids)
+      : k(static_cast<int64_t>(ids.size())), rows(k), sorted(k), order(k) {
+    std::vector<int64_t> order_ids(k);
+    for (int64_t i = 0; i < k; ++i) {
+      rows[i] = ids[i];
+      order_ids[i] = i;
+    }
+    std::stable_sort(order_ids.begin(), order_ids.end(),
+                     [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
+    for (int64_t t = 0; t < k; ++t) {
+      order[t] = order_ids[t];
+      sorted[t] = ids[order_ids[t]];
+    }
+  }
+};
+
 // propagate_rows forward and backward against the reference and against
 // propagate's kernels (see the top of the file).
-template <typename scalar_t, typename index_t>
+template <typename scalar_t, typename store_t, typename index_t>
 void run_rows_case(const RowsCase& rc, std::mt19937_64& rng) {
   using acc_t = at::opmath_type<scalar_t>;
   const Case& c = rc.c;
@@ -491,21 +587,9 @@ void run_rows_case(const RowsCase& rc, std::mt19937_64& rng) {
   const Operands<scalar_t, index_t> mt_own(gt, c.weighted, &m);
   const Operands<scalar_t, index_t>& mt = m_is_symmetric ? m : mt_own;
 
-  const std::vector<int64_t> row_ids = listed_rows(g, rc.listed, rng);
-  const int64_t k = static_cast<int64_t>(row_ids.size());
-  Array<int64_t> rows(k);
-  for (int64_t i = 0; i < k; ++i) rows[i] = row_ids[i];
-  // rows sorted stably, and the entry of rows at each sorted position (the
-  // CUDA entry point sorts with at::sort(stable=true)).
-  std::vector<int64_t> order_ids(k);
-  for (int64_t i = 0; i < k; ++i) order_ids[i] = i;
-  std::stable_sort(order_ids.begin(), order_ids.end(),
-                   [&](int64_t a, int64_t b) { return row_ids[a] < row_ids[b]; });
-  Array<int64_t> sorted(k), order(k);
-  for (int64_t t = 0; t < k; ++t) {
-    order[t] = order_ids[t];
-    sorted[t] = row_ids[order_ids[t]];
-  }
+  const RowList list(listed_rows(g, rc.listed, rng));
+  const int64_t k = list.k;
+  const Array<int64_t> &rows = list.rows, &sorted = list.sorted, &order = list.order;
 
   Array<scalar_t> x(n * d, offset), full(n * d, offset), out(k * d, offset);
   Array<scalar_t> grad(k * d, offset), grad_x(k * d, offset), grad_in(n * d, offset);
@@ -519,27 +603,28 @@ void run_rows_case(const RowsCase& rc, std::mt19937_64& rng) {
   if (L >= 1) {
     {
       CallMemory memory;
-      kernels::propagate_rows_sweeps(m.device(), d, item_size, x.data(), alpha.data(), L,
-                                     rows.data(), k, out.data(), memory, nullptr);
+      kernels::propagate_rows_sweeps<store_t>(m.device(), d, item_size, x.data(), alpha.data(),
+                                              L, rows.data(), k, out.data(), memory, nullptr);
     }
     {
       CallMemory memory;
-      kernels::propagate_sweeps(m.device(), d, item_size, x.data(), alpha.data(), L, full.data(),
-                                memory, nullptr);
+      kernels::propagate_sweeps<store_t>(m.device(), d, item_size, x.data(), alpha.data(), L,
+                                         full.data(), memory, nullptr);
     }
     const auto want = alpha_sum(layers(g, m.w, m.dinv64, x64, d, L), alpha64);
-    const auto bound = alpha_sum(layers(g, m.w, m.dinv64, abs_of(x64), d, L), alpha64);
-    std::vector<double> want_rows(k * d), bound_rows(k * d);
+    const auto tol = propagate_tolerance<scalar_t, store_t>(
+        g, L, L + 1, alpha_sum(layers(g, m.w, m.dinv64, abs_of(x64), d, L), alpha64),
+        bf16_layers_bound(g, m.w, m.dinv64, x64, d, alpha64));
+    std::vector<double> want_rows(k * d), tol_rows(k * d);
     int64_t differ = 0;
     for (int64_t i = 0; i < k; ++i) {
       for (int64_t j = 0; j < d; ++j) {
         want_rows[i * d + j] = want[rows[i] * d + j];
-        bound_rows[i * d + j] = bound[rows[i] * d + j];
+        tol_rows[i * d + j] = tol[rows[i] * d + j];
         differ += !(out[i * d + j] == full[rows[i] * d + j]);
       }
     }
-    check_elementwise(name + ": propagate_rows", out.data(), want_rows, bound_rows,
-                      propagate_rel<scalar_t>(g, L, L + 1), d);
+    check_elementwise(name + ": propagate_rows", out.data(), want_rows, tol_rows, 1.0, d);
     if (differ > 0) {
       fail(name + ": propagate_rows differs from propagate at its rows in " +
            std::to_string(differ) + " entries (they must be the same, bit for bit)");
@@ -572,10 +657,9 @@ void run_rows_case(const RowsCase& rc, std::mt19937_64& rng) {
                               kernels::can_vectorize<scalar_t>(d, {grad_out.data()}), L));
   {
     CallMemory memory;
-    kernels::propagate_rows_backward_sweeps(mt.device(), d, item_size, grad.data(),
-                                            rc.with_grad_x ? grad_x.data() : nullptr,
-                                            alpha.data(), L, sorted.data(), order.data(), k,
-                                            grad_out.data(), memory, nullptr);
+    kernels::propagate_rows_backward_sweeps<store_t>(
+        mt.device(), d, item_size, grad.data(), rc.with_grad_x ? grad_x.data() : nullptr,
+        alpha.data(), L, sorted.data(), order.data(), k, grad_out.data(), memory, nullptr);
   }
   // The reference over the true M^T (gt), whichever CSR the kernels were given.
   auto want = alpha_sum(layers(gt, mt_own.w, m.dinv64, g64, d, L), alpha64);
@@ -587,13 +671,16 @@ void run_rows_case(const RowsCase& rc, std::mt19937_64& rng) {
     }
   }
   // More roundings than a propagation: G's, and those of the repeats' sums.
-  check_elementwise(name + ": propagate_rows_backward", grad_out.data(), want, bound,
-                    propagate_rel<scalar_t>(gt, L, L + 2 + max_repeats), d);
+  check_elementwise(name + ": propagate_rows_backward", grad_out.data(), want,
+                    propagate_tolerance<scalar_t, store_t>(
+                        gt, L, L + 2 + max_repeats, bound,
+                        bf16_layers_bound(gt, mt_own.w, m.dinv64, g64, d, alpha64)),
+                    1.0, d);
   if (!rc.with_grad_x && L >= 1) {
     {
       CallMemory memory;
-      kernels::propagate_sweeps(mt.device(), d, item_size, grad_in.data(), alpha.data(), L,
-                                dense_out.data(), memory, nullptr);
+      kernels::propagate_sweeps<store_t>(mt.device(), d, item_size, grad_in.data(),
+                                         alpha.data(), L, dense_out.data(), memory, nullptr);
     }
     int64_t differ = 0;
     for (int64_t i = 0; i < n * d; ++i) differ += !(grad_out[i] == dense_out[i]);
@@ -604,21 +691,21 @@ void run_rows_case(const RowsCase& rc, std::mt19937_64& rng) {
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename store_t = scalar_t>
 void run_typed(const Case& c, std::mt19937_64& rng) {
   if (c.int64_col) {
-    run_case<scalar_t, int64_t>(c, rng);
+    run_case<scalar_t, store_t, int64_t>(c, rng);
   } else {
-    run_case<scalar_t, int32_t>(c, rng);
+    run_case<scalar_t, store_t, int32_t>(c, rng);
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename store_t = scalar_t>
 void run_rows_typed(const RowsCase& rc, std::mt19937_64& rng) {
   if (rc.c.int64_col) {
-    run_rows_case<scalar_t, int64_t>(rc, rng);
+    run_rows_case<scalar_t, store_t, int64_t>(rc, rng);
   } else {
-    run_rows_case<scalar_t, int32_t>(rc, rng);
+    run_rows_case<scalar_t, store_t, int32_t>(rc, rng);
   }
 }
 
@@ -628,6 +715,7 @@ void run(const Case& c, std::mt19937_64& rng) {
     case Type::f64: return run_typed<double>(c, rng);
     case Type::f16: return run_typed<c10::Half>(c, rng);
     case Type::bf16: return run_typed<c10::BFloat16>(c, rng);
+    case Type::f32_bf16: return run_typed<float, c10::BFloat16>(c, rng);
   }
 }
 
@@ -637,7 +725,143 @@ void run(const RowsCase& rc, std::mt19937_64& rng) {
     case Type::f64: return run_rows_typed<double>(rc, rng);
     case Type::f16: return run_rows_typed<c10::Half>(rc, rng);
     case Type::bf16: return run_rows_typed<c10::BFloat16>(rc, rng);
+    case Type::f32_bf16: return run_rows_typed<float, c10::BFloat16>(rc, rng);
   }
+}
+
+// ------------------------------------------------- bfloat16 layers, exactly
+// A case where float32 arithmetic is exact: no normalization (dinv = 1),
+// weights 1/2, 1 or 2 (all 1 unweighted), alphas 1/2, 1/4, 1/8, 1/8 and
+// features, gradients on a grid of 2^-9 in (-1, 1), which bfloat16 cannot
+// hold (9 bits), so that the first layer is rounded too. The kernels must
+// then give the float64 reference that rounds the same layers, bit for bit.
+struct GridCase {
+  const Csr* graph;
+  int64_t d;
+  int64_t L;
+  bool weighted;
+  int64_t item_size;
+
+  std::string name() const {
+    return "bf16 layers exact " + graph->name + " d=" + std::to_string(d) +
+           " L=" + std::to_string(L) + (weighted ? " weighted" : " unweighted") +
+           " item_size=" + std::to_string(item_size);
+  }
+};
+
+double round_to_bf16(double v) {
+  return static_cast<double>(static_cast<float>(c10::BFloat16(static_cast<float>(v))));
+}
+
+// sum_l alpha_l A^l v as the kernels compute it with bfloat16 layers and
+// dinv = 1 (A the weighted adjacency of g): the layers s_L = alpha_L v, s_l =
+// alpha_l v + A s_{l+1} (l = L-1 .. 1) rounded to bfloat16 where `round`,
+// the result alpha_0 v + A s_1 not.
+std::vector<double> horner_bf16(const Csr& g, const std::vector<double>& w,
+                                const std::vector<double>& v, int64_t d,
+                                const std::vector<double>& alpha, bool round) {
+  const int64_t L = static_cast<int64_t>(alpha.size()) - 1;
+  const std::vector<double> ones(g.n, 1.0);
+  auto rounded = [&](double value) { return round ? round_to_bf16(value) : value; };
+  std::vector<double> s(v.size());
+  for (size_t i = 0; i < v.size(); ++i) s[i] = rounded(alpha[L] * v[i]);
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const auto as = layers(g, w, ones, s, d, 1).back();
+    for (size_t i = 0; i < v.size(); ++i) {
+      s[i] = alpha[l] * v[i] + as[i];
+      if (l > 0) s[i] = rounded(s[i]);
+    }
+  }
+  return s;
+}
+
+template <typename T>
+std::vector<double> fill_grid(Array<T>& a, std::mt19937_64& rng) {
+  std::uniform_int_distribution<int> step(-511, 511);
+  std::vector<double> values(a.size());
+  for (int64_t i = 0; i < a.size(); ++i) {
+    values[i] = step(rng) / 512.0;
+    a[i] = static_cast<T>(values[i]);
+  }
+  return values;
+}
+
+// A failure, with the number of entries, where got is not want rounded to float32.
+void check_bits(const std::string& what, const float* got, const std::vector<double>& want) {
+  int64_t differ = 0;
+  size_t first = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!(got[i] == static_cast<float>(want[i])) && differ++ == 0) first = i;
+  }
+  if (differ > 0) {
+    fail(what + ": " + std::to_string(differ) + " entries differ from the reference that rounds "
+         "the same layers (first: entry " + std::to_string(first) + ", got " +
+         std::to_string(got[first]) + ", want " + std::to_string(want[first]) + ")");
+  }
+}
+
+int grid_cases_rounding = 0;  // the cases whose roundings change the reference
+
+void run(const GridCase& gc, std::mt19937_64& rng) {
+  using store_t = c10::BFloat16;
+  const int64_t n = gc.graph->n, d = gc.d, L = gc.L;
+  const std::string name = gc.name();
+  Csr g = *gc.graph;
+  std::uniform_int_distribution<int> power(-1, 1);
+  for (double& w : g.weight) w = std::ldexp(1.0, power(rng));
+  const Csr gt = transposed(g);
+  Operands<float, int32_t> m(g, gc.weighted);
+  m.unit_dinv();
+  const Operands<float, int32_t> mt(gt, gc.weighted, &m);
+  const double alphas[] = {0.5, 0.25, 0.125, 0.125};
+  const std::vector<double> alpha64(alphas, alphas + L + 1);
+  Array<float> alpha(L + 1);
+  for (int64_t l = 0; l <= L; ++l) alpha[l] = static_cast<float>(alpha64[l]);
+  const int64_t item_size = item_size_of({gc.graph, d, L, Type::f32_bf16, false, gc.weighted,
+                                          gc.item_size, false});
+
+  Array<float> x(n * d), out(n * d);
+  const auto x64 = fill_grid(x, rng);
+  const auto want = horner_bf16(g, m.w, x64, d, alpha64, true);
+  if (want != horner_bf16(g, m.w, x64, d, alpha64, false)) ++grid_cases_rounding;
+  {
+    CallMemory memory;
+    kernels::propagate_sweeps<store_t>(m.device(), d, item_size, x.data(), alpha.data(), L,
+                                       out.data(), memory, nullptr);
+  }
+  check_bits(name + ": propagate", out.data(), want);
+
+  const RowList list(listed_rows(g, Listed::kRepeats, rng));
+  const int64_t k = list.k;
+  const Array<int64_t> &rows = list.rows, &sorted = list.sorted, &order = list.order;
+  Array<float> out_rows(k * d);
+  {
+    CallMemory memory;
+    kernels::propagate_rows_sweeps<store_t>(m.device(), d, item_size, x.data(), alpha.data(), L,
+                                            rows.data(), k, out_rows.data(), memory, nullptr);
+  }
+  std::vector<double> want_rows(k * d);
+  for (int64_t i = 0; i < k * d; ++i) want_rows[i] = want[rows[i / d] * d + i % d];
+  check_bits(name + ": propagate_rows", out_rows.data(), want_rows);
+
+  // The backward: the same scheme over A^T from the gradient G at the rows
+  // (repeats summed: sums of the grid, exact), plus the gradient G0 of x[rows].
+  Array<float> grad(k * d), grad_x(k * d), grad_out(n * d);
+  const auto grad64 = fill_grid(grad, rng), grad_x64 = fill_grid(grad_x, rng);
+  std::vector<double> g_dense(n * d, 0.0), g0(n * d, 0.0);
+  for (int64_t i = 0; i < k * d; ++i) {
+    g_dense[rows[i / d] * d + i % d] += grad64[i];
+    g0[rows[i / d] * d + i % d] += grad_x64[i];
+  }
+  auto want_t = horner_bf16(gt, mt.w, g_dense, d, alpha64, true);
+  for (int64_t i = 0; i < n * d; ++i) want_t[i] += g0[i];
+  {
+    CallMemory memory;
+    kernels::propagate_rows_backward_sweeps<store_t>(
+        mt.device(), d, item_size, grad.data(), grad_x.data(), alpha.data(), L, sorted.data(),
+        order.data(), k, grad_out.data(), memory, nullptr);
+  }
+  check_bits(name + ": propagate_rows_backward", grad_out.data(), want_t);
 }
 
 // The cases whose name contains `filter`, timed; returns how many ran. Each
@@ -685,7 +909,8 @@ int main(int argc, char** argv) {
   // group, or four), but for one case of d = 64.
   const Csr* graphs[] = {&empty, &one, &isolated, &directed, &symmetric, &hub};
   const int64_t dims[] = {1, 3, 8, 64, 65, 130};
-  const Type types[] = {Type::f32, Type::f64, Type::f16, Type::bf16};
+  const Type types[] = {Type::f32, Type::f64, Type::f16, Type::bf16, Type::f32_bf16};
+  constexpr int64_t num_types = sizeof(types) / sizeof(types[0]);
   const std::vector<int64_t> all_sizes = {1, 2, 7, 128, 100000}, wide_sizes = {7, 128, 100000};
   std::vector<Case> cases;
   int64_t k = 0;
@@ -712,7 +937,7 @@ int main(int argc, char** argv) {
       for (const Listed listed : {Listed::kRepeats, Listed::kAll, Listed::kOne}) {
         const int64_t d = g == &hub ? 1 + 2 * (q % 2) : dims[q % 5];
         const auto& sizes = d <= 8 ? all_sizes : wide_sizes;
-        rows_cases.push_back({{g, d, L, types[q % 4], (q / 2) % 2 == 1, (q / 3) % 2 == 0,
+        rows_cases.push_back({{g, d, L, types[q % num_types], (q / 2) % 2 == 1, (q / 3) % 2 == 0,
                                sizes[q % sizes.size()], (q / 5) % 2 == 1},
                               listed,
                               q % 2 == 0});
@@ -728,7 +953,9 @@ int main(int argc, char** argv) {
   // a compact x). What the rotations above leave out runs on the directed graph with d = 8
   // (every dtype's vector divides it).
   auto vectorized = [](const Case& c) {
-    const int64_t v = c.type == Type::f64 ? 2 : c.type == Type::f32 ? 4 : 8;
+    const int64_t v = c.type == Type::f64                                  ? 2
+                      : c.type == Type::f32 || c.type == Type::f32_bf16 ? 4
+                                                                          : 8;
     return c.d % v == 0 && !c.misaligned;
   };
   auto kernels_of = [&](const char* op, const Case& c) {
@@ -751,6 +978,21 @@ int main(int argc, char** argv) {
     }
   }
 
+  // bfloat16 layers where float32 arithmetic is exact: the graphs but the
+  // hub (whose long sums would not be), d = 1 (scalar), 64 (vectorized) and
+  // 65 (scalar, two passes of a group), L = 1..3, weighted and not.
+  std::vector<GridCase> grid_cases;
+  int64_t e = 0;
+  for (const Csr* g : {&empty, &one, &isolated, &directed, &symmetric}) {
+    for (const int64_t d : {1, 64, 65}) {
+      for (const int64_t L : {1, 2, 3}) {
+        const auto& sizes = d <= 8 ? all_sizes : wide_sizes;
+        grid_cases.push_back({g, d, L, e % 2 == 0, sizes[e % sizes.size()]});
+        ++e;
+      }
+    }
+  }
+
   // LIGHTGCN_EXT_CUDA_ITEM_SIZE's parser: the default, the values it takes, the ones it refuses.
   if (kernels::item_size_from(nullptr) != 128 || kernels::item_size_from("") != 128 ||
       kernels::item_size_from("100000") != 100000 || kernels::item_size_from("1") != 1 ||
@@ -762,17 +1004,24 @@ int main(int argc, char** argv) {
   const auto start = std::chrono::steady_clock::now();
   const int ran_propagate = run_all(cases, filter);
   const int ran_rows = run_all(rows_cases, filter);
-  const int ran = ran_propagate + ran_rows;
+  const int ran_grid = run_all(grid_cases, filter);
+  const int ran = ran_propagate + ran_rows + ran_grid;
   if (filter.empty() && executed != covered) {
     for (const std::string& key : covered) {
       if (executed.count(key) == 0) fail("no case ran the kernels of " + key);
     }
   }
+  // The exact cases test the rounding points only where rounding changes the numbers.
+  if (ran_grid > 0 && 2 * grid_cases_rounding < ran_grid) {
+    fail("bf16 layers exact: the roundings change the reference in " +
+         std::to_string(grid_cases_rounding) + " of " + std::to_string(ran_grid) + " cases only");
+  }
   const double s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (failures == 0) {
     std::printf("test_cuda_emulation: %d cases passed (%d propagate and layer_dots, %d "
-                "propagate_rows) (%.1f s)\n", ran, ran_propagate, ran_rows, s);
+                "propagate_rows, %d bf16 layers exact) (%.1f s)\n", ran, ran_propagate, ran_rows,
+                ran_grid, s);
   } else {
     std::printf("test_cuda_emulation: %d failures in %d cases\n", failures, ran);
   }
