@@ -252,14 +252,6 @@ at::ScalarType storage_type(at::ScalarType features, bool bf16) {
   return bf16 ? at::kBFloat16 : at::toOpMathType(features);
 }
 
-// bf16 = True stores the gathered layers of float32 features in bfloat16;
-// `name` is the features' argument.
-void check_bf16(bool bf16, const at::Tensor& features, const char* name) {
-  TORCH_CHECK(!bf16 || features.scalar_type() == at::kFloat,
-              "bf16=True stores the layers of float32 ", name, " in bfloat16: ", name,
-              " must be float32, got ", features.scalar_type());
-}
-
 // Calls f(scalar_t{}, store_t{}) for the features' type scalar_t and the
 // type store_t of the gathered layers (storage_type).
 template <typename F>
@@ -297,7 +289,7 @@ at::Tensor propagate_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
                          const OptTensor& /*weight_t*/, const at::Tensor& x_in,
                          const at::Tensor& alpha, bool bf16) {
   const auto args = checked_propagate_operands(rowptr_in, col_in, weight_in, dinv_in, x_in, alpha);
-  check_bf16(bf16, args.x, "x");
+  check_bf16_features(bf16, args.x, "x");
   const auto& g = args.graph;
   const auto& x = args.x;
   const int64_t L = args.num_layers;
@@ -329,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor> propagate_rows_cpu(
     const at::Tensor& rows_in, bool bf16) {
   const auto args =
       checked_propagate_rows_operands(rowptr_in, col_in, weight_in, dinv_in, x_in, alpha, rows_in);
-  check_bf16(bf16, args.propagate.x, "x");
+  check_bf16_features(bf16, args.propagate.x, "x");
   const auto& g = args.propagate.graph;
   const auto &x = args.propagate.x, &rows = args.rows;
   const int64_t L = args.propagate.num_layers;
@@ -437,7 +429,7 @@ at::Tensor propagate_rows_backward_cpu(
   const auto args = checked_propagate_rows_backward_operands(
       rowptr_in, col_in, weight_in, dinv_in, rowptr_t_in, col_t_in, weight_t_in, grad_in,
       grad_x_rows_in, alpha, rows_in);
-  check_bf16(bf16, args.grad, "grad");
+  check_bf16_features(bf16, args.grad, "grad");
   const auto &g = args.graph, &g_t = args.graph_t;
   const auto &grad = args.grad, &rows = args.rows;
   const int64_t L = args.num_layers, n = g.dinv.numel(), d = grad.size(1);
