@@ -1,9 +1,19 @@
 """The fixtures shared by the test modules (plain helpers: helpers.py)."""
+import signal
+
 import pytest
 import torch
 
 from helpers import NUM_ITEMS, NUM_USERS, bipartite_graph, random_weights
 from lightgcn_ext import LightGCN
+
+# A suite started in the background by a non-interactive shell (`nohup make test &`) has
+# SIGINT ignored, and so would every run that a test starts and then stops with SIGINT:
+# Python installs no KeyboardInterrupt where SIGINT is ignored, and the run would go on.
+# Caught here, SIGINT is back to its default in the children (exec keeps an ignored signal
+# ignored, but resets a caught one).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="module")
