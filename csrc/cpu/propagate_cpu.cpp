@@ -86,9 +86,9 @@ using NotDeduced = typename NotDeducedImpl<T>::type;
 //  * last_rows.rows != nullptr: the last sweep (layer 0) computes only the
 //    num_out_rows listed rows; out holds one row per listed position.
 // The layers s_L .. s_1 that the sweeps gather (s_L only where the first
-// sweep cannot read x itself) are stored in buf_a and buf_b as store_t (the accumulation type, or bfloat16); the sums are in
-// the accumulation type. buf_b may be out's memory where out has every row
-// and the type store_t.
+// sweep cannot read x itself) are stored in buf_a and buf_b as store_t (the
+// accumulation type, or bfloat16); the sums are in the accumulation type.
+// buf_b may be out's memory where out has every row and the type store_t.
 template <typename scalar_t, typename store_t, typename src_t, typename index_t>
 void horner_kernel(const Csr<at::opmath_type<scalar_t>, index_t>& g, const Rows<src_t>& x,
                    const Rows<at::opmath_type<scalar_t>>& extra,

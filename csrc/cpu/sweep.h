@@ -80,11 +80,12 @@ constexpr int kTile = 64 / sizeof(acc_t) * 4;  // 64 floats or 32 doubles
 // the edge kPrefetchEdges ahead, so that many rows are in flight while it
 // sums. In a sweep of every row, the rows of a chunk are contiguous in col and
 // the request runs on into the next rows; past a listed row's end, it looks
-// into the next listed row's edges. On Gowalla (d = 64, mean degree 23; a standalone copy of this loop
-// on the AMD EPYC of the benchmarks, 60 interleaved rounds) running on into
-// the next rows made a float32 sweep 12% and a bfloat16 one 45% faster than
-// stopping at the row's end (where most rows of a bfloat16 sweep prefetched
-// nothing), and 16 edges ahead beat 4 and 8 (float32) and 8 and 32 (bfloat16).
+// into the next listed row's edges. On Gowalla (d = 64, mean degree 23; a
+// standalone copy of this loop on the AMD EPYC of the benchmarks, 60
+// interleaved rounds), running on into the next rows took 0.88x the time of
+// stopping at each row's end for a float32 sweep, and 0.55-0.61x for a
+// bfloat16 one (most of whose rows had prefetched nothing); 16 edges ahead
+// beat 4 and 8 (float32) and 8 and 32 (bfloat16).
 constexpr int64_t kPrefetchEdges = 16;
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -206,9 +207,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void swee
 // d = 64, 2 threads, python -m bench.bench_propagate, which times the chosen
 // copy beside the next narrower one, interleaved) one bare-gather sweep took
 // 3.8 ms with AVX2 and 6.7 ms without, the whole forward 12.7 ms and 22.0 ms
-// (README, Benchmarks); AVX-512 ran a float32 sweep about 12% and a bfloat16
-// one about 27% faster than AVX2 (its conversions of bfloat16 rows to float32
-// are half the instructions). The environment variable LIGHTGCN_EXT_CPU_ISA
+// (README, Benchmarks); an AVX-512 sweep took 0.85-0.89x the time of an AVX2
+// one in float32 and 0.73x in bfloat16 (its conversions of bfloat16 rows to
+// float32 are half the instructions). The environment variable LIGHTGCN_EXT_CPU_ISA
 // (auto, avx512, avx2, baseline) sets the choice once, at the first sweep; the
 // private op lightgcn_ext::_cpu_isa changes it at run time, so that a
 // benchmark can time copies side by side in one process.
