@@ -20,6 +20,22 @@ from lightgcn_ext.data import Interactions
 
 REPO = Path(__file__).resolve().parents[1]
 OPS = torch.ops.lightgcn_ext
+
+
+# ------------------------------------------------- the CPU sweep's copies
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f
+                         if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+HAS_AVX2 = {"avx2", "fma"} <= _cpu_flags()
+HAS_AVX512 = HAS_AVX2 and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= _cpu_flags()
+# The copies of the sweep this CPU runs (lightgcn_ext::_cpu_isa), widest first.
+ISAS = ["avx512"] * HAS_AVX512 + ["avx2"] * HAS_AVX2 + ["baseline"]
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 # The dtypes of the model tests, and "agree to 1e-5 relative (float32) / 1e-10

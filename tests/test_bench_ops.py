@@ -4,23 +4,8 @@ import pytest
 import torch
 
 import lightgcn_ext
-from helpers import OPS, bipartite_graph, dense_propagate, features, random_edges, run_python
+from helpers import HAS_AVX2, HAS_AVX512, ISAS, OPS, bipartite_graph, dense_propagate, features, random_edges, run_python
 
-
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f
-                         if line.startswith("flags")), set())
-    except OSError:
-        return set()
-
-
-HAS_AVX2 = {"avx2", "fma"} <= _cpu_flags()
-HAS_AVX512 = HAS_AVX2 and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= _cpu_flags()
-# The copies of the sweep this CPU runs, widest first.
-ISAS = ["avx512"] * HAS_AVX512 + ["avx2"] * HAS_AVX2 + ["baseline"]
 
 
 def _gather_reference(edge_index, num_nodes, x):

@@ -8,21 +8,7 @@ import pytest
 import torch
 
 import lightgcn_ext
-from helpers import OPS, features, random_edges, random_weights
-
-def _available_isas():
-    """The copies of the sweep this CPU runs (the baseline one always)."""
-    before = OPS._cpu_isa()
-    isas = []
-    for isa in ("avx512", "avx2", "baseline"):
-        try:
-            OPS._cpu_isa(isa)
-            isas.append(isa)
-        except RuntimeError:  # this CPU lacks it
-            pass
-    OPS._cpu_isa(before)
-    return isas
-
+from helpers import ISAS, OPS, features, random_edges, random_weights
 
 def _sequential_propagate(rowptr, col, weight, dinv, x, alpha):
     """sum_l alpha_l M^l x in float32, rounding as the CPU kernels do: s_L =
@@ -59,7 +45,7 @@ def test_every_copy_computes_the_documented_roundings(num_layers, weighted, d):
     expected = _sequential_propagate(rowptr, col, csr_weight, dinv, x, alpha)
     before = OPS._cpu_isa()
     try:
-        for isa in _available_isas():
+        for isa in ISAS:
             OPS._cpu_isa(isa)
             got = lightgcn_ext.propagate(graph, x, alpha)
             assert torch.equal(got, expected), (isa, (got - expected).abs().max())

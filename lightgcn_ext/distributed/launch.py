@@ -59,7 +59,7 @@ def train_distributed(config, data=None):
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    check_precision(config.precision, device, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    check_precision(config.precision, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     if data is None and is_log(config.data):
         data = load_run_data(config)
     run = None

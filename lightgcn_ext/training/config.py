@@ -157,7 +157,7 @@ def resolve_device(name):
     return device
 
 
-def check_precision(precision, device=None, world_size=1):
+def check_precision(precision, world_size):
     """Refuses, in one line, a --precision that this number of processes
     cannot train with: the distributed propagation is float32. (bf16 has
     CPU and CUDA kernels: any device of one process takes it.)"""

@@ -42,7 +42,7 @@ from ..evaluation import popularity_baseline, test_users
 from ..graph import Graph
 from ..model import LightGCN
 from . import run_files
-from .config import (check_precision, check_table_fits, data_source, is_log, load_data,
+from .config import (check_table_fits, data_source, is_log, load_data,
                      resolve_device)
 from .results import final_results, start_results, summary_line, write_results
 from .resume import apply_lr, resume_changes, run_options
@@ -144,7 +144,6 @@ def train(config, data=None):
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    check_precision(config.precision, device)
     if data is None and is_log(config.data):
         data = load_run_data(config)
     with RunDirectory.open(config.out, resume=config.resume, overwrite=config.overwrite):
