@@ -31,10 +31,21 @@ def test_the_summary_finds_the_best_the_targets_and_the_time_to_018():
     assert summary["best_epoch"] == 1000 and summary["best"]["recall@20"] == recalls[-1]
     assert summary["recall_018"]["epoch"] == 820
     assert summary["recall_018"]["hours"] == pytest.approx((820 * 10 + 41 * 5) / 3600)
+    assert summary["recall_018"]["hours_at_median"] == summary["recall_018"]["hours"]
     targets = summary["targets"]
     assert targets["best recall@20"]["passed"] and targets["best ndcg@20"]["passed"] is False
     assert targets["recall@20 by epoch 700"]["measured"] == recalls[34]
     assert targets["recall@20 by epoch 700"]["passed"] is False
+
+
+def test_a_stopped_and_continued_piece_counts_in_the_sum_but_not_at_the_median():
+    results = _results(1000, [0.12 + 0.0015 * i for i in range(50)])
+    results["history"][19]["epoch_seconds"] = 5000.0  # stopped for 4,990 s during epoch 20
+    summary = publish.summarize(results)
+    assert summary["recall_018"]["hours"] == pytest.approx((820 * 10 + 4990 + 41 * 5) / 3600)
+    assert summary["recall_018"]["hours_at_median"] == pytest.approx((820 * 10 + 41 * 5) / 3600)
+    assert summary["training_hours"] == pytest.approx((10000 + 4990 + 50 * 5) / 3600)
+    assert summary["training_hours_at_median"] == pytest.approx((10000 + 50 * 5) / 3600)
 
 
 def test_an_unfinished_run_has_targets_not_met_yet():
