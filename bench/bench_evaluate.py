@@ -7,16 +7,17 @@ torch top-k, side by side in one process.
 
 Both paths rank every item for every test user, training items excluded, in the
 same chunks of users:
-  * new: lightgcn_ext.evaluation.ranking_metrics as it is: each block's scores
-    (oneDNN where torch has it, else torch's matmul) straight into the one-pass
-    top-k op lightgcn_ext::topk_unseen;
+  * new: lightgcn_ext.evaluation.ranking_metrics as it is: one op per chunk
+    (lightgcn_ext::score_topk_unseen) scores its blocks of users, one block per
+    thread (oneDNN where torch has it, else torch's matmul), each straight into a
+    one-pass top-k;
   * old: the same chunks scored with torch's matmul, the excluded scores set
     to -inf, torch.topk with the lower-id tie rule (what the evaluation did before
     the op).
 They must give the same metrics to the last bit (checked before timing). The
 rounds interleave the two, so that a slow spell of a shared machine hits both;
-the times are medians. Also timed: the products alone (both kinds), the floor
-that no top-k can go under.
+the times are medians. Also timed: the products alone (both kinds), a chunk at
+once over all threads, what a top-k after such products would add to.
 
 The embedding is LightGCN's propagated table of a model with the default
 initialization (seed 0), or of the weights in --weights (a run's checkpoint.pt or
@@ -76,7 +77,9 @@ def tied_users(users, items, data, k=20, sample=2000):
 
 
 def products_only(users, items, test_users, chunk_size, onednn):
-    """Every chunk's scores, nothing else: the floor under any top-k."""
+    """Every chunk's scores, nothing else, each chunk one product over all threads:
+    what a top-k after such products would add to (the new path, one block per
+    thread, can go under it)."""
     items = items.contiguous()
     for start in range(0, test_users.numel(), chunk_size):
         block = users[test_users[start:start + chunk_size]]

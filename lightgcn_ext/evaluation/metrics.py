@@ -31,11 +31,12 @@ Details where the paper's code leaves things open, or would do something odd:
 
 Memory stays bounded: the test users are taken in chunks of ``chunk_size`` users, and a
 chunk is scored in blocks of at most about ``2**22`` scores (16 MB in float32), never the
-whole ``num_users x num_items`` matrix. On CPU a block's scores go straight into a
-one-pass top-k (the ``lightgcn_ext::topk_unseen`` op: excluded items skipped through
-their sorted list, rows in parallel), so nothing else of the block's size is made; on
-other devices the excluded scores are set to ``-inf`` and the top-k is torch's. Either
-way the ranking is exactly the same. Everything runs on the embeddings' device; the
+whole ``num_users x num_items`` matrix. On CPU one op (``lightgcn_ext::score_topk_unseen``)
+takes a chunk: its blocks are spread over torch's threads, each scored by one thread
+(the same product as :func:`_scores`) and passed at once to a one-pass top-k (excluded
+items skipped through their sorted list), so that at most a block's scores per thread
+exist and nothing else of a block's size is made; on other devices the excluded scores
+are set to ``-inf`` and the top-k is torch's. Either way the ranking is exactly the same. Everything runs on the embeddings' device; the
 chunks need no host read at all (the sums stay on the device until the end), only the
 checks of the inputs before them do.
 """
@@ -49,7 +50,7 @@ __all__ = ["ranking_metrics", "metric_sums", "metrics_of_sums", "popularity_base
 
 # A chunk's score matrix holds about this many entries when chunk_size is None.
 _DEFAULT_CHUNK_ELEMENTS = 1 << 24
-# The scores made at once: a block of a chunk's users (at least 2, see _scores).
+# The scores one thread makes at once: a block of a chunk's users (at least 2, see _scores).
 _BLOCK_ELEMENTS = 1 << 22
 _METRICS = ("recall", "ndcg", "precision", "hit")
 
@@ -212,11 +213,9 @@ def _evaluate(user_emb, item_emb, test, excluded, ks, chunk_size):
         stop = min(start + chunk_size, count)
         users = test_users[start:stop]
         if fused:
-            top = torch.cat([
-                torch.ops.lightgcn_ext.topk_unseen(
-                    _scores(user_emb[users[a:b]].to(score_dtype), items),
-                    excl_rowptr[start + a:start + b + 1], excl_items, max_k)
-                for a, b in _blocks(stop - start, block_rows)])
+            top = torch.ops.lightgcn_ext.score_topk_unseen(
+                user_emb[users].to(score_dtype), items, excl_rowptr[start:stop + 1], excl_items,
+                max_k, block_rows, _onednn_linear(items))
         else:
             scores = _scores(user_emb[users].to(score_dtype), items)  # [B, num_items]
             lo, hi = bounds[c], bounds[c + 1]
@@ -240,18 +239,9 @@ def _evaluate(user_emb, item_emb, test, excluded, ks, chunk_size):
 
 
 def _fused_topk(device):
-    """Whether the top-k is the topk_unseen op (a CPU kernel) rather than torch's."""
+    """Whether a chunk is scored and ranked by the score_topk_unseen op (a CPU kernel)
+    rather than by _scores and torch's top-k."""
     return device.type == "cpu"
-
-
-def _blocks(rows, block_rows):
-    """[(a, b)]: rows 0..rows-1 in blocks of block_rows (>= 2), none of a single row
-    unless rows is 1 (a lone last row joins the block before it)."""
-    blocks = [[a, min(a + block_rows, rows)] for a in range(0, rows, block_rows)]
-    if len(blocks) > 1 and blocks[-1][1] - blocks[-1][0] == 1:
-        blocks[-2][1] = rows
-        blocks.pop()
-    return blocks
 
 
 def _scores(users, items):
@@ -260,7 +250,8 @@ def _scores(users, items):
     rows: its scores of a user are then the same bits in a block of any size (tested),
     so the blocks do not change the ranking; on that machine they are also the bits of
     the default call on a whole chunk (bench/bench_evaluate.py checks the metrics).
-    A single row keeps the default call (a matrix-vector product, rounded otherwise)."""
+    A single row keeps the default call (a matrix-vector product, rounded otherwise).
+    The score_topk_unseen op makes the same calls in C++, one block per thread."""
     if users.size(0) >= 2 and _onednn_linear(users):
         return torch.ops.mkldnn._linear_pointwise(users, items, None, "none", [], "")
     return users @ items.t()
@@ -288,6 +279,11 @@ _HAS_ONEDNN_LINEAR = _has_onednn_linear()
 @torch.library.register_fake("lightgcn_ext::topk_unseen")
 def _topk_unseen_fake(scores, exclude_rowptr, exclude_col, k):
     return scores.new_empty((scores.shape[0], k), dtype=torch.int64)
+
+
+@torch.library.register_fake("lightgcn_ext::score_topk_unseen")
+def _score_topk_unseen_fake(users, items, exclude_rowptr, exclude_col, k, block_rows, onednn):
+    return users.new_empty((users.shape[0], k), dtype=torch.int64)
 
 
 def _topk_lowest_id(scores: Tensor, k: int) -> Tensor:

@@ -294,11 +294,13 @@ def test_matches_torch_geometric():
 
 
 class _Recorder(torch.utils._python_dispatch.TorchDispatchMode):
-    """The largest tensor made by any aten op, and the shapes of the matrix products."""
+    """The largest tensor made by any op called from Python, the shapes of the matrix
+    products, and the (users, block_rows) of each score_topk_unseen call (whose blocks'
+    products, made inside the op, it does not see)."""
 
     def __init__(self):
         super().__init__()
-        self.max_numel, self.products = 0, []
+        self.max_numel, self.products, self.fused_calls = 0, [], []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -309,11 +311,15 @@ class _Recorder(torch.utils._python_dispatch.TorchDispatchMode):
                                    torch.ops.aten.addmm, torch.ops.aten.bmm,
                                    torch.ops.mkldnn._linear_pointwise):
             self.products.append(tuple(out.shape))
+        if func.overloadpacket is torch.ops.lightgcn_ext.score_topk_unseen:
+            self.fused_calls.append((args[0].size(0), args[5]))
         return out
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["score_topk_unseen", "torch-topk"])
 @pytest.mark.parametrize("default", [False, True], ids=["chunk_size=2", "default-chunk"])
-def test_chunks_never_build_the_whole_matrix(monkeypatch, default):
+def test_chunks_never_build_the_whole_matrix(monkeypatch, default, fused):
+    monkeypatch.setattr(metrics, "_fused_topk", lambda device: fused)
     num_users, num_items = 40, 3000
     g = torch.Generator().manual_seed(3)
     # d = 2: the item embedding (and its transposed view) is no larger than 2 users' scores.
@@ -328,18 +334,25 @@ def test_chunks_never_build_the_whole_matrix(monkeypatch, default):
     kwargs = dict(exclude=[train], ks=(10, 50), chunk_size=None if default else 2)
     with _Recorder() as rec:
         got = ranking_metrics(user_emb, item_emb, test, **kwargs)
-    # Each product scores 2 users; nothing as large as 3 users' scores is ever made.
-    assert rec.products and all(shape == (2, num_items) for shape in rec.products)
-    assert len(rec.products) == num_users // 2
+    # Each chunk, and so each product, scores 2 users; nothing as large as 3 users'
+    # scores is ever made.
+    if fused:
+        assert not rec.products and rec.fused_calls
+        assert all(rows == 2 and block_rows >= 2 for rows, block_rows in rec.fused_calls)
+        assert len(rec.fused_calls) == num_users // 2
+    else:
+        assert not rec.fused_calls and rec.products
+        assert all(shape == (2, num_items) for shape in rec.products)
+        assert len(rec.products) == num_users // 2
     assert rec.max_numel <= 2 * num_items < num_users * num_items
     whole = ranking_metrics(user_emb, item_emb, test, exclude=[train], ks=(10, 50), chunk_size=40)
     assert_metrics_equal(got, whole)
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["topk_unseen", "torch-topk"])
+@pytest.mark.parametrize("fused", [True, False], ids=["score_topk_unseen", "torch-topk"])
 def test_blocks_of_a_chunk(monkeypatch, fused):
-    """A chunk scored in blocks (each of at least 2 users, a lone last user joining the
-    block before it) ranks as the whole chunk at once, with either top-k."""
+    """A chunk scored in blocks of users ranks as the whole chunk at once, with either
+    top-k (the torch path scores a chunk at once; the op, in blocks of block_rows)."""
     monkeypatch.setattr(metrics, "_fused_topk", lambda device: fused)
     user_emb, item_emb, test, exclude = random_data(11, num_users=23, num_items=40,
                                                     integer=True)
@@ -350,13 +363,38 @@ def test_blocks_of_a_chunk(monkeypatch, fused):
                               chunk_size=7)
     count = test[0].unique().numel()
     chunks = [min(7, count - start) for start in range(0, count, 7)]
-    expected = [(b - a, 40) for rows in chunks for a, b in metrics._blocks(rows, 3)] if fused \
-        else [(rows, 40) for rows in chunks]
-    assert rec.products == expected and max(rows for rows, _ in expected) <= (4 if fused else 7)
+    if fused:
+        assert rec.fused_calls == [(rows, 3) for rows in chunks] and not rec.products
+    else:
+        assert rec.products == [(rows, 40) for rows in chunks] and not rec.fused_calls
     assert_metrics_equal(got, whole)
-    assert metrics._blocks(7, 3) == [[0, 3], [3, 7]]
-    assert metrics._blocks(1, 3) == [[0, 1]]
-    assert metrics._blocks(8, 3) == [[0, 3], [3, 6], [6, 8]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_score_topk_unseen_op_ranks_as_the_scores_of_the_whole_chunk(dtype):
+    """The op's blocks (every block size, a lone last user joining the block before it,
+    the blocks on any thread) give the top-k of the chunk's scores made at once, with
+    oneDNN's product and with torch's; ties included (integer embeddings)."""
+    op = torch.ops.lightgcn_ext.score_topk_unseen
+    for integer in (False, True):
+        g = torch.Generator().manual_seed(7 + integer)
+        users, items = torch.randn(61, 16, generator=g), torch.randn(300, 16, generator=g)
+        if integer:
+            users, items = users.round(), items.round()
+        users, items = users.to(dtype), items.to(dtype)
+        mask = torch.rand(61, 300, generator=g) < 0.1
+        row, col = mask.nonzero(as_tuple=True)
+        rowptr = torch.cat([torch.zeros(1, dtype=torch.long),
+                            torch.bincount(row, minlength=61).cumsum(0)])
+        expected = torch.ops.lightgcn_ext.topk_unseen(metrics._scores(users, items), rowptr,
+                                                      col, 25)
+        onednn = metrics._onednn_linear(items)
+        for block_rows in (2, 3, 4, 5, 30, 60, 61, 100):
+            assert torch.equal(op(users, items, rowptr, col, 25, block_rows, onednn),
+                               expected), (integer, block_rows)
+        if not integer and dtype == torch.float32:  # torch's product: the same ranking here
+            assert torch.equal(op(users, items, rowptr, col, 25, 4, False), expected)
+        assert op(users[:0], items, rowptr[:1], col, 25, 4, onednn).shape == (0, 25)
 
 
 def test_topk_unseen_and_torch_topk_give_the_same_sums(monkeypatch):
@@ -417,10 +455,29 @@ def test_topk_unseen_op_bad_input(args, match):
         torch.ops.lightgcn_ext.topk_unseen(*args(scores, rowptr, col))
 
 
-def test_topk_unseen_op_opcheck():
+@pytest.mark.parametrize("args, match", [
+    (lambda u, i, p, c: (u.long(), i, p, c, 2, 2, False), "users and items must be 2-D"),
+    (lambda u, i, p, c: (u, i.double(), p, c, 2, 2, False), "users and items must be 2-D"),
+    (lambda u, i, p, c: (u, i[:, :2], p, c, 2, 2, False), "users and items must be 2-D"),
+    (lambda u, i, p, c: (u, i, p, c, 6, 2, False), "k must satisfy 1 <= k <= items.size"),
+    (lambda u, i, p, c: (u, i, p, c, 2, 1, False), "block_rows must be at least 2"),
+    (lambda u, i, p, c: (u, i, p[:-1], c, 2, 2, False), "tensor of users.size"),
+    (lambda u, i, p, c: (u, i, p, c.flip(0), 2, 2, False), "strictly ascending within a row"),
+])
+def test_score_topk_unseen_op_bad_input(args, match):
+    users, items = torch.zeros(3, 4), torch.zeros(5, 4)
+    rowptr, col = torch.tensor([0, 0, 3, 3]), torch.tensor([0, 2, 4])
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.lightgcn_ext.score_topk_unseen(*args(users, items, rowptr, col))
+
+
+def test_topk_unseen_ops_opcheck():
     scores = torch.randn(4, 9, dtype=torch.float64)
     rowptr, col = torch.tensor([0, 1, 1, 3, 4]), torch.tensor([3, 0, 8, 2])
     torch.library.opcheck(torch.ops.lightgcn_ext.topk_unseen.default, (scores, rowptr, col, 3))
+    users, items = torch.randn(4, 3), torch.randn(9, 3)
+    torch.library.opcheck(torch.ops.lightgcn_ext.score_topk_unseen.default,
+                          (users, items, rowptr, col, 3, 2, metrics._onednn_linear(items)))
 
 
 @pytest.mark.parametrize("rows", [2, 3, 4, 5, 7, 9, 64, 409])
