@@ -28,9 +28,10 @@
 //     otherwise), the blocks spread over torch's threads, each block scored by
 //     one thread (oneDNN's linear where `onednn`, else torch's mm: the calls of
 //     the Python evaluation) and ranked at once, so that at most one block's
-//     scores per thread exist. One product per thread runs at about 1.4 times
-//     the rate of one product over both threads on a 2-core AMD EPYC (AVX2),
-//     where the product is most of an evaluation.
+//     scores per thread exist. On a 2-core AMD EPYC (AVX2), a 102-row block's
+//     product with Gowalla's items took 8.0 ms on one thread and 6.3 ms over
+//     both: two blocks side by side in 8.0 ms rather than one after the other
+//     in 12.6 ms, and the product is most of an evaluation.
 //
 // The schemas live here, not in ops.cpp: a fragment of the same library.
 // CUDA has no kernel: the Python caller uses torch ops there.
